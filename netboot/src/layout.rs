@@ -1,0 +1,470 @@
+//! The published layout under `out/`: the contract between the pipeline and the boot server.
+//!
+//! ```text
+//! out/
+//!   RECIPE/
+//!     current -> VERSION          symlink, switched atomically by each publish
+//!     VERSION/                    immutable once renamed into place
+//!       manifest.json             every input and output digest (see [`Manifest`])
+//!       SHA256SUMS                sha256sum(1) format, every file but itself
+//!       vmlinuz                   the kernel
+//!       base.squashfs             the package layer (bottom)
+//!       overlay.squashfs          the overlays' layer, stacked above the base
+//!       cmdline                   the kernel command line, one line
+//!       node-templates/...        templates the boot server renders per node
+//! ```
+//!
+//! Nothing here depends on how the pipeline works: a reader needs only this module.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The manifest's file name inside a version folder.
+pub const MANIFEST: &str = "manifest.json";
+/// The checksum list's file name inside a version folder.
+pub const SHA256SUMS: &str = "SHA256SUMS";
+/// The name of the per-recipe pointer to the published version nodes boot by default.
+pub const CURRENT: &str = "current";
+/// The manifest schema this crate reads and the pipeline writes.
+pub const SCHEMA: u32 = 1;
+
+/// What one published version is made of and made from.
+///
+/// Every field is deterministic: no build time, host name or path appears, so two builds from
+/// the same inputs write the same manifest bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest schema version ([`SCHEMA`]).
+    pub schema: u32,
+    /// The recipe's name (its file stem).
+    pub recipe: String,
+    /// The published version: the recipe's version, a dash, and a short digest of all inputs.
+    pub version: String,
+    /// The full sha256 of all inputs, of which `version` carries a prefix.
+    pub inputs_sha256: String,
+    /// The ironbake release that built this version.
+    pub builder: String,
+    /// The timestamp given to every file and to the filesystems (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: u64,
+    /// The recipe file itself.
+    pub recipe_file: FileDigest,
+    /// The Debian base: suite, variant, apt sources with the digest of their signed index.
+    pub debian: DebianInputs,
+    /// The overlays in the order they were applied, each with a digest of its whole folder.
+    pub overlays: Vec<OverlayInput>,
+    /// Pinned artifacts placed into the image.
+    pub artifacts: Vec<ArtifactRecord>,
+    /// The kernel: package, release and command line.
+    pub kernel: KernelRecord,
+    /// The root filesystem layers, bottom first; the node stacks them with overlayfs.
+    pub layers: Vec<String>,
+    /// Every Debian package installed in the image, sorted by name.
+    pub packages: Vec<PackageRecord>,
+    /// Every published file but `manifest.json` and `SHA256SUMS`, sorted by path.
+    pub outputs: Vec<OutputRecord>,
+}
+
+/// A file named by path with its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    /// Path relative to the project root.
+    pub path: String,
+    /// sha256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// The Debian side of the inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianInputs {
+    /// The suite, e.g. `bookworm`.
+    pub suite: String,
+    /// The mmdebstrap variant, e.g. `minbase`.
+    pub variant: String,
+    /// The digest that keys the cached package layer.
+    pub base_sha256: String,
+    /// The apt sources used, each with the digest of the index file that pins its contents.
+    pub sources: Vec<SourceRecord>,
+}
+
+/// One apt source as it was used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    /// Where it came from: `host` (the build machine's apt sources), `recipe`, or an overlay's name.
+    pub origin: String,
+    /// The repository URI.
+    pub uri: String,
+    /// The suite.
+    pub suite: String,
+    /// The components.
+    pub components: Vec<String>,
+    /// sha256 of the repository's `InRelease` (or `Release`) file at build time.
+    pub release_sha256: String,
+    /// sha256 of the signing key given for it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+}
+
+/// One overlay as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayInput {
+    /// The overlay's folder name.
+    pub name: String,
+    /// sha256 over every file of the overlay's folder (path, mode and contents).
+    pub sha256: String,
+}
+
+/// A pinned artifact as resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRecord {
+    /// The overlay that declared it.
+    pub overlay: String,
+    /// The artifact's name in its overlay.
+    pub name: String,
+    /// Where it was fetched from.
+    pub url: String,
+    /// The checksum file its digest was resolved from, if it was not pinned directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256_url: Option<String>,
+    /// The verified digest.
+    pub sha256: String,
+    /// Where it lands in the image.
+    pub dest: String,
+}
+
+/// The kernel as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRecord {
+    /// The Debian package that provided it (the recipe's choice).
+    pub package: String,
+    /// The kernel release, as `uname -r` prints it on the node.
+    pub release: String,
+    /// The command line: the recipe's, then each overlay's additions.
+    pub cmdline: String,
+}
+
+/// One installed Debian package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRecord {
+    /// Package name.
+    pub name: String,
+    /// Installed version.
+    pub version: String,
+    /// Architecture (`amd64`, `all`).
+    pub architecture: String,
+}
+
+/// One published file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRecord {
+    /// Path relative to the version folder, with `/` separators.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 of the contents, lowercase hex.
+    pub sha256: String,
+}
+
+/// A problem reading the published layout.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// A file or folder could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// What was being read.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// A manifest is not valid JSON of the expected schema.
+    #[error("{path} is not a valid ironbake manifest: {source}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A manifest has a schema this release does not read.
+    #[error("{path} has manifest schema {found}; this netboot reads schema {SCHEMA}")]
+    Schema {
+        /// The manifest file.
+        path: PathBuf,
+        /// The schema it declares.
+        found: u32,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io { path: path.to_owned(), source }
+}
+
+/// Parses a manifest from its JSON text (no IO).
+pub fn parse_manifest(text: &str) -> Result<Manifest, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Reads and checks `VERSION_DIR/manifest.json`.
+pub fn load_manifest(version_dir: &Path) -> Result<Manifest, LayoutError> {
+    let path = version_dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    // Read the schema first so an old or new manifest gets a precise error, not a field error.
+    #[derive(Deserialize)]
+    struct Head {
+        schema: u32,
+    }
+    let head: Head = serde_json::from_str(&text)
+        .map_err(|source| LayoutError::Manifest { path: path.clone(), source })?;
+    if head.schema != SCHEMA {
+        return Err(LayoutError::Schema { path, found: head.schema });
+    }
+    parse_manifest(&text).map_err(|source| LayoutError::Manifest { path, source })
+}
+
+/// The published versions of one recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeVersions {
+    /// The recipe name (the folder name under `out/`).
+    pub recipe: String,
+    /// The versions, sorted by name.
+    pub versions: Vec<String>,
+    /// The version `current` points at, if the pointer exists.
+    pub current: Option<String>,
+}
+
+/// Lists every recipe folder under `root` with its published versions.
+///
+/// A missing `root` is an empty list. Hidden entries are skipped.
+pub fn list_published(root: &Path) -> Result<Vec<RecipeVersions>, LayoutError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.file_type().map_err(io_err(root))?.is_dir() {
+            continue;
+        }
+        let dir = entry.path();
+        let mut versions = Vec::new();
+        for v in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let v = v.map_err(io_err(&dir))?;
+            let vname = v.file_name().to_string_lossy().into_owned();
+            if vname.starts_with('.') || vname == CURRENT {
+                continue;
+            }
+            if v.file_type().map_err(io_err(&dir))?.is_dir() {
+                versions.push(vname);
+            }
+        }
+        versions.sort();
+        let current = read_current(&dir)?;
+        out.push(RecipeVersions { recipe: name, versions, current });
+    }
+    out.sort_by(|a, b| a.recipe.cmp(&b.recipe));
+    Ok(out)
+}
+
+/// Reads the `current` pointer of a recipe folder: the version it names, if it exists.
+pub fn read_current(recipe_dir: &Path) -> Result<Option<String>, LayoutError> {
+    let link = recipe_dir.join(CURRENT);
+    match fs::read_link(&link) {
+        Ok(target) => Ok(Some(target.to_string_lossy().into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&link)(e)),
+    }
+}
+
+/// One way a published version differs from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// A file the manifest lists is not there.
+    Missing(String),
+    /// A file is there that the manifest does not list.
+    Unlisted(String),
+    /// A file's size differs.
+    Size {
+        /// The file.
+        path: String,
+        /// Size in the manifest.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+    /// A file's digest differs.
+    Digest {
+        /// The file.
+        path: String,
+        /// Digest in the manifest.
+        expected: String,
+        /// Digest on disk.
+        actual: String,
+    },
+    /// `SHA256SUMS` does not agree with the manifest and the files.
+    Sums(String),
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Missing(p) => write!(f, "{p}: missing (listed in {MANIFEST})"),
+            Mismatch::Unlisted(p) => write!(f, "{p}: present but not listed in {MANIFEST}"),
+            Mismatch::Size { path, expected, actual } => {
+                write!(f, "{path}: size {actual} bytes, manifest says {expected}")
+            }
+            Mismatch::Digest { path, expected, actual } => {
+                write!(f, "{path}: sha256 {actual}, manifest says {expected}")
+            }
+            Mismatch::Sums(why) => write!(f, "{SHA256SUMS}: {why}"),
+        }
+    }
+}
+
+/// The sha256 of everything `reader` yields, lowercase hex, with the byte count.
+pub fn sha256_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// The sha256 of a file's contents, lowercase hex, with its size.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), LayoutError> {
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    sha256_reader(io::BufReader::new(file)).map_err(io_err(path))
+}
+
+/// Renders the `SHA256SUMS` text for a manifest: its outputs and the manifest's own digest.
+pub fn sha256sums_text(outputs: &[OutputRecord], manifest_sha256: &str) -> String {
+    let mut lines: BTreeMap<&str, &str> =
+        outputs.iter().map(|o| (o.path.as_str(), o.sha256.as_str())).collect();
+    lines.insert(MANIFEST, manifest_sha256);
+    lines.iter().map(|(p, d)| format!("{d}  {p}\n")).collect()
+}
+
+/// Lists the regular files under `dir` as `/`-separated relative paths, sorted.
+pub fn list_files(dir: &Path) -> Result<Vec<String>, LayoutError> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), LayoutError> {
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let path = entry.path();
+            let ft = entry.file_type().map_err(io_err(&path))?;
+            if ft.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let rel = path.strip_prefix(base).expect("walk stays under its base");
+                let parts: Vec<_> =
+                    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+                out.push(parts.join("/"));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Re-hashes every file of a published version and compares it with the manifest and
+/// `SHA256SUMS`. An empty list means the version is intact.
+pub fn verify(version_dir: &Path) -> Result<(Manifest, Vec<Mismatch>), LayoutError> {
+    let manifest = load_manifest(version_dir)?;
+    let mut problems = Vec::new();
+    let on_disk = list_files(version_dir)?;
+    let listed: BTreeMap<&str, &OutputRecord> =
+        manifest.outputs.iter().map(|o| (o.path.as_str(), o)).collect();
+    for path in &on_disk {
+        if path != MANIFEST && path != SHA256SUMS && !listed.contains_key(path.as_str()) {
+            problems.push(Mismatch::Unlisted(path.clone()));
+        }
+    }
+    for (path, rec) in &listed {
+        let file = version_dir.join(path);
+        if !on_disk.iter().any(|p| p == path) {
+            problems.push(Mismatch::Missing(path.to_string()));
+            continue;
+        }
+        let (digest, size) = sha256_file(&file)?;
+        if size != rec.size {
+            problems.push(Mismatch::Size { path: path.to_string(), expected: rec.size, actual: size });
+        }
+        if digest != rec.sha256 {
+            problems.push(Mismatch::Digest {
+                path: path.to_string(),
+                expected: rec.sha256.clone(),
+                actual: digest,
+            });
+        }
+    }
+    let sums_path = version_dir.join(SHA256SUMS);
+    match fs::read_to_string(&sums_path) {
+        Ok(text) => {
+            let (manifest_digest, _) = sha256_file(&version_dir.join(MANIFEST))?;
+            let expected = sha256sums_text(&manifest.outputs, &manifest_digest);
+            if text != expected {
+                problems.push(Mismatch::Sums(
+                    "does not match the manifest and manifest.json's digest".into(),
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            problems.push(Mismatch::Missing(SHA256SUMS.into()))
+        }
+        Err(e) => return Err(io_err(&sums_path)(e)),
+    }
+    Ok((manifest, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_text_is_sorted_and_includes_the_manifest() {
+        let outputs = vec![
+            OutputRecord { path: "vmlinuz".into(), size: 1, sha256: "bb".into() },
+            OutputRecord { path: "base.squashfs".into(), size: 1, sha256: "aa".into() },
+        ];
+        assert_eq!(
+            sha256sums_text(&outputs, "cc"),
+            "aa  base.squashfs\ncc  manifest.json\nbb  vmlinuz\n"
+        );
+    }
+
+    #[test]
+    fn sha256_of_known_input() {
+        let (d, n) = sha256_reader(&b"abc"[..]).unwrap();
+        assert_eq!(d, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn listing_a_missing_root_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_published(&dir.path().join("nope")).unwrap().is_empty());
+    }
+}

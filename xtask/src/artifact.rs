@@ -1,0 +1,178 @@
+//! Pinned artifacts: downloads verified against a sha256 given in the overlay, or taken from a
+//! published checksum file, and cached by that digest so a second build fetches nothing.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::overlay::ArtifactSpec;
+use crate::plan::FetchedArtifact;
+
+/// How long one artifact download may stall before it is abandoned.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The file name a URL ends with.
+fn basename(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Finds the digest for `file_name` in a `sha256sum`-format checksum list. A list with one
+/// bare digest (and nothing else) applies to any file.
+pub fn digest_from_sums(text: &str, file_name: &str) -> Option<String> {
+    let is_digest = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let [only] = lines.as_slice() {
+        if is_digest(only) {
+            return Some(only.to_ascii_lowercase());
+        }
+    }
+    lines.iter().find_map(|l| {
+        let (digest, name) = l.split_once(char::is_whitespace)?;
+        let name = name.trim_start().trim_start_matches('*');
+        let name = name.rsplit('/').next().unwrap_or(name);
+        (is_digest(digest) && name == file_name).then(|| digest.to_ascii_lowercase())
+    })
+}
+
+fn open(url: &str) -> Result<Box<dyn Read>> {
+    if let Some(path) = url.strip_prefix("file://") {
+        let f = fs::File::open(path).with_context(|| format!("opening {path}"))?;
+        return Ok(Box::new(io::BufReader::new(f)));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("{url}: only http://, https:// and file:// URLs are supported");
+    }
+    let agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_body(Some(READ_TIMEOUT))
+        .build()
+        .new_agent();
+    let resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    Ok(Box::new(resp.into_body().into_reader()))
+}
+
+/// Where an artifact with this digest is cached.
+pub fn cache_path(cache: &Path, sha256: &str) -> PathBuf {
+    cache.join("artifacts").join("sha256").join(sha256)
+}
+
+/// Resolves, fetches (if not cached) and verifies one artifact.
+pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<FetchedArtifact> {
+    let what = format!("artifact {:?} of overlay {overlay:?}", spec.name);
+    let expected = match (&spec.sha256, &spec.sha256_url) {
+        (Some(d), _) => d.clone(),
+        (None, Some(sums_url)) => {
+            let text = crate::apt::fetch_small(sums_url).with_context(|| format!("{what}: fetching its checksum file"))?;
+            let text = String::from_utf8_lossy(&text);
+            let name = basename(&spec.url);
+            digest_from_sums(&text, name).with_context(|| {
+                format!("{what}: the checksum file {sums_url} has no sha256 line for {name:?}")
+            })?
+        }
+        (None, None) => unreachable!("validated when parsed"),
+    };
+    let path = cache_path(cache, &expected);
+    if path.is_file() {
+        return Ok(FetchedArtifact { overlay: overlay.into(), spec: spec.clone(), path, sha256: expected });
+    }
+    let dir = path.parent().expect("cache path has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), spec.name));
+    let result = (|| -> Result<String> {
+        let mut reader = open(&spec.url)?;
+        let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).with_context(|| format!("downloading {}", spec.url))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(hex::encode(hasher.finalize()))
+    })();
+    let actual = match result {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.context(format!("{what}: fetching {}", spec.url)));
+        }
+    };
+    if actual != expected {
+        let _ = fs::remove_file(&tmp);
+        bail!(
+            "{what}: sha256 mismatch for {}\n  expected {expected}{}\n  actual   {actual}\n  \
+             if the new file is the one you want, update the digest in overlays/{overlay}/overlay.toml",
+            spec.url,
+            spec.sha256_url.as_ref().map(|u| format!(" (from {u})")).unwrap_or_default()
+        );
+    }
+    fs::rename(&tmp, &path)?;
+    Ok(FetchedArtifact { overlay: overlay.into(), spec: spec.clone(), path, sha256: actual })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn checksum_lists_are_read_like_sha256sum_does() {
+        let list = format!("{}  k3s\n{D1} *k3s-arm64\n{D1}  dist/k3s-airgap.tar\n", "0".repeat(64));
+        assert_eq!(digest_from_sums(&list, "k3s").unwrap(), "0".repeat(64));
+        assert_eq!(digest_from_sums(&list, "k3s-arm64").unwrap(), D1);
+        assert_eq!(digest_from_sums(&list, "k3s-airgap.tar").unwrap(), D1);
+        assert_eq!(digest_from_sums(&list, "other"), None);
+        assert_eq!(digest_from_sums(&format!("{D1}\n"), "anything").unwrap(), D1);
+        assert_eq!(basename("https://h/x/k3s?raw=1"), "k3s");
+    }
+
+    fn spec(url: String, sha256: Option<String>, sha256_url: Option<String>) -> ArtifactSpec {
+        ArtifactSpec { name: "tool".into(), url, sha256, sha256_url, dest: "/usr/bin/tool".into(), mode: "0755".into() }
+    }
+
+    #[test]
+    fn file_urls_are_fetched_verified_and_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("tool");
+        fs::write(&src, "abc").unwrap();
+        let cache = d.path().join("cache");
+        let url = format!("file://{}", src.display());
+        let got = fetch("o", &spec(url.clone(), Some(D1.into()), None), &cache).unwrap();
+        assert_eq!(got.sha256, D1);
+        assert_eq!(fs::read(&got.path).unwrap(), b"abc");
+        // Cached: the source can go away.
+        fs::remove_file(&src).unwrap();
+        assert!(fetch("o", &spec(url.clone(), Some(D1.into()), None), &cache).is_ok());
+        // A checksum file resolves the digest.
+        fs::write(&src, "abc").unwrap();
+        let sums = d.path().join("sha256sum.txt");
+        fs::write(&sums, format!("{D1}  tool\n")).unwrap();
+        let got = fetch("o", &spec(url, None, Some(format!("file://{}", sums.display()))), &cache).unwrap();
+        assert_eq!(got.sha256, D1);
+    }
+
+    #[test]
+    fn a_mismatch_is_an_error_that_names_both_digests_and_caches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("tool");
+        fs::write(&src, "abd").unwrap();
+        let cache = d.path().join("cache");
+        let err = fetch("o", &spec(format!("file://{}", src.display()), Some(D1.into()), None), &cache).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("sha256 mismatch") && msg.contains(D1) && msg.contains("overlays/o/overlay.toml"), "{msg}");
+        assert!(!cache_path(&cache, D1).exists());
+        assert_eq!(fs::read_dir(cache.join("artifacts/sha256")).unwrap().count(), 0, "no temporary left behind");
+        let missing = fetch("o", &spec("file:///nonexistent/tool".into(), Some(D1.into()), None), &cache).unwrap_err();
+        assert!(format!("{missing:#}").contains("/nonexistent/tool"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The `cargo xtask` command line: one subcommand per job, each a struct with `run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::pipeline::{self, Paths};
+use crate::progress::Progress;
+use crate::{bench, host, recipe};
+use netboot::layout;
+
+/// ironbake: golden images for immutable bare-metal nodes.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, help_expected = true, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Show debug logs (every command run, every tool line).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Build(Build),
+    List(List),
+    Verify(Verify),
+    Setup(Setup),
+    Test(Test),
+    Bench(Bench),
+}
+
+/// Where the project, the published root and the caches are.
+#[derive(Debug, Clone, Args)]
+pub struct Locations {
+    /// The project folder (recipes/, overlays/, inventory.toml).
+    #[arg(long, value_name = "dir", env = "IRONBAKE_PROJECT", default_value_os_t = project_root())]
+    pub project: PathBuf,
+    /// The published root.
+    #[arg(long, value_name = "dir", env = "IRONBAKE_OUT", default_value = "out")]
+    pub out: PathBuf,
+    /// The cache folder (package layers, artifacts).
+    #[arg(long, value_name = "dir", env = "IRONBAKE_CACHE", default_value = ".cache")]
+    pub cache: PathBuf,
+}
+
+impl Locations {
+    /// Resolves relative paths against the project folder.
+    pub fn paths(&self) -> Paths {
+        let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { self.project.join(p) };
+        Paths { project: self.project.clone(), out: abs(&self.out), cache: abs(&self.cache), etc_apt: PathBuf::from("/etc/apt") }
+    }
+}
+
+/// The workspace root, from where this binary was built.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+}
+
+/// Build a recipe and publish it under out/RECIPE/VERSION.
+#[derive(Debug, Args)]
+struct Build {
+    /// The recipe (recipes/NAME.toml).
+    #[arg(value_name = "recipe")]
+    recipe: String,
+    #[command(flatten)]
+    at: Locations,
+    /// Print no progress, only the result.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Show recipes and their published versions.
+#[derive(Debug, Args)]
+struct List {
+    #[command(flatten)]
+    at: Locations,
+}
+
+/// Re-hash a published version and report what differs from its manifest.
+#[derive(Debug, Args)]
+struct Verify {
+    /// RECIPE (its current version) or RECIPE@VERSION.
+    #[arg(value_name = "recipe[@version]")]
+    target: String,
+    #[command(flatten)]
+    at: Locations,
+}
+
+/// Install the host tools the pipeline and its tests need.
+#[derive(Debug, Args)]
+struct Setup {}
+
+/// Run every test tier: unit, tool-backed and image builds.
+#[derive(Debug, Args)]
+struct Test {
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(trailing_var_arg = true, value_name = "args")]
+    args: Vec<String>,
+}
+
+/// Measure the pipeline against its anchors and append to BENCHMARKS.md.
+#[derive(Debug, Args)]
+struct Bench {
+    /// What to measure.
+    #[arg(value_enum, value_name = "what")]
+    what: bench::What,
+    /// Recipes to measure (default: ci-node and core-node).
+    #[arg(long, value_name = "recipe")]
+    recipe: Vec<String>,
+    /// Do not append to BENCHMARKS.md.
+    #[arg(long)]
+    no_record: bool,
+}
+
+/// Sets up logging to stderr: warnings by default, debug with `--verbose`, RUST_LOG wins.
+pub fn init_tracing(verbose: bool) {
+    let default = if verbose { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().with_target(false).init();
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> Result<ExitCode> {
+        match self.command {
+            Command::Build(c) => c.run(),
+            Command::List(c) => c.run(),
+            Command::Verify(c) => c.run(),
+            Command::Setup(_) => {
+                let p = Progress::new(false);
+                host::ensure(&[host::BUILD, host::TEST].concat(), &p)?;
+                println!("host tools: all present");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Test(c) => c.run(),
+            Command::Bench(c) => bench::run(c.what, &c.recipe, !c.no_record).map(|_| ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+impl Build {
+    fn run(self) -> Result<ExitCode> {
+        let progress = Progress::new(self.quiet);
+        host::ensure(host::BUILD, &progress)?;
+        pipeline::require_root()?;
+        let paths = self.at.paths();
+        let built = pipeline::build(&paths, &self.recipe, &progress)?;
+        let m = &built.manifest;
+        if built.already_published {
+            println!("{}@{} is already published (same inputs); current -> {}", m.recipe, m.version, m.version);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("published {}@{} in {:.1} s", m.recipe, m.version, progress.elapsed().as_secs_f64());
+        println!("  {}", built.dir.display());
+        for o in &m.outputs {
+            if !o.path.starts_with("node-templates/") {
+                println!("  {:<18} {:>10}  sha256:{}", o.path, mb(o.size), &o.sha256[..16]);
+            }
+        }
+        let nt = m.outputs.iter().filter(|o| o.path.starts_with("node-templates/")).count();
+        println!("  {} node templates, {} packages, kernel {}", nt, m.packages.len(), m.kernel.release);
+        println!("  time per stage:");
+        for (stage, t) in progress.times() {
+            println!("    {:>6.1} s  {stage}", t.as_secs_f64());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl List {
+    fn run(self) -> Result<ExitCode> {
+        let paths = self.at.paths();
+        let published = layout::list_published(&paths.out)?;
+        for name in recipe::list(&paths.project)? {
+            let desc = recipe::load(&paths.project, &name).map(|(r, _)| r.description).unwrap_or_else(|e| format!("(invalid: {e:#})"));
+            println!("{name}  {desc}");
+            match published.iter().find(|p| p.recipe == name) {
+                Some(p) if !p.versions.is_empty() => {
+                    for v in &p.versions {
+                        let cur = if p.current.as_deref() == Some(v) { "  <- current" } else { "" };
+                        let size = layout::load_manifest(&paths.out.join(&name).join(v))
+                            .map(|m| mb(m.outputs.iter().map(|o| o.size).sum()))
+                            .unwrap_or_else(|e| format!("unreadable manifest: {e}"));
+                        println!("    {v}  {size}{cur}");
+                    }
+                }
+                _ => println!("    (not published)"),
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Verify {
+    fn run(self) -> Result<ExitCode> {
+        let paths = self.at.paths();
+        let (name, version) = match self.target.split_once('@') {
+            Some((r, v)) => (r.to_string(), v.to_string()),
+            None => {
+                let v = layout::read_current(&paths.out.join(&self.target))?
+                    .with_context(|| format!("{} has no published current version under {}", self.target, paths.out.display()))?;
+                (self.target.clone(), v)
+            }
+        };
+        let dir = paths.out.join(&name).join(&version);
+        if !dir.is_dir() {
+            anyhow::bail!("{name}@{version} is not published under {}", paths.out.display());
+        }
+        let (m, problems) = layout::verify(&dir)?;
+        if problems.is_empty() {
+            println!("{name}@{version}: intact ({} files, {})", m.outputs.len() + 2, mb(m.outputs.iter().map(|o| o.size).sum()));
+            Ok(ExitCode::SUCCESS)
+        } else {
+            println!("{name}@{version}: {} problem(s)", problems.len());
+            for p in &problems {
+                println!("  {p}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+impl Test {
+    fn run(self) -> Result<ExitCode> {
+        let progress = Progress::new(false);
+        host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let root = project_root();
+        let tiers: [(&str, &[&str]); 2] = [
+            ("unit tests (pure, no tools)", &["--workspace", "--lib", "--bins"]),
+            ("tool and build tests (mmdebstrap, mksquashfs, unsquashfs; needs root)", &["--workspace", "--test", "*"]),
+        ];
+        for (name, args) in tiers {
+            progress.println(&format!("==> {name}"));
+            let status = std::process::Command::new(&cargo)
+                .current_dir(&root)
+                .arg("test")
+                .args(args)
+                .args(["--", "--test-threads=2"])
+                .args(&self.args)
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                anyhow::bail!("{name}: failed");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,83 @@
+//! Turning parse errors in the project's own files into `file:line:column: message` errors.
+
+use std::fmt;
+
+/// An error located in a text file of the project (a recipe, an overlay, a template).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The file, as the user would type it (relative to the project root).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// The offending source line, for display.
+    pub source_line: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        if !self.source_line.is_empty() {
+            let pad = " ".repeat(self.column.saturating_sub(1));
+            write!(f, "\n    | {}\n    | {pad}^", self.source_line)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Located {}
+
+/// The 1-based line and column of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
+/// Locates a TOML deserialisation error in `text`.
+pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> Located {
+    let offset = err.span().map_or(0, |s| s.start);
+    let (line, column) = line_col(text, offset);
+    let source_line = text.lines().nth(line - 1).unwrap_or("").to_string();
+    Located { file: file.to_string(), line, column, message: err.message().trim().to_string(), source_line }
+}
+
+/// Parses TOML text into `T`, with errors located in `file`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, Located> {
+    toml::from_str(text).map_err(|e| toml_error(file, text, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_map_to_lines_and_columns() {
+        let text = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        assert_eq!(line_col(text, 9), (2, 4));
+    }
+
+    #[test]
+    fn toml_errors_carry_a_position_and_a_caret() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            a: u32,
+        }
+        let err = parse_toml::<S>("r.toml", "a = 1\nb = 2\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 1));
+        assert!(err.message.contains("unknown field `b`"), "{}", err.message);
+        let shown = err.to_string();
+        assert!(shown.starts_with("r.toml:2:1: unknown field `b`"), "{shown}");
+        assert!(shown.contains("| b = 2"), "{shown}");
+    }
+}

@@ -1,0 +1,129 @@
+//! The inventory: which machines exist, by MAC address, what they boot and their per-node
+//! variables. The pipeline reads it only to check node templates against real nodes; the boot
+//! server renders them.
+//!
+//! ```toml
+//! # inventory.toml
+//! [defaults]
+//! recipe = "ci-node"        # what unknown machines boot; leave out to boot them nothing
+//!
+//! [nodes.machine0]
+//! mac = "52:54:00:12:34:01"
+//! recipe = "core-node"
+//! [nodes.machine0.vars]     # seen by node templates as node.NAME
+//! mesh_ip = "192.168.1.1/30"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{self, Located};
+use crate::recipe::valid_name;
+
+/// The whole inventory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Inventory {
+    /// Settings for machines that are not listed.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The nodes by name (the name is also the node's hostname).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// Settings for machines the inventory does not list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Defaults {
+    /// The recipe unknown machines boot; none means they are not booted.
+    #[serde(default)]
+    pub recipe: Option<String>,
+}
+
+/// One machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Node {
+    /// Its boot NIC's MAC address, lowercase, colon-separated.
+    pub mac: String,
+    /// The recipe it boots.
+    pub recipe: String,
+    /// Per-node variables for node templates.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+/// Is `mac` six lowercase hex pairs separated by colons?
+pub fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<_> = mac.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+}
+
+/// Parses and validates inventory text.
+pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
+    let inv: Inventory = diag::parse_toml(file, text)?;
+    let at = |needle: &str, message: String| {
+        let (line, column) = diag::line_col(text, text.find(needle).unwrap_or(0));
+        Located { file: file.into(), line, column, message, source_line: text.lines().nth(line - 1).unwrap_or("").into() }
+    };
+    let mut macs: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, node) in &inv.nodes {
+        let hostname_ok = name.len() <= 63 && valid_name(name) && !name.contains('_');
+        if !hostname_ok {
+            return Err(at(name, format!("node name {name:?} must be a hostname: lowercase letters, digits and '-'")));
+        }
+        if !valid_mac(&node.mac) {
+            return Err(at(&node.mac, format!("node {name}: mac {:?} must look like 52:54:00:ab:cd:ef (lowercase)", node.mac)));
+        }
+        if let Some(other) = macs.insert(&node.mac, name) {
+            return Err(at(&node.mac, format!("nodes {other} and {name} have the same mac {}", node.mac)));
+        }
+        for key in node.vars.keys() {
+            if ["name", "mac", "recipe"].contains(&key.as_str()) {
+                return Err(at(key, format!("node {name}: variable {key:?} is reserved (node.{key} is set from the node itself)")));
+            }
+        }
+    }
+    Ok(inv)
+}
+
+/// Reads `inventory.toml` under `project`; a missing file is an empty inventory.
+pub fn load(project: &Path) -> Result<Inventory> {
+    let path = project.join("inventory.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(parse("inventory.toml", &text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Inventory::default()),
+        Err(e) => Err(e).context("reading inventory.toml"),
+    }
+}
+
+/// The template context a node template sees under `node`.
+pub fn node_context(name: &str, node: &Node) -> BTreeMap<String, toml::Value> {
+    let mut m = node.vars.clone();
+    m.insert("name".into(), toml::Value::String(name.into()));
+    m.insert("mac".into(), toml::Value::String(node.mac.clone()));
+    m.insert("recipe".into(), toml::Value::String(node.recipe.clone()));
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_parse_and_are_checked() {
+        let inv = parse("i.toml", "[defaults]\nrecipe = \"ci-node\"\n[nodes.m0]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"core-node\"\n[nodes.m0.vars]\nip = \"10.0.0.1\"\n").unwrap();
+        assert_eq!(inv.defaults.recipe.as_deref(), Some("ci-node"));
+        let ctx = node_context("m0", &inv.nodes["m0"]);
+        assert_eq!(ctx["name"].as_str(), Some("m0"));
+        assert_eq!(ctx["ip"].as_str(), Some("10.0.0.1"));
+        let dup = "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.b]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n";
+        assert!(parse("i.toml", dup).unwrap_err().message.contains("same mac"));
+        assert!(parse("i.toml", "[nodes.a]\nmac = \"52:54:00:00:00:0G\"\nrecipe = \"r\"\n").unwrap_err().message.contains("must look like"));
+        assert!(parse("i.toml", "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.a.vars]\nname = \"x\"\n").unwrap_err().message.contains("reserved"));
+    }
+}

@@ -1,0 +1,17 @@
+//! `cargo xtask`: a shim that parses the command line and runs [`ironbake::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = ironbake::cli::Cli::parse();
+    ironbake::cli::init_tracing(cli.verbose);
+    match cli.run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
