@@ -19,7 +19,7 @@ use crate::recipe::Squashfs;
 use netboot::layout::PackageRecord;
 
 /// Bump when the hooks or flags below change what a base contains.
-pub const BASE_REVISION: u32 = 1;
+pub const BASE_REVISION: u32 = 2;
 
 /// Everything that decides the package layer's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,7 +133,7 @@ pub fn parse_dpkg_status(text: &str) -> Vec<PackageRecord> {
 
 /// The mksquashfs arguments (after source and destination) for a layer.
 pub fn mksquashfs_args(sq: &Squashfs, epoch: u64) -> Vec<String> {
-    let mut a = vec!["-noappend".into(), "-no-progress".into(), "-comp".into(), sq.compression.as_str().into()];
+    let mut a = vec!["-noappend".into(), "-quiet".into(), "-no-progress".into(), "-comp".into(), sq.compression.as_str().into()];
     match sq.compression {
         crate::recipe::Compression::Zstd | crate::recipe::Compression::Gzip => {
             a.extend(["-Xcompression-level".into(), sq.level.to_string()]);
@@ -189,6 +189,8 @@ if [ -f "$1/etc/apt/sources.list" ]; then
     sed -i "s|signed-by=$1/|signed-by=/|g" "$1/etc/apt/sources.list"
 fi
 : > "$1/etc/machine-id"
+# mmdebstrap copies the build host's name; a node's name comes from its per-node settings.
+echo localhost > "$1/etc/hostname"
 if [ -e "$1/var/lib/dbus/machine-id" ] && [ ! -L "$1/var/lib/dbus/machine-id" ]; then
     rm -f "$1/var/lib/dbus/machine-id"
 fi
@@ -402,7 +404,7 @@ mod tests {
     #[test]
     fn squashfs_flags_pin_every_timestamp() {
         let a = mksquashfs_args(&Squashfs::default(), 1700000000);
-        assert_eq!(a.join(" "), "-noappend -no-progress -comp zstd -Xcompression-level 9 -b 1024K -all-time 1700000000 -mkfs-time 1700000000");
+        assert_eq!(a.join(" "), "-noappend -quiet -no-progress -comp zstd -Xcompression-level 9 -b 1024K -all-time 1700000000 -mkfs-time 1700000000");
     }
 
     #[test]

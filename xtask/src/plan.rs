@@ -178,9 +178,20 @@ fn text_of(b: &Builder<'_>, path: &str) -> Option<String> {
     }
 }
 
-/// The `[Install]` section's WantedBy= and RequiredBy= targets of a unit file.
-pub fn install_targets(unit_text: &str) -> Vec<(String, &'static str)> {
-    let mut out = Vec::new();
+/// What a unit's `[Install]` section asks `systemctl enable` to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Install {
+    /// `(target, ".wants" | ".requires")` from WantedBy= and RequiredBy=.
+    pub targets: Vec<(String, &'static str)>,
+    /// Alias= names.
+    pub aliases: Vec<String>,
+    /// Also= units, enabled with this one.
+    pub also: Vec<String>,
+}
+
+/// Reads a unit file's `[Install]` section.
+pub fn install_section(unit_text: &str) -> Install {
+    let mut out = Install::default();
     let mut in_install = false;
     for line in unit_text.lines() {
         let line = line.trim();
@@ -191,19 +202,20 @@ pub fn install_targets(unit_text: &str) -> Vec<(String, &'static str)> {
         if !in_install {
             continue;
         }
-        if let Some((k, v)) = line.split_once('=') {
-            let suffix = match k.trim() {
-                "WantedBy" => ".wants",
-                "RequiredBy" => ".requires",
-                _ => continue,
-            };
-            out.extend(v.split_whitespace().map(|t| (t.to_string(), suffix)));
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let words = v.split_whitespace().map(str::to_string);
+        match k.trim() {
+            "WantedBy" => out.targets.extend(words.map(|t| (t, ".wants"))),
+            "RequiredBy" => out.targets.extend(words.map(|t| (t, ".requires"))),
+            "Alias" => out.aliases.extend(words),
+            "Also" => out.also.extend(words),
+            _ => {}
         }
     }
     out
 }
 
-const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
 
 /// Resolves the overlay layer.
 pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
@@ -272,9 +284,16 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
         }
     }
 
-    // Units to enable: the links `systemctl enable` would make.
+    // Units to enable: the links `systemctl enable` would make (WantedBy=, RequiredBy=,
+    // Alias=, and the units named by Also=, recursively).
     for ov in inp.overlays {
-        for unit in &ov.spec.units {
+        let mut queue: Vec<String> = ov.spec.units.clone();
+        let mut done: Vec<String> = Vec::new();
+        while let Some(unit) = queue.pop() {
+            if done.contains(&unit) {
+                continue;
+            }
+            done.push(unit.clone());
             let (file_name, link_name) = match unit.split_once('@') {
                 Some((prefix, rest)) if !rest.starts_with('.') => {
                     let suffix = rest.rsplit_once('.').map_or("", |(_, s)| s);
@@ -294,14 +313,18 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
                     UNIT_DIRS.join(", ")
                 );
             };
-            let targets = install_targets(&text);
-            if targets.is_empty() {
-                bail!("overlays/{}/overlay.toml: unit {unit:?} ({unit_path}) has no WantedBy= or RequiredBy= in [Install], so it cannot be enabled", ov.name);
+            let install = install_section(&text);
+            if install.targets.is_empty() && install.aliases.is_empty() && install.also.is_empty() {
+                bail!("overlays/{}/overlay.toml: unit {unit:?} ({unit_path}) has no [Install] section, so it cannot be enabled", ov.name);
             }
-            for (target, suffix) in targets {
+            for (target, suffix) in install.targets {
                 let link = format!("/etc/systemd/system/{target}{suffix}/{link_name}");
                 b.put(&link, Kind::Symlink(unit_path.clone()), 0o777, &ov.name);
             }
+            for alias in install.aliases {
+                b.put(&format!("/etc/systemd/system/{alias}"), Kind::Symlink(unit_path.clone()), 0o777, &ov.name);
+            }
+            queue.extend(install.also);
         }
     }
 
@@ -461,6 +484,7 @@ mod tests {
 0755 0:0 /etc/systemd/system dir [base]
 0755 0:0 /etc/systemd/system/multi-user.target.wants dir [base]
 0777 0:0 /etc/systemd/system/multi-user.target.wants/ssh.service link -> /lib/systemd/system/ssh.service [base]
+0777 0:0 /etc/systemd/system/sshd.service link -> /lib/systemd/system/ssh.service [base]
 0755 0:0 /home dir [base]
 0700 1000:1000 /home/admin dir [base]
 0700 1000:1000 /home/admin/.ssh dir [base]
@@ -486,7 +510,7 @@ mod tests {
         let base = base();
         let cases: Vec<(Spec, &str)> = vec![
             (Spec { units: vec!["nope.service".into()], ..Spec::default() }, "unit \"nope.service\" to enable was not found"),
-            (Spec { units: vec!["noinstall.service".into()], ..Spec::default() }, "has no WantedBy="),
+            (Spec { units: vec!["noinstall.service".into()], ..Spec::default() }, "has no [Install] section"),
             (Spec { permissions: BTreeMap::from([("/etc/x".to_string(), Permission::default())]), ..Spec::default() }, "which no overlay provides"),
         ];
         for (spec, needle) in cases {
@@ -503,7 +527,9 @@ mod tests {
 
     #[test]
     fn install_sections_are_read() {
-        let t = "[Unit]\nWantedBy=nope\n[Install]\nWantedBy=multi-user.target graphical.target\nRequiredBy=x.target\n";
-        assert_eq!(install_targets(t), vec![("multi-user.target".into(), ".wants"), ("graphical.target".into(), ".wants"), ("x.target".into(), ".requires")]);
+        let t = "[Unit]\nWantedBy=nope\n[Install]\nWantedBy=multi-user.target graphical.target\nRequiredBy=x.target\nAlias=a.service\nAlso=b.socket\n";
+        let i = install_section(t);
+        assert_eq!(i.targets, vec![("multi-user.target".into(), ".wants"), ("graphical.target".into(), ".wants"), ("x.target".into(), ".requires")]);
+        assert_eq!((i.aliases, i.also), (vec!["a.service".to_string()], vec!["b.socket".to_string()]));
     }
 }
