@@ -225,10 +225,13 @@ pub fn ensure(spec: &BaseSpec, keys: &[(String, PathBuf)], cache: &Path, progres
         return Ok(Base { dir, info, cached: true });
     }
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    // Builds killed earlier may have left their work folders (and mmdebstrap's mounts).
+    for e in fs::read_dir(&root)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            remove_tree(&e.path())?;
+        }
     }
+    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
     fs::create_dir_all(tmp.join("hooks"))?;
     let result = build(spec, keys, &tmp, &key, progress);
     match result {
@@ -238,9 +241,43 @@ pub fn ensure(spec: &BaseSpec, keys: &[(String, PathBuf)], cache: &Path, progres
             Ok(Base { dir, info, cached: false })
         }
         Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
+            if let Err(cleanup) = remove_tree(&tmp) {
+                tracing::warn!("{cleanup:#}");
+            }
             Err(e)
         }
+    }
+}
+
+/// Mount points at or under `dir`, deepest first (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = dir.canonicalize() else { return vec![] };
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes spaces and the like as octal; our paths have none.
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+/// Removes a work folder, first unmounting anything a killed mmdebstrap left mounted in it
+/// (a recursive delete through a bind mount of /dev or /proc would reach the build host).
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    for m in mounts_under(dir) {
+        Tool::new("umount").arg("--lazy").arg(&m).run(None).with_context(|| format!("unmounting {} before removing {}", m.display(), dir.display()))?;
+    }
+    let left = mounts_under(dir);
+    if !left.is_empty() {
+        bail!("{} still has mounts ({}); not removing it", dir.display(), left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
     }
 }
 

@@ -67,7 +67,7 @@ struct InputsDigest<'a> {
 
 /// Renders each node template for each inventory node that boots `recipe_name`, so a missing
 /// node variable fails the build, not the boot.
-fn check_node_templates(plan: &Plan, inv: &inventory::Inventory, recipe: &Recipe, recipe_name: &str, version: &str) -> Result<usize> {
+fn check_node_templates(templates: &BTreeMap<String, overlay::TemplateSource>, inv: &inventory::Inventory, recipe: &Recipe, recipe_name: &str, version: &str) -> Result<usize> {
     let mut n = 0;
     let mut nodes: Vec<(String, inventory::Node)> = inv.nodes.iter().filter(|(_, node)| node.recipe == recipe_name).map(|(k, v)| (k.clone(), v.clone())).collect();
     if nodes.is_empty() && inv.defaults.recipe.as_deref() == Some(recipe_name) {
@@ -87,7 +87,7 @@ fn check_node_templates(plan: &Plan, inv: &inventory::Inventory, recipe: &Recipe
             ironbake: plan::ImageInfo { recipe: recipe_name.into(), version: version.into() },
             node: inventory::node_context(name, node),
         };
-        for t in plan.node_templates.values() {
+        for t in templates.values() {
             template::render(t, &ctx).map_err(anyhow::Error::from).with_context(|| format!("rendering for inventory node {name} (inventory.toml)"))?;
             n += 1;
         }
@@ -235,12 +235,29 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     let inputs_sha256 = apt::sha256_hex(&serde_json::to_vec(&digest_input)?);
     let version = format!("{}-{}", recipe.version, &inputs_sha256[..10]);
     progress.println(&format!("      {name}@{version}"));
+
+    // Render every template now, before the long steps, so a template error costs seconds.
+    let ctx = plan::BuildContext { vars: recipe.variables.clone(), ironbake: plan::ImageInfo { recipe: name.into(), version: version.clone() } };
+    let mut node_templates = BTreeMap::new();
+    for ov in &overlays {
+        for t in &ov.templates {
+            template::render(t, &ctx)?;
+        }
+        for t in &ov.node_templates {
+            template::check_syntax(t)?;
+            node_templates.insert(t.dest.clone(), t.clone());
+        }
+    }
+    let checked = check_node_templates(&node_templates, &inv, &recipe, name, &version)?;
+    if checked > 0 {
+        progress.println(&format!("      {checked} node template renderings checked against inventory.toml"));
+    }
     Ok(Prepared { recipe, recipe_sha, overlays, inv, base_spec, keys, fetched, epoch, inputs_sha256, version })
 }
 
 /// Builds and publishes `name`.
 pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
-    let Prepared { recipe, recipe_sha, overlays, inv, base_spec, keys, fetched, epoch, inputs_sha256, version } = prepare(paths, name, progress)?;
+    let Prepared { recipe, recipe_sha, overlays, inv: _, base_spec, keys, fetched, epoch, inputs_sha256, version } = prepare(paths, name, progress)?;
     let existing = paths.out.join(name).join(&version);
     if existing.is_dir() {
         let manifest = layout::load_manifest(&existing)?;
@@ -257,8 +274,7 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
     let stage = progress.stage("plan overlay layer");
     let view = TreeView { root: base.rootfs() };
     let plan = plan::resolve(&plan::Inputs { recipe_name: name, recipe: &recipe, version: &version, overlays: &overlays, artifacts: &fetched, base: &view, epoch })?;
-    let rendered = check_node_templates(&plan, &inv, &recipe, name, &version)?;
-    stage.done(&format!("{} paths, {} node templates checked against the inventory", plan.entries.len(), rendered));
+    stage.done(&format!("{} paths", plan.entries.len()));
 
     let staging = Staging::new(&paths.out, name, &version)?;
     let vdir = staging.version_dir();

@@ -1,0 +1,79 @@
+//! Shared helpers for the tool-backed tests: gating on tools and root, private project copies,
+//! running the `cargo xtask` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// True if the test may run. A missing requirement fails the test when CI=true, and skips it
+/// with a printed reason otherwise.
+pub fn require(tools: &[&str]) -> bool {
+    let mut missing: Vec<String> = tools.iter().filter(|t| !ironbake::exec::have_tool(t)).map(|t| t.to_string()).collect();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1);
+    if uid != 0 {
+        missing.push("root".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("needs {} (run `cargo xtask setup` as root)", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and this test {msg}");
+    }
+    eprintln!("SKIPPED: this test {msg}");
+    false
+}
+
+/// A scratch folder under the target folder (not /tmp: images are large).
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(base).unwrap()
+}
+
+/// A test project: a copy of the repository's recipes, overlays and inventory.
+pub fn project(dir: &Path) -> PathBuf {
+    let p = dir.join("project");
+    ironbake::bench::copy_project(&p).unwrap();
+    p
+}
+
+/// The result of one `cargo xtask` run.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cargo xtask ARGS` against a project, out and cache folder.
+pub fn xtask(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Run {
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .arg("--project")
+        .arg(project)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .env("CI", "true")
+        .output()
+        .expect("running cargo xtask");
+    Run { ok: o.status.success(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+}
+
+/// Every path under `dir` with its size, for before/after comparisons.
+pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
+    if !dir.exists() {
+        return vec![];
+    }
+    let mut v: Vec<_> = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .map(|e| (e.path().display().to_string(), e.path().symlink_metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    v.sort();
+    v
+}
