@@ -208,7 +208,10 @@ pub enum LayoutError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
-    move |source| LayoutError::Io { path: path.to_owned(), source }
+    move |source| LayoutError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Parses a manifest from its JSON text (no IO).
@@ -225,10 +228,15 @@ pub fn load_manifest(version_dir: &Path) -> Result<Manifest, LayoutError> {
     struct Head {
         schema: u32,
     }
-    let head: Head = serde_json::from_str(&text)
-        .map_err(|source| LayoutError::Manifest { path: path.clone(), source })?;
+    let head: Head = serde_json::from_str(&text).map_err(|source| LayoutError::Manifest {
+        path: path.clone(),
+        source,
+    })?;
     if head.schema != SCHEMA {
-        return Err(LayoutError::Schema { path, found: head.schema });
+        return Err(LayoutError::Schema {
+            path,
+            found: head.schema,
+        });
     }
     parse_manifest(&text).map_err(|source| LayoutError::Manifest { path, source })
 }
@@ -274,7 +282,11 @@ pub fn list_published(root: &Path) -> Result<Vec<RecipeVersions>, LayoutError> {
         }
         versions.sort();
         let current = read_current(&dir)?;
-        out.push(RecipeVersions { recipe: name, versions, current });
+        out.push(RecipeVersions {
+            recipe: name,
+            versions,
+            current,
+        });
     }
     out.sort_by(|a, b| a.recipe.cmp(&b.recipe));
     Ok(out)
@@ -324,10 +336,18 @@ impl std::fmt::Display for Mismatch {
         match self {
             Mismatch::Missing(p) => write!(f, "{p}: missing (listed in {MANIFEST})"),
             Mismatch::Unlisted(p) => write!(f, "{p}: present but not listed in {MANIFEST}"),
-            Mismatch::Size { path, expected, actual } => {
+            Mismatch::Size {
+                path,
+                expected,
+                actual,
+            } => {
                 write!(f, "{path}: size {actual} bytes, manifest says {expected}")
             }
-            Mismatch::Digest { path, expected, actual } => {
+            Mismatch::Digest {
+                path,
+                expected,
+                actual,
+            } => {
                 write!(f, "{path}: sha256 {actual}, manifest says {expected}")
             }
             Mismatch::Sums(why) => write!(f, "{SHA256SUMS}: {why}"),
@@ -359,8 +379,10 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), LayoutError> {
 
 /// Renders the `SHA256SUMS` text for a manifest: its outputs and the manifest's own digest.
 pub fn sha256sums_text(outputs: &[OutputRecord], manifest_sha256: &str) -> String {
-    let mut lines: BTreeMap<&str, &str> =
-        outputs.iter().map(|o| (o.path.as_str(), o.sha256.as_str())).collect();
+    let mut lines: BTreeMap<&str, &str> = outputs
+        .iter()
+        .map(|o| (o.path.as_str(), o.sha256.as_str()))
+        .collect();
     lines.insert(MANIFEST, manifest_sha256);
     lines.iter().map(|(p, d)| format!("{d}  {p}\n")).collect()
 }
@@ -376,8 +398,10 @@ pub fn list_files(dir: &Path) -> Result<Vec<String>, LayoutError> {
                 walk(base, &path, out)?;
             } else {
                 let rel = path.strip_prefix(base).expect("walk stays under its base");
-                let parts: Vec<_> =
-                    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+                let parts: Vec<_> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect();
                 out.push(parts.join("/"));
             }
         }
@@ -395,8 +419,11 @@ pub fn verify(version_dir: &Path) -> Result<(Manifest, Vec<Mismatch>), LayoutErr
     let manifest = load_manifest(version_dir)?;
     let mut problems = Vec::new();
     let on_disk = list_files(version_dir)?;
-    let listed: BTreeMap<&str, &OutputRecord> =
-        manifest.outputs.iter().map(|o| (o.path.as_str(), o)).collect();
+    let listed: BTreeMap<&str, &OutputRecord> = manifest
+        .outputs
+        .iter()
+        .map(|o| (o.path.as_str(), o))
+        .collect();
     for path in &on_disk {
         if path != MANIFEST && path != SHA256SUMS && !listed.contains_key(path.as_str()) {
             problems.push(Mismatch::Unlisted(path.clone()));
@@ -410,7 +437,11 @@ pub fn verify(version_dir: &Path) -> Result<(Manifest, Vec<Mismatch>), LayoutErr
         }
         let (digest, size) = sha256_file(&file)?;
         if size != rec.size {
-            problems.push(Mismatch::Size { path: path.to_string(), expected: rec.size, actual: size });
+            problems.push(Mismatch::Size {
+                path: path.to_string(),
+                expected: rec.size,
+                actual: size,
+            });
         }
         if digest != rec.sha256 {
             problems.push(Mismatch::Digest {
@@ -446,8 +477,16 @@ mod tests {
     #[test]
     fn sums_text_is_sorted_and_includes_the_manifest() {
         let outputs = vec![
-            OutputRecord { path: "vmlinuz".into(), size: 1, sha256: "bb".into() },
-            OutputRecord { path: "base.squashfs".into(), size: 1, sha256: "aa".into() },
+            OutputRecord {
+                path: "vmlinuz".into(),
+                size: 1,
+                sha256: "bb".into(),
+            },
+            OutputRecord {
+                path: "base.squashfs".into(),
+                size: 1,
+                sha256: "aa".into(),
+            },
         ];
         assert_eq!(
             sha256sums_text(&outputs, "cc"),
@@ -458,7 +497,10 @@ mod tests {
     #[test]
     fn sha256_of_known_input() {
         let (d, n) = sha256_reader(&b"abc"[..]).unwrap();
-        assert_eq!(d, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(n, 3);
     }
 

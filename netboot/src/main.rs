@@ -49,7 +49,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::List { root } => {
             for r in layout::list_published(&root)? {
                 for v in &r.versions {
-                    let mark = if r.current.as_deref() == Some(v) { "  (current)" } else { "" };
+                    let mark = if r.current.as_deref() == Some(v) {
+                        "  (current)"
+                    } else {
+                        ""
+                    };
                     println!("{}@{}{}", r.recipe, v, mark);
                 }
             }

@@ -33,7 +33,9 @@ pub fn parse_sources(text: &str, deb822: bool) -> Vec<Source> {
                 if line.starts_with('#') || line.starts_with([' ', '\t']) {
                     continue;
                 }
-                let Some((k, v)) = line.split_once(':') else { continue };
+                let Some((k, v)) = line.split_once(':') else {
+                    continue;
+                };
                 let words = v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
                 match k.trim().to_ascii_lowercase().as_str() {
                     "types" => types = words,
@@ -72,7 +74,9 @@ pub fn parse_sources(text: &str, deb822: bool) -> Vec<Source> {
                     }
                 }
             }
-            let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
+            let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+                continue;
+            };
             out.push(Source {
                 origin: "host".into(),
                 uri: uri.trim_end_matches('/').to_string(),
@@ -103,11 +107,16 @@ pub fn host_sources(etc_apt: &Path, suite: &str, components: &[String]) -> Resul
             if !(deb822 || p.extension().is_some_and(|e| e == "list")) {
                 continue;
             }
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             all.extend(parse_sources(&text, deb822));
         }
     }
-    let wanted = [suite.to_string(), format!("{suite}-updates"), format!("{suite}-security")];
+    let wanted = [
+        suite.to_string(),
+        format!("{suite}-updates"),
+        format!("{suite}-security"),
+    ];
     let mut out: Vec<Source> = Vec::new();
     for mut s in all {
         if !wanted.contains(&s.suite) || !s.components.iter().any(|c| c == "main") {
@@ -153,7 +162,10 @@ pub fn fetch_release(source: &Source) -> Result<Vec<u8>> {
         if source.origin == "host" || source.origin == "recipe" {
             "network access by setting `mirror` under [debian] to a local mirror".to_string()
         } else {
-            format!("the overlay {:?} (remove it from the recipe's overlays)", source.origin)
+            format!(
+                "the overlay {:?} (remove it from the recipe's overlays)",
+                source.origin
+            )
         }
     )
 }
@@ -163,8 +175,14 @@ pub fn fetch_small(url: &str) -> Result<Vec<u8>> {
     if let Some(path) = url.strip_prefix("file://") {
         return std::fs::read(path).with_context(|| format!("reading {path}"));
     }
-    let agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).build().new_agent();
-    let mut resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(FETCH_TIMEOUT))
+        .build()
+        .new_agent();
+    let mut resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
     let bytes = resp
         .body_mut()
         .with_config()
@@ -193,8 +211,18 @@ pub fn parse_rfc2822(s: &str) -> Option<u64> {
     let mut parts = s.split_whitespace();
     let day: u64 = parts.next()?.parse().ok()?;
     let month = match parts.next()? {
-        "Jan" => 1, "Feb" => 2, "Mar" => 3, "Apr" => 4, "May" => 5, "Jun" => 6,
-        "Jul" => 7, "Aug" => 8, "Sep" => 9, "Oct" => 10, "Nov" => 11, "Dec" => 12,
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
         _ => return None,
     };
     let year: i64 = parts.next()?.parse().ok()?;
@@ -212,7 +240,9 @@ pub fn parse_rfc2822(s: &str) -> Option<u64> {
     let doy = (153 * mp as i64 + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146097 + doe - 719468;
-    u64::try_from(days).ok().map(|d| d * 86400 + h * 3600 + m * 60 + sec)
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86400 + h * 3600 + m * 60 + sec)
 }
 
 #[cfg(test)]
@@ -230,14 +260,21 @@ mod tests {
         let one = "# c\ndeb [arch=amd64 signed-by=/k] http://m.example/debian bookworm main\ndeb-src http://z bookworm main\n";
         let s = parse_sources(one, false);
         assert_eq!(s.len(), 1);
-        assert_eq!((s[0].uri.as_str(), s[0].suite.as_str()), ("http://m.example/debian", "bookworm"));
+        assert_eq!(
+            (s[0].uri.as_str(), s[0].suite.as_str()),
+            ("http://m.example/debian", "bookworm")
+        );
     }
 
     #[test]
     fn host_sources_keep_debian_entries_for_the_suite() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sources.list.d")).unwrap();
-        std::fs::write(dir.path().join("sources.list"), "deb https://third.example/apt cloud main-ish\n").unwrap();
+        std::fs::write(
+            dir.path().join("sources.list"),
+            "deb https://third.example/apt cloud main-ish\n",
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("sources.list.d/debian.sources"),
             "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates trixie\nComponents: main\n\nTypes: deb\nURIs: http://m.example/debian-security\nSuites: bookworm-security\nComponents: main\n",
@@ -252,16 +289,30 @@ mod tests {
 
     #[test]
     fn release_dates_parse() {
-        assert_eq!(parse_rfc2822("Sat, 10 Aug 2024 09:36:41 UTC"), Some(1723282601));
+        assert_eq!(
+            parse_rfc2822("Sat, 10 Aug 2024 09:36:41 UTC"),
+            Some(1723282601)
+        );
         assert_eq!(parse_rfc2822("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
         assert_eq!(parse_rfc2822("Tue, 29 Feb 2000 12:00:00 +0100"), None);
-        assert_eq!(release_date(b"Origin: Debian\nDate: Sat, 10 Aug 2024 09:36:41 UTC\n"), Some(1723282601));
+        assert_eq!(
+            release_date(b"Origin: Debian\nDate: Sat, 10 Aug 2024 09:36:41 UTC\n"),
+            Some(1723282601)
+        );
     }
 
     #[test]
     fn unreachable_sources_say_how_to_get_past_them() {
-        let s = Source { origin: "extra".into(), uri: "file:///nonexistent/repo".into(), suite: "bookworm".into(), components: vec!["main".into()] };
+        let s = Source {
+            origin: "extra".into(),
+            uri: "file:///nonexistent/repo".into(),
+            suite: "bookworm".into(),
+            components: vec!["main".into()],
+        };
         let msg = format!("{:#}", fetch_release(&s).unwrap_err());
-        assert!(msg.contains("cannot be reached") && msg.contains("overlay \"extra\""), "{msg}");
+        assert!(
+            msg.contains("cannot be reached") && msg.contains("overlay \"extra\""),
+            "{msg}"
+        );
     }
 }

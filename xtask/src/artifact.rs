@@ -25,11 +25,15 @@ fn basename(url: &str) -> &str {
 /// bare digest (and nothing else) applies to any file.
 pub fn digest_from_sums(text: &str, file_name: &str) -> Option<String> {
     let is_digest = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    if let [only] = lines.as_slice() {
-        if is_digest(only) {
-            return Some(only.to_ascii_lowercase());
-        }
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if let [only] = lines.as_slice()
+        && is_digest(only)
+    {
+        return Some(only.to_ascii_lowercase());
     }
     lines.iter().find_map(|l| {
         let (digest, name) = l.split_once(char::is_whitespace)?;
@@ -52,7 +56,10 @@ fn open(url: &str) -> Result<Box<dyn Read>> {
         .timeout_recv_body(Some(READ_TIMEOUT))
         .build()
         .new_agent();
-    let resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    let resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
     Ok(Box::new(resp.into_body().into_reader()))
 }
 
@@ -67,7 +74,8 @@ pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<Fetched
     let expected = match (&spec.sha256, &spec.sha256_url) {
         (Some(d), _) => d.clone(),
         (None, Some(sums_url)) => {
-            let text = crate::apt::fetch_small(sums_url).with_context(|| format!("{what}: fetching its checksum file"))?;
+            let text = crate::apt::fetch_small(sums_url)
+                .with_context(|| format!("{what}: fetching its checksum file"))?;
             let text = String::from_utf8_lossy(&text);
             let name = basename(&spec.url);
             digest_from_sums(&text, name).with_context(|| {
@@ -78,7 +86,12 @@ pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<Fetched
     };
     let path = cache_path(cache, &expected);
     if path.is_file() {
-        return Ok(FetchedArtifact { overlay: overlay.into(), spec: spec.clone(), path, sha256: expected });
+        return Ok(FetchedArtifact {
+            overlay: overlay.into(),
+            spec: spec.clone(),
+            path,
+            sha256: expected,
+        });
     }
     let dir = path.parent().expect("cache path has a parent");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -89,7 +102,9 @@ pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<Fetched
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = reader.read(&mut buf).with_context(|| format!("downloading {}", spec.url))?;
+            let n = reader
+                .read(&mut buf)
+                .with_context(|| format!("downloading {}", spec.url))?;
             if n == 0 {
                 break;
             }
@@ -112,11 +127,19 @@ pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<Fetched
             "{what}: sha256 mismatch for {}\n  expected {expected}{}\n  actual   {actual}\n  \
              if the new file is the one you want, update the digest in overlays/{overlay}/overlay.toml",
             spec.url,
-            spec.sha256_url.as_ref().map(|u| format!(" (from {u})")).unwrap_or_default()
+            spec.sha256_url
+                .as_ref()
+                .map(|u| format!(" (from {u})"))
+                .unwrap_or_default()
         );
     }
     fs::rename(&tmp, &path)?;
-    Ok(FetchedArtifact { overlay: overlay.into(), spec: spec.clone(), path, sha256: actual })
+    Ok(FetchedArtifact {
+        overlay: overlay.into(),
+        spec: spec.clone(),
+        path,
+        sha256: actual,
+    })
 }
 
 #[cfg(test)]
@@ -127,17 +150,30 @@ mod tests {
 
     #[test]
     fn checksum_lists_are_read_like_sha256sum_does() {
-        let list = format!("{}  k3s\n{D1} *k3s-arm64\n{D1}  dist/k3s-airgap.tar\n", "0".repeat(64));
+        let list = format!(
+            "{}  k3s\n{D1} *k3s-arm64\n{D1}  dist/k3s-airgap.tar\n",
+            "0".repeat(64)
+        );
         assert_eq!(digest_from_sums(&list, "k3s").unwrap(), "0".repeat(64));
         assert_eq!(digest_from_sums(&list, "k3s-arm64").unwrap(), D1);
         assert_eq!(digest_from_sums(&list, "k3s-airgap.tar").unwrap(), D1);
         assert_eq!(digest_from_sums(&list, "other"), None);
-        assert_eq!(digest_from_sums(&format!("{D1}\n"), "anything").unwrap(), D1);
+        assert_eq!(
+            digest_from_sums(&format!("{D1}\n"), "anything").unwrap(),
+            D1
+        );
         assert_eq!(basename("https://h/x/k3s?raw=1"), "k3s");
     }
 
     fn spec(url: String, sha256: Option<String>, sha256_url: Option<String>) -> ArtifactSpec {
-        ArtifactSpec { name: "tool".into(), url, sha256, sha256_url, dest: "/usr/bin/tool".into(), mode: "0755".into() }
+        ArtifactSpec {
+            name: "tool".into(),
+            url,
+            sha256,
+            sha256_url,
+            dest: "/usr/bin/tool".into(),
+            mode: "0755".into(),
+        }
     }
 
     #[test]
@@ -157,7 +193,12 @@ mod tests {
         fs::write(&src, "abc").unwrap();
         let sums = d.path().join("sha256sum.txt");
         fs::write(&sums, format!("{D1}  tool\n")).unwrap();
-        let got = fetch("o", &spec(url, None, Some(format!("file://{}", sums.display()))), &cache).unwrap();
+        let got = fetch(
+            "o",
+            &spec(url, None, Some(format!("file://{}", sums.display()))),
+            &cache,
+        )
+        .unwrap();
         assert_eq!(got.sha256, D1);
     }
 
@@ -167,12 +208,33 @@ mod tests {
         let src = d.path().join("tool");
         fs::write(&src, "abd").unwrap();
         let cache = d.path().join("cache");
-        let err = fetch("o", &spec(format!("file://{}", src.display()), Some(D1.into()), None), &cache).unwrap_err();
+        let err = fetch(
+            "o",
+            &spec(format!("file://{}", src.display()), Some(D1.into()), None),
+            &cache,
+        )
+        .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("sha256 mismatch") && msg.contains(D1) && msg.contains("overlays/o/overlay.toml"), "{msg}");
+        assert!(
+            msg.contains("sha256 mismatch")
+                && msg.contains(D1)
+                && msg.contains("overlays/o/overlay.toml"),
+            "{msg}"
+        );
         assert!(!cache_path(&cache, D1).exists());
-        assert_eq!(fs::read_dir(cache.join("artifacts/sha256")).unwrap().count(), 0, "no temporary left behind");
-        let missing = fetch("o", &spec("file:///nonexistent/tool".into(), Some(D1.into()), None), &cache).unwrap_err();
+        assert_eq!(
+            fs::read_dir(cache.join("artifacts/sha256"))
+                .unwrap()
+                .count(),
+            0,
+            "no temporary left behind"
+        );
+        let missing = fetch(
+            "o",
+            &spec("file:///nonexistent/tool".into(), Some(D1.into()), None),
+            &cache,
+        )
+        .unwrap_err();
         assert!(format!("{missing:#}").contains("/nonexistent/tool"));
     }
 }

@@ -96,7 +96,9 @@ impl Base {
     }
     /// The kernel image.
     pub fn vmlinuz(&self) -> PathBuf {
-        self.rootfs().join("boot").join(format!("vmlinuz-{}", self.info.kernel_release))
+        self.rootfs()
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.info.kernel_release))
     }
 }
 
@@ -124,7 +126,11 @@ pub fn parse_dpkg_status(text: &str) -> Vec<PackageRecord> {
             }
         }
         if let (Some(n), Some(v), Some(a), true) = (name, version, arch, installed) {
-            out.push(PackageRecord { name: n.into(), version: v.into(), architecture: a.into() });
+            out.push(PackageRecord {
+                name: n.into(),
+                version: v.into(),
+                architecture: a.into(),
+            });
         }
     }
     out.sort();
@@ -133,7 +139,13 @@ pub fn parse_dpkg_status(text: &str) -> Vec<PackageRecord> {
 
 /// The mksquashfs arguments (after source and destination) for a layer.
 pub fn mksquashfs_args(sq: &Squashfs, epoch: u64) -> Vec<String> {
-    let mut a = vec!["-noappend".into(), "-quiet".into(), "-no-progress".into(), "-comp".into(), sq.compression.as_str().into()];
+    let mut a = vec![
+        "-noappend".into(),
+        "-quiet".into(),
+        "-no-progress".into(),
+        "-comp".into(),
+        sq.compression.as_str().into(),
+    ];
     match sq.compression {
         crate::recipe::Compression::Zstd | crate::recipe::Compression::Gzip => {
             a.extend(["-Xcompression-level".into(), sq.level.to_string()]);
@@ -152,7 +164,14 @@ pub fn mksquashfs_args(sq: &Squashfs, epoch: u64) -> Vec<String> {
 }
 
 /// Runs mksquashfs over `src` into `dest` with the layer settings and extra arguments.
-pub fn mksquashfs(src: &Path, dest: &Path, sq: &Squashfs, epoch: u64, extra: &[&str], progress: &crate::progress::Stage<'_>) -> Result<()> {
+pub fn mksquashfs(
+    src: &Path,
+    dest: &Path,
+    sq: &Squashfs,
+    epoch: u64,
+    extra: &[&str],
+    progress: &crate::progress::Stage<'_>,
+) -> Result<()> {
     let sink = |l: &str| {
         // mksquashfs warns once per ACL xattr it cannot store; these are harmless and noisy.
         if !l.starts_with("Unrecognised xattr prefix") {
@@ -215,14 +234,24 @@ pub fn cache_root(cache: &Path) -> PathBuf {
 
 /// Returns the base for `spec`, building it if the cache does not have it.
 /// `keys` are the signing key files to copy in, by their name in `spec.sources`.
-pub fn ensure(spec: &BaseSpec, keys: &[(String, PathBuf)], cache: &Path, progress: &Progress) -> Result<Base> {
+pub fn ensure(
+    spec: &BaseSpec,
+    keys: &[(String, PathBuf)],
+    cache: &Path,
+    progress: &Progress,
+) -> Result<Base> {
     let key = spec.key();
     let root = cache_root(cache);
     let dir = root.join(&key);
     let info_path = dir.join("info.json");
     if let Ok(text) = fs::read_to_string(&info_path) {
-        let info: BaseInfo = serde_json::from_str(&text).with_context(|| format!("reading {}", info_path.display()))?;
-        return Ok(Base { dir, info, cached: true });
+        let info: BaseInfo = serde_json::from_str(&text)
+            .with_context(|| format!("reading {}", info_path.display()))?;
+        return Ok(Base {
+            dir,
+            info,
+            cached: true,
+        });
     }
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     // Builds killed earlier may have left their work folders (and mmdebstrap's mounts).
@@ -237,8 +266,13 @@ pub fn ensure(spec: &BaseSpec, keys: &[(String, PathBuf)], cache: &Path, progres
     match result {
         Ok(info) => {
             fs::write(tmp.join("info.json"), serde_json::to_vec_pretty(&info)?)?;
-            fs::rename(&tmp, &dir).with_context(|| format!("moving the new base into {}", dir.display()))?;
-            Ok(Base { dir, info, cached: false })
+            fs::rename(&tmp, &dir)
+                .with_context(|| format!("moving the new base into {}", dir.display()))?;
+            Ok(Base {
+                dir,
+                info,
+                cached: false,
+            })
         }
         Err(e) => {
             if let Err(cleanup) = remove_tree(&tmp) {
@@ -251,7 +285,9 @@ pub fn ensure(spec: &BaseSpec, keys: &[(String, PathBuf)], cache: &Path, progres
 
 /// Mount points at or under `dir`, deepest first (from /proc/self/mountinfo).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(dir) = dir.canonicalize() else { return vec![] };
+    let Ok(dir) = dir.canonicalize() else {
+        return vec![];
+    };
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<PathBuf> = info
         .lines()
@@ -268,11 +304,28 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 /// (a recursive delete through a bind mount of /dev or /proc would reach the build host).
 pub fn remove_tree(dir: &Path) -> Result<()> {
     for m in mounts_under(dir) {
-        Tool::new("umount").arg("--lazy").arg(&m).run(None).with_context(|| format!("unmounting {} before removing {}", m.display(), dir.display()))?;
+        Tool::new("umount")
+            .arg("--lazy")
+            .arg(&m)
+            .run(None)
+            .with_context(|| {
+                format!(
+                    "unmounting {} before removing {}",
+                    m.display(),
+                    dir.display()
+                )
+            })?;
     }
     let left = mounts_under(dir);
     if !left.is_empty() {
-        bail!("{} still has mounts ({}); not removing it", dir.display(), left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "{} still has mounts ({}); not removing it",
+            dir.display(),
+            left.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -291,7 +344,12 @@ fn write_hook(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
 
 /// The mmdebstrap command that builds `spec` into `rootfs`, with its hook scripts written
 /// under `work/hooks`. The benchmark runs the same command by hand.
-pub fn mmdebstrap_command(spec: &BaseSpec, keys: &[(String, PathBuf)], work: &Path, rootfs: &Path) -> Result<Tool> {
+pub fn mmdebstrap_command(
+    spec: &BaseSpec,
+    keys: &[(String, PathBuf)],
+    work: &Path,
+    rootfs: &Path,
+) -> Result<Tool> {
     let tmp = work;
     fs::create_dir_all(tmp.join("hooks"))?;
     let essential = write_hook(tmp, "essential.sh", ESSENTIAL_HOOK)?;
@@ -327,15 +385,31 @@ pub fn mmdebstrap_command(spec: &BaseSpec, keys: &[(String, PathBuf)], work: &Pa
             Some((name, _)) => format!("[signed-by={}/etc/apt/keyrings/{name}] ", rootfs.display()),
             None => String::new(),
         };
-        cmd = cmd.arg(format!("deb {opts}{} {} {}", s.uri, s.suite, s.components.join(" ")));
+        cmd = cmd.arg(format!(
+            "deb {opts}{} {} {}",
+            s.uri,
+            s.suite,
+            s.components.join(" ")
+        ));
     }
     Ok(cmd)
 }
 
-fn build(spec: &BaseSpec, keys: &[(String, PathBuf)], tmp: &Path, key: &str, progress: &Progress) -> Result<BaseInfo> {
+fn build(
+    spec: &BaseSpec,
+    keys: &[(String, PathBuf)],
+    tmp: &Path,
+    key: &str,
+    progress: &Progress,
+) -> Result<BaseInfo> {
     let rootfs = tmp.join("rootfs");
     let cmd = mmdebstrap_command(spec, keys, tmp, &rootfs)?;
-    let stage = progress.stage(&format!("mmdebstrap {} {} (+{} packages)", spec.suite, spec.variant, spec.packages.len()));
+    let stage = progress.stage(&format!(
+        "mmdebstrap {} {} (+{} packages)",
+        spec.suite,
+        spec.variant,
+        spec.packages.len()
+    ));
     let sink = |l: &str| stage.line(l);
     cmd.run(Some(&sink)).context(
         "building the package layer with mmdebstrap; if a package is missing, check its name and \
@@ -346,24 +420,50 @@ fn build(spec: &BaseSpec, keys: &[(String, PathBuf)], tmp: &Path, key: &str, pro
     let boot = rootfs.join("boot");
     let mut kernels: Vec<String> = fs::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(str::to_string)
+        })
         .collect();
     kernels.sort();
     let kernel_release = match kernels.as_slice() {
         [one] => one.clone(),
-        [] => bail!("the kernel package installed no /boot/vmlinuz-*: is [kernel] package a kernel image package?"),
-        many => bail!("the image has {} kernels ({}); install exactly one", many.len(), many.join(", ")),
+        [] => bail!(
+            "the kernel package installed no /boot/vmlinuz-*: is [kernel] package a kernel image package?"
+        ),
+        many => bail!(
+            "the image has {} kernels ({}); install exactly one",
+            many.len(),
+            many.join(", ")
+        ),
     };
-    let status = fs::read_to_string(rootfs.join("var/lib/dpkg/status")).context("reading the image's dpkg status")?;
+    let status = fs::read_to_string(rootfs.join("var/lib/dpkg/status"))
+        .context("reading the image's dpkg status")?;
     let packages = parse_dpkg_status(&status);
 
     let stage = progress.stage("mksquashfs base layer");
     let sq = tmp.join("base.squashfs");
     // The kernel is published beside the layers; the node does not need a second copy.
-    mksquashfs(&rootfs, &sq, &spec.squashfs, spec.epoch, &["-wildcards", "-e", "boot/vmlinuz-*", "boot/initrd.img-*"], &stage)?;
+    mksquashfs(
+        &rootfs,
+        &sq,
+        &spec.squashfs,
+        spec.epoch,
+        &["-wildcards", "-e", "boot/vmlinuz-*", "boot/initrd.img-*"],
+        &stage,
+    )?;
     let (squashfs_sha256, squashfs_size) = netboot::layout::sha256_file(&sq)?;
     stage.done(&format!("{} MB", squashfs_size / 1_000_000));
-    Ok(BaseInfo { key: key.to_string(), kernel_release, packages, squashfs_sha256, squashfs_size })
+    Ok(BaseInfo {
+        key: key.to_string(),
+        kernel_release,
+        packages,
+        squashfs_sha256,
+        squashfs_size,
+    })
 }
 
 /// The cached root filesystem tree, seen as the plan's base. Symlinks resolve inside the tree,
@@ -375,7 +475,12 @@ pub struct TreeView {
 
 impl TreeView {
     fn resolve(&self, path: &str, follow_last: bool) -> Option<PathBuf> {
-        let mut parts: Vec<String> = path.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).map(str::to_string).collect();
+        let mut parts: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
         parts.reverse();
         let mut cur: Vec<String> = Vec::new();
         let mut hops = 0;
@@ -404,7 +509,11 @@ impl TreeView {
                 if t.starts_with('/') {
                     cur.clear();
                 }
-                let mut tparts: Vec<String> = t.split('/').filter(|p| !p.is_empty()).map(str::to_string).collect();
+                let mut tparts: Vec<String> = t
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
                 tparts.reverse();
                 parts.extend(tparts);
             }
@@ -434,14 +543,20 @@ mod tests {
     fn dpkg_status_lists_installed_packages_only() {
         let text = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13\n\nPackage: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\nPackage: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4\n";
         let p = parse_dpkg_status(text);
-        assert_eq!(p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["base-files", "zlib1g"]);
+        assert_eq!(
+            p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["base-files", "zlib1g"]
+        );
         assert_eq!(p[1].version, "1:1.2.13");
     }
 
     #[test]
     fn squashfs_flags_pin_every_timestamp() {
         let a = mksquashfs_args(&Squashfs::default(), 1700000000);
-        assert_eq!(a.join(" "), "-noappend -quiet -no-progress -comp zstd -Xcompression-level 9 -b 1024K -all-time 1700000000 -mkfs-time 1700000000");
+        assert_eq!(
+            a.join(" "),
+            "-noappend -quiet -no-progress -comp zstd -Xcompression-level 9 -b 1024K -all-time 1700000000 -mkfs-time 1700000000"
+        );
     }
 
     #[test]
@@ -457,7 +572,11 @@ mod tests {
         let v = TreeView { root: r.to_owned() };
         assert_eq!(v.read("/etc/os-release").unwrap(), b"ID=debian\n");
         assert_eq!(v.read("/etc/abs").unwrap(), b"ID=debian\n");
-        assert_eq!(v.read("/etc/host"), None, "an absolute link must not reach the build host");
+        assert_eq!(
+            v.read("/etc/host"),
+            None,
+            "an absolute link must not reach the build host"
+        );
         assert!(v.stat("/etc").unwrap().3);
         assert!(!v.stat("/etc/abs").unwrap().3);
     }

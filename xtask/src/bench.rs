@@ -66,7 +66,12 @@ pub fn copy_project(to: &Path) -> Result<()> {
 fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
     let project = work.join(format!("{name}-project"));
     copy_project(&project)?;
-    let paths = Paths { project: project.clone(), out: work.join(format!("{name}-out")), cache: work.join(format!("{name}-cache")), etc_apt: "/etc/apt".into() };
+    let paths = Paths {
+        project: project.clone(),
+        out: work.join(format!("{name}-out")),
+        cache: work.join(format!("{name}-cache")),
+        etc_apt: "/etc/apt".into(),
+    };
 
     // Cold build first: it resolves the same BaseSpec the anchor then runs by hand.
     let t = Instant::now();
@@ -75,8 +80,16 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
     if built.base_cached {
         bail!("the cold build found a cached base: the cache was not empty");
     }
-    let info_dir = fs::read_dir(base::cache_root(&paths.cache))?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.join("info.json").is_file()).context("the cold build left no base")?;
-    let key = info_dir.file_name().expect("named").to_string_lossy().into_owned();
+    let info_dir = fs::read_dir(base::cache_root(&paths.cache))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("info.json").is_file())
+        .context("the cold build left no base")?;
+    let key = info_dir
+        .file_name()
+        .expect("named")
+        .to_string_lossy()
+        .into_owned();
     let spec = reconstruct_spec(&paths, name, &key)?;
 
     // The anchor: the very same mmdebstrap command, then mksquashfs with the same flags.
@@ -95,12 +108,20 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
     let _ = fs::remove_dir_all(&rootfs);
 
     // Rebuild after editing one overlay file.
-    let ov = built.manifest.overlays.last().context("the recipe has no overlay to edit")?.name.clone();
+    let ov = built
+        .manifest
+        .overlays
+        .last()
+        .context("the recipe has no overlay to edit")?
+        .name
+        .clone();
     let victim = walkdir::WalkDir::new(project.join("overlays").join(&ov))
         .sort_by_file_name()
         .into_iter()
         .filter_map(|e| e.ok())
-        .find(|e| e.file_type().is_file() && e.path().components().any(|c| c.as_os_str() == "files"))
+        .find(|e| {
+            e.file_type().is_file() && e.path().components().any(|c| c.as_os_str() == "files")
+        })
         .with_context(|| format!("overlay {ov} has no file under files/ to edit"))?;
     let mut text = fs::read_to_string(victim.path())?;
     text.push_str("\n# edited by cargo xtask bench build\n");
@@ -111,22 +132,54 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
     if !rebuilt.base_cached || rebuilt.already_published {
         bail!("the rebuild did not reuse the package layer, or built nothing");
     }
-    let size = |p: &str| built.manifest.outputs.iter().find(|o| o.path == p).map_or(0, |o| o.size) as f64;
-    Ok(Row { recipe: name.into(), anchor_s, cold_s, rebuild_s, base_mb: size(pipeline::BASE_LAYER) / 1e6, overlay_kb: size(pipeline::OVERLAY_LAYER) / 1e3, anchor_mb })
+    let size = |p: &str| {
+        built
+            .manifest
+            .outputs
+            .iter()
+            .find(|o| o.path == p)
+            .map_or(0, |o| o.size) as f64
+    };
+    Ok(Row {
+        recipe: name.into(),
+        anchor_s,
+        cold_s,
+        rebuild_s,
+        base_mb: size(pipeline::BASE_LAYER) / 1e6,
+        overlay_kb: size(pipeline::OVERLAY_LAYER) / 1e3,
+        anchor_mb,
+    })
 }
 
 fn reconstruct_spec(paths: &Paths, name: &str, key: &str) -> Result<BaseSpec> {
     let spec = pipeline::base_spec_for(paths, name)?;
     if spec.key() != key {
-        bail!("the package layer's inputs changed during the benchmark (the archive moved?); run it again");
+        bail!(
+            "the package layer's inputs changed during the benchmark (the archive moved?); run it again"
+        );
     }
     Ok(spec)
 }
 
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).map_or(0, |kb| kb / 1024 / 1024);
-    let model = fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())).unwrap_or_default();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024 / 1024);
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
     format!("{cpus} cores ({model}), {mem} GiB")
 }
 
@@ -136,7 +189,11 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     let progress = Progress::new(false);
     host::ensure(host::BUILD, &progress)?;
     pipeline::require_root()?;
-    let recipes: Vec<String> = if recipes.is_empty() { vec!["ci-node".into(), "core-node".into()] } else { recipes.to_vec() };
+    let recipes: Vec<String> = if recipes.is_empty() {
+        vec!["ci-node".into(), "core-node".into()]
+    } else {
+        recipes.to_vec()
+    };
     for r in &recipes {
         recipe::load(&project_root(), r)?;
     }
@@ -152,14 +209,32 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     let _ = fs::remove_dir_all(&work);
     let mut md = String::new();
     let _ = writeln!(md, "\n### build, {} (`cargo xtask bench build`)\n", today());
-    let _ = writeln!(md, "Machine: {}. Anchor: the same mmdebstrap command + mksquashfs with the same flags, by hand, in the same run.\n", machine());
-    let _ = writeln!(md, "| recipe | anchor (s) | cold build (s) | cold / anchor | rebuild after overlay edit (s) | rebuild / cold | base.squashfs (MB) | overlay.squashfs (kB) | anchor squashfs (MB) |");
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        md,
+        "Machine: {}. Anchor: the same mmdebstrap command + mksquashfs with the same flags, by hand, in the same run.\n",
+        machine()
+    );
+    let _ = writeln!(
+        md,
+        "| recipe | anchor (s) | cold build (s) | cold / anchor | rebuild after overlay edit (s) | rebuild / cold | base.squashfs (MB) | overlay.squashfs (kB) | anchor squashfs (MB) |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in &rows {
         let _ = writeln!(
             md,
             "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1}% | {:.1} | {:.1} | {:.1} |",
-            r.recipe, r.anchor_s, r.cold_s, r.cold_s / r.anchor_s, r.rebuild_s, 100.0 * r.rebuild_s / r.cold_s, r.base_mb, r.overlay_kb, r.anchor_mb
+            r.recipe,
+            r.anchor_s,
+            r.cold_s,
+            r.cold_s / r.anchor_s,
+            r.rebuild_s,
+            100.0 * r.rebuild_s / r.cold_s,
+            r.base_mb,
+            r.overlay_kb,
+            r.anchor_mb
         );
     }
     print!("{md}");
@@ -174,7 +249,9 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
 }
 
 fn today() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let days = (secs / 86400) as i64;
     // Civil from days (Howard Hinnant).
     let z = days + 719468;

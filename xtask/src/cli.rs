@@ -13,7 +13,12 @@ use netboot::layout;
 
 /// ironbake: golden images for immutable bare-metal nodes.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, help_expected = true, disable_help_subcommand = true)]
+#[command(
+    name = "cargo xtask",
+    version,
+    help_expected = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// Show debug logs (every command run, every tool line).
     #[arg(long, short, global = true)]
@@ -42,21 +47,40 @@ pub struct Locations {
     #[arg(long, value_name = "dir", env = "IRONBAKE_OUT", default_value = "out")]
     pub out: PathBuf,
     /// The cache folder (package layers, artifacts).
-    #[arg(long, value_name = "dir", env = "IRONBAKE_CACHE", default_value = ".cache")]
+    #[arg(
+        long,
+        value_name = "dir",
+        env = "IRONBAKE_CACHE",
+        default_value = ".cache"
+    )]
     pub cache: PathBuf,
 }
 
 impl Locations {
     /// Resolves relative paths against the project folder.
     pub fn paths(&self) -> Paths {
-        let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { self.project.join(p) };
-        Paths { project: self.project.clone(), out: abs(&self.out), cache: abs(&self.cache), etc_apt: PathBuf::from("/etc/apt") }
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                self.project.join(p)
+            }
+        };
+        Paths {
+            project: self.project.clone(),
+            out: abs(&self.out),
+            cache: abs(&self.cache),
+            etc_apt: PathBuf::from("/etc/apt"),
+        }
     }
 }
 
 /// The workspace root, from where this binary was built.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 /// Build a recipe and publish it under out/RECIPE/VERSION.
@@ -118,8 +142,14 @@ struct Bench {
 /// Sets up logging to stderr: warnings by default, debug with `--verbose`, RUST_LOG wins.
 pub fn init_tracing(verbose: bool) {
     let default = if verbose { "debug" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
 }
 
 impl Cli {
@@ -136,7 +166,9 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Test(c) => c.run(),
-            Command::Bench(c) => bench::run(c.what, &c.recipe, !c.no_record).map(|_| ExitCode::SUCCESS),
+            Command::Bench(c) => {
+                bench::run(c.what, &c.recipe, !c.no_record).map(|_| ExitCode::SUCCESS)
+            }
         }
     }
 }
@@ -154,18 +186,40 @@ impl Build {
         let built = pipeline::build(&paths, &self.recipe, &progress)?;
         let m = &built.manifest;
         if built.already_published {
-            println!("{}@{} is already published (same inputs); current -> {}", m.recipe, m.version, m.version);
+            println!(
+                "{}@{} is already published (same inputs); current -> {}",
+                m.recipe, m.version, m.version
+            );
             return Ok(ExitCode::SUCCESS);
         }
-        println!("published {}@{} in {:.1} s", m.recipe, m.version, progress.elapsed().as_secs_f64());
+        println!(
+            "published {}@{} in {:.1} s",
+            m.recipe,
+            m.version,
+            progress.elapsed().as_secs_f64()
+        );
         println!("  {}", built.dir.display());
         for o in &m.outputs {
             if !o.path.starts_with("node-templates/") {
-                println!("  {:<18} {:>10}  sha256:{}", o.path, mb(o.size), &o.sha256[..16]);
+                println!(
+                    "  {:<18} {:>10}  sha256:{}",
+                    o.path,
+                    mb(o.size),
+                    &o.sha256[..16]
+                );
             }
         }
-        let nt = m.outputs.iter().filter(|o| o.path.starts_with("node-templates/")).count();
-        println!("  {} node templates, {} packages, kernel {}", nt, m.packages.len(), m.kernel.release);
+        let nt = m
+            .outputs
+            .iter()
+            .filter(|o| o.path.starts_with("node-templates/"))
+            .count();
+        println!(
+            "  {} node templates, {} packages, kernel {}",
+            nt,
+            m.packages.len(),
+            m.kernel.release
+        );
         println!("  time per stage:");
         for (stage, t) in progress.times() {
             println!("    {:>6.1} s  {stage}", t.as_secs_f64());
@@ -179,12 +233,18 @@ impl List {
         let paths = self.at.paths();
         let published = layout::list_published(&paths.out)?;
         for name in recipe::list(&paths.project)? {
-            let desc = recipe::load(&paths.project, &name).map(|(r, _)| r.description).unwrap_or_else(|e| format!("(invalid: {e:#})"));
+            let desc = recipe::load(&paths.project, &name)
+                .map(|(r, _)| r.description)
+                .unwrap_or_else(|e| format!("(invalid: {e:#})"));
             println!("{name}  {desc}");
             match published.iter().find(|p| p.recipe == name) {
                 Some(p) if !p.versions.is_empty() => {
                     for v in &p.versions {
-                        let cur = if p.current.as_deref() == Some(v) { "  <- current" } else { "" };
+                        let cur = if p.current.as_deref() == Some(v) {
+                            "  <- current"
+                        } else {
+                            ""
+                        };
                         let size = layout::load_manifest(&paths.out.join(&name).join(v))
                             .map(|m| mb(m.outputs.iter().map(|o| o.size).sum()))
                             .unwrap_or_else(|e| format!("unreadable manifest: {e}"));
@@ -204,18 +264,31 @@ impl Verify {
         let (name, version) = match self.target.split_once('@') {
             Some((r, v)) => (r.to_string(), v.to_string()),
             None => {
-                let v = layout::read_current(&paths.out.join(&self.target))?
-                    .with_context(|| format!("{} has no published current version under {}", self.target, paths.out.display()))?;
+                let v =
+                    layout::read_current(&paths.out.join(&self.target))?.with_context(|| {
+                        format!(
+                            "{} has no published current version under {}",
+                            self.target,
+                            paths.out.display()
+                        )
+                    })?;
                 (self.target.clone(), v)
             }
         };
         let dir = paths.out.join(&name).join(&version);
         if !dir.is_dir() {
-            anyhow::bail!("{name}@{version} is not published under {}", paths.out.display());
+            anyhow::bail!(
+                "{name}@{version} is not published under {}",
+                paths.out.display()
+            );
         }
         let (m, problems) = layout::verify(&dir)?;
         if problems.is_empty() {
-            println!("{name}@{version}: intact ({} files, {})", m.outputs.len() + 2, mb(m.outputs.iter().map(|o| o.size).sum()));
+            println!(
+                "{name}@{version}: intact ({} files, {})",
+                m.outputs.len() + 2,
+                mb(m.outputs.iter().map(|o| o.size).sum())
+            );
             Ok(ExitCode::SUCCESS)
         } else {
             println!("{name}@{version}: {} problem(s)", problems.len());
@@ -234,8 +307,14 @@ impl Test {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let root = project_root();
         let tiers: [(&str, &[&str]); 2] = [
-            ("unit tests (pure, no tools)", &["--workspace", "--lib", "--bins"]),
-            ("tool and build tests (mmdebstrap, mksquashfs, unsquashfs; needs root)", &["--workspace", "--test", "*"]),
+            (
+                "unit tests (pure, no tools)",
+                &["--workspace", "--lib", "--bins"],
+            ),
+            (
+                "tool and build tests (mmdebstrap, mksquashfs, unsquashfs; needs root)",
+                &["--workspace", "--test", "*"],
+            ),
         ];
         for (name, args) in tiers {
             progress.println(&format!("==> {name}"));

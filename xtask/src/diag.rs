@@ -19,7 +19,11 @@ pub struct Located {
 
 impl fmt::Display for Located {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if !self.source_line.is_empty() {
             let pad = " ".repeat(self.column.saturating_sub(1));
             write!(f, "\n    | {}\n    | {pad}^", self.source_line)?;
@@ -45,7 +49,13 @@ pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> Located {
     let offset = err.span().map_or(0, |s| s.start);
     let (line, column) = line_col(text, offset);
     let source_line = text.lines().nth(line - 1).unwrap_or("").to_string();
-    Located { file: file.to_string(), line, column, message: err.message().trim().to_string(), source_line }
+    Located {
+        file: file.to_string(),
+        line,
+        column,
+        message: err.message().trim().to_string(),
+        source_line,
+    }
 }
 
 /// Parses TOML text into `T`, with errors located in `file`.
@@ -77,7 +87,10 @@ mod tests {
         assert_eq!((err.line, err.column), (2, 1));
         assert!(err.message.contains("unknown field `b`"), "{}", err.message);
         let shown = err.to_string();
-        assert!(shown.starts_with("r.toml:2:1: unknown field `b`"), "{shown}");
+        assert!(
+            shown.starts_with("r.toml:2:1: unknown field `b`"),
+            "{shown}"
+        );
         assert!(shown.contains("| b = 2"), "{shown}");
     }
 }

@@ -23,7 +23,10 @@ pub type LineSink<'a> = &'a (dyn Fn(&str) + Sync);
 
 /// The path to run for `tool`: its override from the environment, or its name.
 pub fn tool_path(tool: &str) -> OsString {
-    let var = format!("IRONBAKE_TOOL_{}", tool.to_ascii_uppercase().replace('-', "_"));
+    let var = format!(
+        "IRONBAKE_TOOL_{}",
+        tool.to_ascii_uppercase().replace('-', "_")
+    );
     std::env::var_os(var).unwrap_or_else(|| tool.into())
 }
 
@@ -49,7 +52,11 @@ pub struct Tool {
 impl Tool {
     /// A new command for the tool `name` (looked up with [`tool_path`]).
     pub fn new(name: &str) -> Self {
-        Tool { name: name.to_string(), args: Vec::new(), env: Vec::new() }
+        Tool {
+            name: name.to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     /// Appends one argument.
@@ -64,13 +71,15 @@ impl Tool {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// Sets an environment variable for the tool.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env.push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
         self
     }
 
@@ -98,7 +107,10 @@ impl Tool {
         let line = self.display();
         tracing::debug!(target: "exec", "running: {line}");
         let mut cmd = Command::new(tool_path(&self.name));
-        cmd.args(&self.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in &self.env {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -106,7 +118,10 @@ impl Tool {
             };
         }
         let mut child = cmd.spawn().with_context(|| {
-            format!("starting {}: is it installed? (`cargo xtask setup` installs it)", self.name)
+            format!(
+                "starting {}: is it installed? (`cargo xtask setup` installs it)",
+                self.name
+            )
         })?;
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let stdout = child.stdout.take().expect("stdout was piped");
@@ -128,13 +143,19 @@ impl Tool {
             }
             captured
         });
-        let status = child.wait().with_context(|| format!("waiting for {}", self.name))?;
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.name))?;
         if !status.success() {
             let lines: Vec<String> = tail.lock().expect("tail lock").iter().cloned().collect();
             let quoted = if lines.is_empty() {
                 "    (it printed nothing)".to_string()
             } else {
-                lines.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+                lines
+                    .iter()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             };
             bail!(
                 "{} failed ({status}); its last lines:\n{quoted}\n  command: {line}",
@@ -145,12 +166,7 @@ impl Tool {
     }
 }
 
-fn note_line(
-    tool: &str,
-    line: &str,
-    tail: &Mutex<VecDeque<String>>,
-    sink: Option<LineSink<'_>>,
-) {
+fn note_line(tool: &str, line: &str, tail: &Mutex<VecDeque<String>>, sink: Option<LineSink<'_>>) {
     tracing::debug!(target: "exec", "{tool}: {line}");
     let mut t = tail.lock().expect("tail lock");
     if t.len() == TAIL_LINES {
@@ -167,8 +183,13 @@ fn note_line(
 pub fn shell_quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     let safe = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if safe { s.into_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if safe {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +198,10 @@ mod tests {
 
     #[test]
     fn quoting_is_only_added_where_needed() {
-        assert_eq!(shell_quote(OsStr::new("--variant=minbase")), "--variant=minbase");
+        assert_eq!(
+            shell_quote(OsStr::new("--variant=minbase")),
+            "--variant=minbase"
+        );
         assert_eq!(shell_quote(OsStr::new("a b")), "'a b'");
         assert_eq!(shell_quote(OsStr::new("it's")), r"'it'\''s'");
         assert_eq!(shell_quote(OsStr::new("")), "''");
@@ -191,13 +215,19 @@ mod tests {
             .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("sh failed"), "{msg}");
-        assert!(msg.contains("    first") && msg.contains("    second"), "{msg}");
+        assert!(
+            msg.contains("    first") && msg.contains("    second"),
+            "{msg}"
+        );
         assert!(msg.contains("exit status: 3"), "{msg}");
     }
 
     #[test]
     fn stdout_is_captured() {
-        let out = Tool::new("sh").args(["-c", "echo hello"]).run_capture(None).unwrap();
+        let out = Tool::new("sh")
+            .args(["-c", "echo hello"])
+            .run_capture(None)
+            .unwrap();
         assert_eq!(out, "hello\n");
     }
 }

@@ -16,20 +16,35 @@ pub struct Need {
 
 /// What `build` needs.
 pub const BUILD: &[Need] = &[
-    Need { tool: "mmdebstrap", package: "mmdebstrap" },
-    Need { tool: "mksquashfs", package: "squashfs-tools" },
+    Need {
+        tool: "mmdebstrap",
+        package: "mmdebstrap",
+    },
+    Need {
+        tool: "mksquashfs",
+        package: "squashfs-tools",
+    },
 ];
 
 /// What the tests need beyond `build`.
-pub const TEST: &[Need] = &[Need { tool: "unsquashfs", package: "squashfs-tools" }];
+pub const TEST: &[Need] = &[Need {
+    tool: "unsquashfs",
+    package: "squashfs-tools",
+}];
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// The packages whose tools are missing, sorted and unique.
 pub fn missing(needs: &[Need]) -> Vec<&'static str> {
-    let mut pkgs: Vec<&str> = needs.iter().filter(|n| !exec::have_tool(n.tool)).map(|n| n.package).collect();
+    let mut pkgs: Vec<&str> = needs
+        .iter()
+        .filter(|n| !exec::have_tool(n.tool))
+        .map(|n| n.package)
+        .collect();
     pkgs.sort();
     pkgs.dedup();
     pkgs
@@ -42,13 +57,21 @@ pub fn ensure(needs: &[Need], progress: &crate::progress::Progress) -> Result<()
     if pkgs.is_empty() {
         return Ok(());
     }
-    let cmd = format!("apt-get update && apt-get install -y --no-install-recommends {}", pkgs.join(" "));
+    let cmd = format!(
+        "apt-get update && apt-get install -y --no-install-recommends {}",
+        pkgs.join(" ")
+    );
     if !is_root() {
-        bail!("missing host tools; install them with:\n    sudo sh -c '{cmd}'\nthen run this command again");
+        bail!(
+            "missing host tools; install them with:\n    sudo sh -c '{cmd}'\nthen run this command again"
+        );
     }
     let stage = progress.stage(&format!("apt-get install {}", pkgs.join(" ")));
     let sink = |l: &str| stage.line(l);
-    Tool::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run(Some(&sink))?;
+    Tool::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run(Some(&sink))?;
     Tool::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&pkgs)
@@ -57,7 +80,11 @@ pub fn ensure(needs: &[Need], progress: &crate::progress::Progress) -> Result<()
     stage.done("");
     let still = missing(needs);
     if !still.is_empty() {
-        bail!("installed {} but still missing tools from: {}", pkgs.join(" "), still.join(" "));
+        bail!(
+            "installed {} but still missing tools from: {}",
+            pkgs.join(" "),
+            still.join(" ")
+        );
     }
     Ok(())
 }

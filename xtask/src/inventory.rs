@@ -60,7 +60,12 @@ pub struct Node {
 /// Is `mac` six lowercase hex pairs separated by colons?
 pub fn valid_mac(mac: &str) -> bool {
     let parts: Vec<_> = mac.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    parts.len() == 6
+        && parts.iter().all(|p| {
+            p.len() == 2
+                && p.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
 }
 
 /// Parses and validates inventory text.
@@ -68,23 +73,46 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
     let inv: Inventory = diag::parse_toml(file, text)?;
     let at = |needle: &str, message: String| {
         let (line, column) = diag::line_col(text, text.find(needle).unwrap_or(0));
-        Located { file: file.into(), line, column, message, source_line: text.lines().nth(line - 1).unwrap_or("").into() }
+        Located {
+            file: file.into(),
+            line,
+            column,
+            message,
+            source_line: text.lines().nth(line - 1).unwrap_or("").into(),
+        }
     };
     let mut macs: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, node) in &inv.nodes {
         let hostname_ok = name.len() <= 63 && valid_name(name) && !name.contains('_');
         if !hostname_ok {
-            return Err(at(name, format!("node name {name:?} must be a hostname: lowercase letters, digits and '-'")));
+            return Err(at(
+                name,
+                format!("node name {name:?} must be a hostname: lowercase letters, digits and '-'"),
+            ));
         }
         if !valid_mac(&node.mac) {
-            return Err(at(&node.mac, format!("node {name}: mac {:?} must look like 52:54:00:ab:cd:ef (lowercase)", node.mac)));
+            return Err(at(
+                &node.mac,
+                format!(
+                    "node {name}: mac {:?} must look like 52:54:00:ab:cd:ef (lowercase)",
+                    node.mac
+                ),
+            ));
         }
         if let Some(other) = macs.insert(&node.mac, name) {
-            return Err(at(&node.mac, format!("nodes {other} and {name} have the same mac {}", node.mac)));
+            return Err(at(
+                &node.mac,
+                format!("nodes {other} and {name} have the same mac {}", node.mac),
+            ));
         }
         for key in node.vars.keys() {
             if ["name", "mac", "recipe"].contains(&key.as_str()) {
-                return Err(at(key, format!("node {name}: variable {key:?} is reserved (node.{key} is set from the node itself)")));
+                return Err(at(
+                    key,
+                    format!(
+                        "node {name}: variable {key:?} is reserved (node.{key} is set from the node itself)"
+                    ),
+                ));
             }
         }
     }
@@ -122,8 +150,21 @@ mod tests {
         assert_eq!(ctx["name"].as_str(), Some("m0"));
         assert_eq!(ctx["ip"].as_str(), Some("10.0.0.1"));
         let dup = "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.b]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n";
-        assert!(parse("i.toml", dup).unwrap_err().message.contains("same mac"));
-        assert!(parse("i.toml", "[nodes.a]\nmac = \"52:54:00:00:00:0G\"\nrecipe = \"r\"\n").unwrap_err().message.contains("must look like"));
+        assert!(
+            parse("i.toml", dup)
+                .unwrap_err()
+                .message
+                .contains("same mac")
+        );
+        assert!(
+            parse(
+                "i.toml",
+                "[nodes.a]\nmac = \"52:54:00:00:00:0G\"\nrecipe = \"r\"\n"
+            )
+            .unwrap_err()
+            .message
+            .contains("must look like")
+        );
         assert!(parse("i.toml", "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.a.vars]\nname = \"x\"\n").unwrap_err().message.contains("reserved"));
     }
 }

@@ -187,7 +187,9 @@ pub fn valid_image_path(p: &str) -> bool {
         && p.len() > 1
         && !p.ends_with('/')
         && !p.contains('\0')
-        && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && p[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// One entry of an overlay's `files/` tree.
@@ -249,7 +251,13 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, Located> {
     let spec: Spec = diag::parse_toml(file, text)?;
     let at = |needle: &str, message: String| {
         let (line, column) = diag::line_col(text, text.find(needle).unwrap_or(0));
-        Located { file: file.into(), line, column, message, source_line: text.lines().nth(line - 1).unwrap_or("").into() }
+        Located {
+            file: file.into(),
+            line,
+            column,
+            message,
+            source_line: text.lines().nth(line - 1).unwrap_or("").into(),
+        }
     };
     for p in &spec.packages {
         if !valid_package(p) {
@@ -259,63 +267,142 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, Located> {
     for u in &spec.units {
         let ok = u.contains('.') && !u.contains('/') && !u.starts_with('.');
         if !ok {
-            return Err(at(u, format!("{u:?} is not a systemd unit name (e.g. \"ssh.service\")")));
+            return Err(at(
+                u,
+                format!("{u:?} is not a systemd unit name (e.g. \"ssh.service\")"),
+            ));
         }
     }
     for m in &spec.modules {
-        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if m.is_empty()
+            || !m
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             return Err(at(m, format!("{m:?} is not a kernel module name")));
         }
     }
     for c in &spec.cmdline {
         if c.is_empty() || c.contains(char::is_whitespace) {
-            return Err(at(c, format!("cmdline entry {c:?} must be one non-empty word")));
+            return Err(at(
+                c,
+                format!("cmdline entry {c:?} must be one non-empty word"),
+            ));
         }
     }
     for s in &spec.apt_sources {
         if !valid_name(&s.name) {
-            return Err(at(&s.name, format!("apt source name {:?} must be lowercase letters, digits, '-' or '_'", s.name)));
+            return Err(at(
+                &s.name,
+                format!(
+                    "apt source name {:?} must be lowercase letters, digits, '-' or '_'",
+                    s.name
+                ),
+            ));
         }
-        if !(s.key.ends_with(".asc") || s.key.ends_with(".gpg")) || s.key.starts_with('/') || s.key.split('/').any(|c| c == "..") {
-            return Err(at(&s.key, format!("key {:?} must be a .asc or .gpg file inside the overlay folder", s.key)));
+        if !(s.key.ends_with(".asc") || s.key.ends_with(".gpg"))
+            || s.key.starts_with('/')
+            || s.key.split('/').any(|c| c == "..")
+        {
+            return Err(at(
+                &s.key,
+                format!(
+                    "key {:?} must be a .asc or .gpg file inside the overlay folder",
+                    s.key
+                ),
+            ));
         }
     }
     let mut names = Vec::new();
     for a in &spec.artifacts {
         if names.contains(&&a.name) {
-            return Err(at(&a.name, format!("artifact {:?} is declared twice", a.name)));
+            return Err(at(
+                &a.name,
+                format!("artifact {:?} is declared twice", a.name),
+            ));
         }
         names.push(&a.name);
         match (&a.sha256, &a.sha256_url) {
-            (Some(d), None) if d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) => {}
-            (Some(d), None) => return Err(at(d, format!("artifact {:?}: sha256 must be 64 lowercase hex digits", a.name))),
+            (Some(d), None)
+                if d.len() == 64
+                    && d.chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) => {}
+            (Some(d), None) => {
+                return Err(at(
+                    d,
+                    format!(
+                        "artifact {:?}: sha256 must be 64 lowercase hex digits",
+                        a.name
+                    ),
+                ));
+            }
             (None, Some(_)) => {}
-            _ => return Err(at(&a.name, format!("artifact {:?}: give exactly one of sha256 or sha256-url", a.name))),
+            _ => {
+                return Err(at(
+                    &a.name,
+                    format!(
+                        "artifact {:?}: give exactly one of sha256 or sha256-url",
+                        a.name
+                    ),
+                ));
+            }
         }
         if !valid_image_path(&a.dest) {
-            return Err(at(&a.dest, format!("artifact {:?}: dest {:?} must be an absolute path", a.name, a.dest)));
+            return Err(at(
+                &a.dest,
+                format!(
+                    "artifact {:?}: dest {:?} must be an absolute path",
+                    a.name, a.dest
+                ),
+            ));
         }
         if parse_mode(&a.mode).is_none() {
-            return Err(at(&a.mode, format!("artifact {:?}: mode {:?} is not an octal mode", a.name, a.mode)));
+            return Err(at(
+                &a.mode,
+                format!(
+                    "artifact {:?}: mode {:?} is not an octal mode",
+                    a.name, a.mode
+                ),
+            ));
         }
     }
     for u in &spec.users {
-        let ok = !u.name.is_empty() && u.name.len() <= 32 && u.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') && !u.name.starts_with('-');
+        let ok = !u.name.is_empty()
+            && u.name.len() <= 32
+            && u.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            && !u.name.starts_with('-');
         if !ok {
-            return Err(at(&u.name, format!("user name {:?} must be lowercase letters, digits, '-' or '_'", u.name)));
+            return Err(at(
+                &u.name,
+                format!(
+                    "user name {:?} must be lowercase letters, digits, '-' or '_'",
+                    u.name
+                ),
+            ));
         }
         if u.uid == 0 || u.uid >= 60000 {
-            return Err(at(&u.name, format!("user {:?}: uid {} must be from 1 to 59999", u.name, u.uid)));
+            return Err(at(
+                &u.name,
+                format!("user {:?}: uid {} must be from 1 to 59999", u.name, u.uid),
+            ));
         }
     }
     for (path, perm) in &spec.permissions {
         if !valid_image_path(path) {
-            return Err(at(path, format!("permissions: {path:?} must be an absolute image path")));
+            return Err(at(
+                path,
+                format!("permissions: {path:?} must be an absolute image path"),
+            ));
         }
-        if let Some(m) = &perm.mode {
-            if parse_mode(m).is_none() {
-                return Err(at(m, format!("permissions for {path}: mode {m:?} is not an octal mode")));
-            }
+        if let Some(m) = &perm.mode
+            && parse_mode(m).is_none()
+        {
+            return Err(at(
+                m,
+                format!("permissions for {path}: mode {m:?} is not an octal mode"),
+            ));
         }
     }
     Ok(spec)
@@ -329,7 +416,11 @@ pub fn load(project: &Path, name: &str) -> Result<Overlay> {
         let known = list(project).unwrap_or_default();
         bail!(
             "no overlay {name:?}: {rel}/ does not exist (overlays here: {})",
-            if known.is_empty() { "none".into() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
         );
     }
     let spec_rel = format!("{rel}/overlay.toml");
@@ -338,14 +429,29 @@ pub fn load(project: &Path, name: &str) -> Result<Overlay> {
     let spec = parse_spec(&spec_rel, &text)?;
     for s in &spec.apt_sources {
         if !dir.join(&s.key).is_file() {
-            bail!("{spec_rel}: apt source {:?}: key {rel}/{} does not exist", s.name, s.key);
+            bail!(
+                "{spec_rel}: apt source {:?}: key {rel}/{} does not exist",
+                s.name,
+                s.key
+            );
         }
     }
     let files = walk_files(&dir.join("files"), &format!("{rel}/files"))?;
     let templates = walk_templates(&dir.join("templates"), &format!("{rel}/templates"))?;
-    let node_templates = walk_templates(&dir.join("node-templates"), &format!("{rel}/node-templates"))?;
+    let node_templates = walk_templates(
+        &dir.join("node-templates"),
+        &format!("{rel}/node-templates"),
+    )?;
     let sha256 = tree_digest(&dir)?;
-    Ok(Overlay { name: name.to_string(), dir, spec, files, templates, node_templates, sha256 })
+    Ok(Overlay {
+        name: name.to_string(),
+        dir,
+        spec,
+        files,
+        templates,
+        node_templates,
+        sha256,
+    })
 }
 
 /// The overlay names under `project/overlays`, sorted.
@@ -364,7 +470,10 @@ pub fn list(project: &Path) -> Result<Vec<String>> {
 
 fn image_path(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).expect("walked under root");
-    let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let parts: Vec<_> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
@@ -375,17 +484,25 @@ fn walk_files(root: &Path, shown: &str) -> Result<BTreeMap<String, FileEntry>> {
     }
     for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let entry = entry.with_context(|| format!("reading {shown}"))?;
-        let meta = entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .with_context(|| format!("reading {}", entry.path().display()))?;
         let dest = image_path(root, entry.path());
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         let e = if ft.is_symlink() {
             let target = std::fs::read_link(entry.path())?;
-            FileEntry::Symlink { target: target.to_string_lossy().into_owned() }
+            FileEntry::Symlink {
+                target: target.to_string_lossy().into_owned(),
+            }
         } else if ft.is_dir() {
             FileEntry::Dir { mode }
         } else if ft.is_file() {
-            FileEntry::File { source: entry.path().to_owned(), mode }
+            FileEntry::File {
+                source: entry.path().to_owned(),
+                mode,
+            }
         } else {
             bail!("{shown}{dest}: only files, folders and symlinks can be copied into an image");
         };
@@ -409,9 +526,15 @@ fn walk_templates(root: &Path, shown: &str) -> Result<Vec<TemplateSource>> {
         let Some(dest) = dest.strip_suffix(".j2") else {
             bail!("{file}: files under templates/ must end in .j2 (plain files belong in files/)");
         };
-        let text = std::fs::read_to_string(entry.path()).with_context(|| format!("reading {file} (templates must be UTF-8 text)"))?;
+        let text = std::fs::read_to_string(entry.path())
+            .with_context(|| format!("reading {file} (templates must be UTF-8 text)"))?;
         let mode = entry.metadata()?.permissions().mode() & 0o7777;
-        out.push(TemplateSource { file, dest: dest.to_string(), text, mode });
+        out.push(TemplateSource {
+            file,
+            dest: dest.to_string(),
+            text,
+            mode,
+        });
     }
     Ok(out)
 }
@@ -450,11 +573,31 @@ mod tests {
     #[test]
     fn bad_specs_are_refused_with_a_position() {
         let cases: &[(&str, &str, usize)] = &[
-            ("packages = [\"ok\"]\nunits = [\"ssh\"]\n", "not a systemd unit name", 2),
-            ("[[artifacts]]\nname = \"k\"\nurl = \"file:///k\"\ndest = \"/usr/bin/k\"\n", "exactly one of sha256", 2),
-            ("[[artifacts]]\nname = \"k\"\nurl = \"file:///k\"\nsha256 = \"abc\"\ndest = \"/k\"\n", "64 lowercase hex", 4),
-            ("[permissions]\n\"/etc/../x\" = { mode = \"0600\" }\n", "absolute image path", 2),
-            ("[permissions]\n\"/etc/x\" = { mode = \"9\" }\n", "not an octal mode", 2),
+            (
+                "packages = [\"ok\"]\nunits = [\"ssh\"]\n",
+                "not a systemd unit name",
+                2,
+            ),
+            (
+                "[[artifacts]]\nname = \"k\"\nurl = \"file:///k\"\ndest = \"/usr/bin/k\"\n",
+                "exactly one of sha256",
+                2,
+            ),
+            (
+                "[[artifacts]]\nname = \"k\"\nurl = \"file:///k\"\nsha256 = \"abc\"\ndest = \"/k\"\n",
+                "64 lowercase hex",
+                4,
+            ),
+            (
+                "[permissions]\n\"/etc/../x\" = { mode = \"0600\" }\n",
+                "absolute image path",
+                2,
+            ),
+            (
+                "[permissions]\n\"/etc/x\" = { mode = \"9\" }\n",
+                "not an octal mode",
+                2,
+            ),
             ("[[users]]\nname = \"root\"\nuid = 0\n", "uid 0", 2),
             ("colour = 1\n", "unknown field `colour`", 1),
         ];
@@ -485,22 +628,47 @@ mod tests {
         std::fs::create_dir_all(o.join("node-templates/etc")).unwrap();
         std::fs::write(o.join("overlay.toml"), "units = [\"a.service\"]\n").unwrap();
         std::fs::write(o.join("files/etc/x.d/run"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(o.join("files/etc/x.d/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            o.join("files/etc/x.d/run"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("run", o.join("files/etc/x.d/link")).unwrap();
         std::fs::write(o.join("templates/etc/motd.j2"), "hi {{ who }}\n").unwrap();
-        std::fs::write(o.join("node-templates/etc/hostname.j2"), "{{ node.name }}\n").unwrap();
+        std::fs::write(
+            o.join("node-templates/etc/hostname.j2"),
+            "{{ node.name }}\n",
+        )
+        .unwrap();
         let ov = load(dir.path(), "demo").unwrap();
-        assert_eq!(ov.files.keys().collect::<Vec<_>>(), ["/etc", "/etc/x.d", "/etc/x.d/link", "/etc/x.d/run"]);
-        assert!(matches!(ov.files["/etc/x.d/run"], FileEntry::File { mode: 0o755, .. }));
-        assert_eq!(ov.files["/etc/x.d/link"], FileEntry::Symlink { target: "run".into() });
+        assert_eq!(
+            ov.files.keys().collect::<Vec<_>>(),
+            ["/etc", "/etc/x.d", "/etc/x.d/link", "/etc/x.d/run"]
+        );
+        assert!(matches!(
+            ov.files["/etc/x.d/run"],
+            FileEntry::File { mode: 0o755, .. }
+        ));
+        assert_eq!(
+            ov.files["/etc/x.d/link"],
+            FileEntry::Symlink {
+                target: "run".into()
+            }
+        );
         assert_eq!(ov.templates[0].dest, "/etc/motd");
         assert_eq!(ov.templates[0].file, "overlays/demo/templates/etc/motd.j2");
         assert_eq!(ov.node_templates[0].dest, "/etc/hostname");
         let before = ov.sha256.clone();
         std::fs::write(o.join("templates/etc/motd.j2"), "hello {{ who }}\n").unwrap();
-        assert_ne!(load(dir.path(), "demo").unwrap().sha256, before, "an edit changes the digest");
+        assert_ne!(
+            load(dir.path(), "demo").unwrap().sha256,
+            before,
+            "an edit changes the digest"
+        );
         std::fs::write(o.join("templates/etc/plain"), "x").unwrap();
         assert!(format!("{:#}", load(dir.path(), "demo").unwrap_err()).contains("must end in .j2"));
-        assert!(format!("{:#}", load(dir.path(), "nope").unwrap_err()).contains("overlays here: demo"));
+        assert!(
+            format!("{:#}", load(dir.path(), "nope").unwrap_err()).contains("overlays here: demo")
+        );
     }
 }

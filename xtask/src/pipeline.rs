@@ -67,12 +67,30 @@ struct InputsDigest<'a> {
 
 /// Renders each node template for each inventory node that boots `recipe_name`, so a missing
 /// node variable fails the build, not the boot.
-fn check_node_templates(templates: &BTreeMap<String, overlay::TemplateSource>, inv: &inventory::Inventory, recipe: &Recipe, recipe_name: &str, version: &str) -> Result<usize> {
+fn check_node_templates(
+    templates: &BTreeMap<String, overlay::TemplateSource>,
+    inv: &inventory::Inventory,
+    recipe: &Recipe,
+    recipe_name: &str,
+    version: &str,
+) -> Result<usize> {
     let mut n = 0;
-    let mut nodes: Vec<(String, inventory::Node)> = inv.nodes.iter().filter(|(_, node)| node.recipe == recipe_name).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut nodes: Vec<(String, inventory::Node)> = inv
+        .nodes
+        .iter()
+        .filter(|(_, node)| node.recipe == recipe_name)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if nodes.is_empty() && inv.defaults.recipe.as_deref() == Some(recipe_name) {
         // Unknown machines boot this recipe: they have a name and a MAC but no variables.
-        nodes.push(("unknown-node".into(), inventory::Node { mac: "00:00:00:00:00:00".into(), recipe: recipe_name.into(), vars: BTreeMap::new() }));
+        nodes.push((
+            "unknown-node".into(),
+            inventory::Node {
+                mac: "00:00:00:00:00:00".into(),
+                recipe: recipe_name.into(),
+                vars: BTreeMap::new(),
+            },
+        ));
     }
     for (name, node) in &nodes {
         #[derive(Serialize)]
@@ -84,24 +102,46 @@ fn check_node_templates(templates: &BTreeMap<String, overlay::TemplateSource>, i
         }
         let ctx = Ctx {
             vars: &recipe.variables,
-            ironbake: plan::ImageInfo { recipe: recipe_name.into(), version: version.into() },
+            ironbake: plan::ImageInfo {
+                recipe: recipe_name.into(),
+                version: version.into(),
+            },
             node: inventory::node_context(name, node),
         };
         for t in templates.values() {
-            template::render(t, &ctx).map_err(anyhow::Error::from).with_context(|| format!("rendering for inventory node {name} (inventory.toml)"))?;
+            template::render(t, &ctx)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("rendering for inventory node {name} (inventory.toml)"))?;
             n += 1;
         }
     }
     Ok(n)
 }
 
-fn resolve_sources(paths: &Paths, recipe: &Recipe, overlays: &[Overlay]) -> Result<(Vec<Source>, Vec<(Source, PathBuf, String)>)> {
+/// An overlay's apt source with its key file and the key's name in the image.
+type KeyedSource = (Source, PathBuf, String);
+
+fn resolve_sources(
+    paths: &Paths,
+    recipe: &Recipe,
+    overlays: &[Overlay],
+) -> Result<(Vec<Source>, Vec<KeyedSource>)> {
     let d = &recipe.debian;
     let mut main = match &d.mirror {
         Some(m) => {
-            let mut v = vec![Source { origin: "recipe".into(), uri: m.trim_end_matches('/').into(), suite: d.suite.clone(), components: d.components.clone() }];
+            let mut v = vec![Source {
+                origin: "recipe".into(),
+                uri: m.trim_end_matches('/').into(),
+                suite: d.suite.clone(),
+                components: d.components.clone(),
+            }];
             if let Some(sec) = &d.security_mirror {
-                v.push(Source { origin: "recipe".into(), uri: sec.trim_end_matches('/').into(), suite: format!("{}-security", d.suite), components: d.components.clone() });
+                v.push(Source {
+                    origin: "recipe".into(),
+                    uri: sec.trim_end_matches('/').into(),
+                    suite: format!("{}-security", d.suite),
+                    components: d.components.clone(),
+                });
             }
             v
         }
@@ -111,9 +151,18 @@ fn resolve_sources(paths: &Paths, recipe: &Recipe, overlays: &[Overlay]) -> Resu
     let mut extra = Vec::new();
     for ov in overlays {
         for s in &ov.spec.apt_sources {
-            let ext = if s.key.ends_with(".asc") { "asc" } else { "gpg" };
+            let ext = if s.key.ends_with(".asc") {
+                "asc"
+            } else {
+                "gpg"
+            };
             extra.push((
-                Source { origin: ov.name.clone(), uri: s.uri.trim_end_matches('/').into(), suite: s.suite.clone(), components: s.components.clone() },
+                Source {
+                    origin: ov.name.clone(),
+                    uri: s.uri.trim_end_matches('/').into(),
+                    suite: s.suite.clone(),
+                    components: s.components.clone(),
+                },
                 ov.dir.join(&s.key),
                 format!("{}-{}.{ext}", ov.name, s.name),
             ));
@@ -156,7 +205,11 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     let stage = progress.stage("resolve recipe and overlays");
     let (recipe, recipe_text) = recipe::load(&paths.project, name)?;
     let recipe_sha = apt::sha256_hex(recipe_text.as_bytes());
-    let overlays = recipe.overlays.iter().map(|o| overlay::load(&paths.project, o)).collect::<Result<Vec<_>>>()?;
+    let overlays = recipe
+        .overlays
+        .iter()
+        .map(|o| overlay::load(&paths.project, o))
+        .collect::<Result<Vec<_>>>()?;
     let inv = inventory::load(&paths.project)?;
     stage.done(&format!("{} overlays", overlays.len()));
 
@@ -168,11 +221,19 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     for s in &main_sources {
         let rel = apt::fetch_release(s)?;
         first_release.get_or_insert_with(|| rel.clone());
-        uses.push(SourceUse { origin: s.origin.clone(), uri: s.uri.clone(), suite: s.suite.clone(), components: s.components.clone(), release_sha256: apt::sha256_hex(&rel), key: None });
+        uses.push(SourceUse {
+            origin: s.origin.clone(),
+            uri: s.uri.clone(),
+            suite: s.suite.clone(),
+            components: s.components.clone(),
+            release_sha256: apt::sha256_hex(&rel),
+            key: None,
+        });
     }
     for (s, key_path, key_name) in &extra_sources {
         let rel = apt::fetch_release(s)?;
-        let key_bytes = fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
+        let key_bytes =
+            fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
         uses.push(SourceUse {
             origin: s.origin.clone(),
             uri: s.uri.clone(),
@@ -193,7 +254,10 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
             )?,
         },
     };
-    stage.done(&format!("{} sources, SOURCE_DATE_EPOCH={epoch}", uses.len()));
+    stage.done(&format!(
+        "{} sources, SOURCE_DATE_EPOCH={epoch}",
+        uses.len()
+    ));
 
     let mut fetched = Vec::new();
     let n_artifacts: usize = overlays.iter().map(|o| o.spec.artifacts.len()).sum();
@@ -210,7 +274,11 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
 
     let mut packages: Vec<String> = recipe.debian.packages.clone();
     packages.push(recipe.kernel.package.clone());
-    packages.extend(overlays.iter().flat_map(|o| o.spec.packages.iter().cloned()));
+    packages.extend(
+        overlays
+            .iter()
+            .flat_map(|o| o.spec.packages.iter().cloned()),
+    );
     packages.sort();
     packages.dedup();
     let base_spec = BaseSpec {
@@ -228,8 +296,22 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
         recipe: name,
         recipe_sha256: &recipe_sha,
         base: base_spec.key(),
-        overlays: overlays.iter().map(|o| (o.name.as_str(), o.sha256.as_str())).collect(),
-        artifacts: fetched.iter().map(|a| (a.overlay.as_str(), a.spec.name.as_str(), a.sha256.as_str(), a.spec.dest.as_str(), a.spec.mode.as_str())).collect(),
+        overlays: overlays
+            .iter()
+            .map(|o| (o.name.as_str(), o.sha256.as_str()))
+            .collect(),
+        artifacts: fetched
+            .iter()
+            .map(|a| {
+                (
+                    a.overlay.as_str(),
+                    a.spec.name.as_str(),
+                    a.sha256.as_str(),
+                    a.spec.dest.as_str(),
+                    a.spec.mode.as_str(),
+                )
+            })
+            .collect(),
         outputs: &recipe.outputs,
     };
     let inputs_sha256 = apt::sha256_hex(&serde_json::to_vec(&digest_input)?);
@@ -237,7 +319,13 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     progress.println(&format!("      {name}@{version}"));
 
     // Render every template now, before the long steps, so a template error costs seconds.
-    let ctx = plan::BuildContext { vars: recipe.variables.clone(), ironbake: plan::ImageInfo { recipe: name.into(), version: version.clone() } };
+    let ctx = plan::BuildContext {
+        vars: recipe.variables.clone(),
+        ironbake: plan::ImageInfo {
+            recipe: name.into(),
+            version: version.clone(),
+        },
+    };
     let mut node_templates = BTreeMap::new();
     for ov in &overlays {
         for t in &ov.templates {
@@ -250,30 +338,72 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     }
     let checked = check_node_templates(&node_templates, &inv, &recipe, name, &version)?;
     if checked > 0 {
-        progress.println(&format!("      {checked} node template renderings checked against inventory.toml"));
+        progress.println(&format!(
+            "      {checked} node template renderings checked against inventory.toml"
+        ));
     }
-    Ok(Prepared { recipe, recipe_sha, overlays, inv, base_spec, keys, fetched, epoch, inputs_sha256, version })
+    Ok(Prepared {
+        recipe,
+        recipe_sha,
+        overlays,
+        inv,
+        base_spec,
+        keys,
+        fetched,
+        epoch,
+        inputs_sha256,
+        version,
+    })
 }
 
 /// Builds and publishes `name`.
 pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
-    let Prepared { recipe, recipe_sha, overlays, inv: _, base_spec, keys, fetched, epoch, inputs_sha256, version } = prepare(paths, name, progress)?;
+    let Prepared {
+        recipe,
+        recipe_sha,
+        overlays,
+        inv: _,
+        base_spec,
+        keys,
+        fetched,
+        epoch,
+        inputs_sha256,
+        version,
+    } = prepare(paths, name, progress)?;
     let existing = paths.out.join(name).join(&version);
     if existing.is_dir() {
         let manifest = layout::load_manifest(&existing)?;
         publish::set_current(&paths.out, name, &version)?;
-        return Ok(Built { dir: existing, manifest, already_published: true, base_cached: true });
+        return Ok(Built {
+            dir: existing,
+            manifest,
+            already_published: true,
+            base_cached: true,
+        });
     }
     publish::clean_stale(&paths.out)?;
 
     let base = base::ensure(&base_spec, &keys, &paths.cache, progress)?;
     if base.cached {
-        progress.println(&format!("      package layer: cached ({})", &base.info.key[..12]));
+        progress.println(&format!(
+            "      package layer: cached ({})",
+            &base.info.key[..12]
+        ));
     }
 
     let stage = progress.stage("plan overlay layer");
-    let view = TreeView { root: base.rootfs() };
-    let plan = plan::resolve(&plan::Inputs { recipe_name: name, recipe: &recipe, version: &version, overlays: &overlays, artifacts: &fetched, base: &view, epoch })?;
+    let view = TreeView {
+        root: base.rootfs(),
+    };
+    let plan = plan::resolve(&plan::Inputs {
+        recipe_name: name,
+        recipe: &recipe,
+        version: &version,
+        overlays: &overlays,
+        artifacts: &fetched,
+        base: &view,
+        epoch,
+    })?;
     stage.done(&format!("{} paths", plan.entries.len()));
 
     let staging = Staging::new(&paths.out, name, &version)?;
@@ -283,19 +413,34 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
         let stage = progress.stage("mksquashfs overlay layer");
         let tree = staging.scratch("overlay");
         write_tree(&plan, &tree)?;
-        base::mksquashfs(&tree, &vdir.join(OVERLAY_LAYER), &recipe.squashfs, epoch, &[], &stage)?;
+        base::mksquashfs(
+            &tree,
+            &vdir.join(OVERLAY_LAYER),
+            &recipe.squashfs,
+            epoch,
+            &[],
+            &stage,
+        )?;
         stage.done("");
         link_or_copy(&base.squashfs(), &vdir.join(BASE_LAYER))?;
-        known_digests.insert(BASE_LAYER.into(), (base.info.squashfs_sha256.clone(), base.info.squashfs_size));
+        known_digests.insert(
+            BASE_LAYER.into(),
+            (base.info.squashfs_sha256.clone(), base.info.squashfs_size),
+        );
         for (dest, t) in &plan.node_templates {
-            let p = vdir.join("node-templates").join(format!("{}.j2", dest.trim_start_matches('/')));
+            let p = vdir
+                .join("node-templates")
+                .join(format!("{}.j2", dest.trim_start_matches('/')));
             fs::create_dir_all(p.parent().expect("has parent"))?;
             write_synced(&p, t.text.as_bytes())?;
         }
     }
     if recipe.outputs.contains(&Output::Kernel) {
         fs::copy(base.vmlinuz(), vdir.join("vmlinuz")).context("copying the kernel")?;
-        write_synced(&vdir.join("cmdline"), format!("{}\n", plan.cmdline).as_bytes())?;
+        write_synced(
+            &vdir.join("cmdline"),
+            format!("{}\n", plan.cmdline).as_bytes(),
+        )?;
     }
 
     let stage = progress.stage("manifest");
@@ -314,7 +459,10 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
         inputs_sha256,
         builder: env!("CARGO_PKG_VERSION").into(),
         source_date_epoch: epoch,
-        recipe_file: layout::FileDigest { path: format!("recipes/{name}.toml"), sha256: recipe_sha },
+        recipe_file: layout::FileDigest {
+            path: format!("recipes/{name}.toml"),
+            sha256: recipe_sha,
+        },
         debian: layout::DebianInputs {
             suite: base_spec.suite.clone(),
             variant: base_spec.variant.clone(),
@@ -332,13 +480,34 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
                 })
                 .collect(),
         },
-        overlays: overlays.iter().map(|o| layout::OverlayInput { name: o.name.clone(), sha256: o.sha256.clone() }).collect(),
+        overlays: overlays
+            .iter()
+            .map(|o| layout::OverlayInput {
+                name: o.name.clone(),
+                sha256: o.sha256.clone(),
+            })
+            .collect(),
         artifacts: fetched
             .iter()
-            .map(|a| layout::ArtifactRecord { overlay: a.overlay.clone(), name: a.spec.name.clone(), url: a.spec.url.clone(), sha256_url: a.spec.sha256_url.clone(), sha256: a.sha256.clone(), dest: a.spec.dest.clone() })
+            .map(|a| layout::ArtifactRecord {
+                overlay: a.overlay.clone(),
+                name: a.spec.name.clone(),
+                url: a.spec.url.clone(),
+                sha256_url: a.spec.sha256_url.clone(),
+                sha256: a.sha256.clone(),
+                dest: a.spec.dest.clone(),
+            })
             .collect(),
-        kernel: layout::KernelRecord { package: recipe.kernel.package.clone(), release: base.info.kernel_release.clone(), cmdline: plan.cmdline.clone() },
-        layers: if recipe.outputs.contains(&Output::Rootfs) { vec![BASE_LAYER.into(), OVERLAY_LAYER.into()] } else { vec![] },
+        kernel: layout::KernelRecord {
+            package: recipe.kernel.package.clone(),
+            release: base.info.kernel_release.clone(),
+            cmdline: plan.cmdline.clone(),
+        },
+        layers: if recipe.outputs.contains(&Output::Rootfs) {
+            vec![BASE_LAYER.into(), OVERLAY_LAYER.into()]
+        } else {
+            vec![]
+        },
         packages: base.info.packages.clone(),
         outputs,
     };
@@ -347,12 +516,21 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
     write_synced(&vdir.join(layout::MANIFEST), &json)?;
     let sums = layout::sha256sums_text(&manifest.outputs, &apt::sha256_hex(&json));
     write_synced(&vdir.join(layout::SHA256SUMS), sums.as_bytes())?;
-    stage.done(&format!("{} outputs, {} packages", manifest.outputs.len(), manifest.packages.len()));
+    stage.done(&format!(
+        "{} outputs, {} packages",
+        manifest.outputs.len(),
+        manifest.packages.len()
+    ));
 
     let stage = progress.stage("publish");
     let dir = staging.publish()?;
     stage.done(&format!("{}", dir.display()));
-    Ok(Built { dir, manifest, already_published: false, base_cached: base.cached })
+    Ok(Built {
+        dir,
+        manifest,
+        already_published: false,
+        base_cached: base.cached,
+    })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -364,7 +542,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if fs::hard_link(from, to).is_err() {
-        fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         fs::File::open(to)?.sync_all()?;
     }
     Ok(())
@@ -380,16 +559,22 @@ pub fn write_tree(plan: &Plan, dir: &Path) -> Result<()> {
             Kind::Dir => {
                 fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
             }
-            Kind::File(Data::Bytes(b)) => fs::write(&p, b).with_context(|| format!("writing {}", p.display()))?,
-            Kind::File(Data::Path(src)) => {
-                fs::copy(src, &p).with_context(|| format!("copying {} to {}", src.display(), p.display()))?;
+            Kind::File(Data::Bytes(b)) => {
+                fs::write(&p, b).with_context(|| format!("writing {}", p.display()))?
             }
-            Kind::Symlink(t) => symlink(t, &p).with_context(|| format!("linking {}", p.display()))?,
+            Kind::File(Data::Path(src)) => {
+                fs::copy(src, &p)
+                    .with_context(|| format!("copying {} to {}", src.display(), p.display()))?;
+            }
+            Kind::Symlink(t) => {
+                symlink(t, &p).with_context(|| format!("linking {}", p.display()))?
+            }
         }
         if !matches!(e.kind, Kind::Symlink(_)) {
             fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))?;
         }
-        lchown(&p, Some(e.uid), Some(e.gid)).with_context(|| format!("setting the owner of {path} (the build needs root)"))?;
+        lchown(&p, Some(e.uid), Some(e.gid))
+            .with_context(|| format!("setting the owner of {path} (the build needs root)"))?;
     }
     Ok(())
 }
@@ -397,9 +582,13 @@ pub fn write_tree(plan: &Plan, dir: &Path) -> Result<()> {
 /// Fails unless this process may build images (mmdebstrap's root mode, chown).
 pub fn require_root() -> Result<()> {
     // SAFETY-free check: root's home folder is only writable by root, but the real test is the uid.
-    let uid = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1);
+    let uid = fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(1);
     if uid != 0 {
-        bail!("building images needs root (mmdebstrap's root mode and file owners in the image): run it with sudo");
+        bail!(
+            "building images needs root (mmdebstrap's root mode and file owners in the image): run it with sudo"
+        );
     }
     Ok(())
 }

@@ -154,7 +154,16 @@ impl Builder<'_> {
                 Some((m, u, g, true)) => (m, u, g),
                 _ => (0o755, 0, 0),
             };
-            self.entries.insert(cur.clone(), Entry { kind: Kind::Dir, mode, uid, gid, origin: origin.into() });
+            self.entries.insert(
+                cur.clone(),
+                Entry {
+                    kind: Kind::Dir,
+                    mode,
+                    uid,
+                    gid,
+                    origin: origin.into(),
+                },
+            );
         }
     }
 
@@ -166,7 +175,16 @@ impl Builder<'_> {
             (Kind::Dir, Some((m, u, g, true))) => (m, u, g),
             _ => (mode, 0, 0),
         };
-        self.entries.insert(path.to_string(), Entry { kind, mode, uid, gid, origin: origin.into() });
+        self.entries.insert(
+            path.to_string(),
+            Entry {
+                kind,
+                mode,
+                uid,
+                gid,
+                origin: origin.into(),
+            },
+        );
     }
 }
 
@@ -174,7 +192,10 @@ fn text_of(b: &Builder<'_>, path: &str) -> Option<String> {
     match b.entries.get(path).map(|e| &e.kind) {
         Some(Kind::File(Data::Bytes(bytes))) => Some(String::from_utf8_lossy(bytes).into_owned()),
         Some(Kind::File(Data::Path(p))) => std::fs::read_to_string(p).ok(),
-        _ => b.base.read(path).map(|v| String::from_utf8_lossy(&v).into_owned()),
+        _ => b
+            .base
+            .read(path)
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
     }
 }
 
@@ -202,7 +223,9 @@ pub fn install_section(unit_text: &str) -> Install {
         if !in_install {
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let words = v.split_whitespace().map(str::to_string);
         match k.trim() {
             "WantedBy" => out.targets.extend(words.map(|t| (t, ".wants"))),
@@ -215,31 +238,58 @@ pub fn install_section(unit_text: &str) -> Install {
     out
 }
 
-const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
+const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+];
 
 /// Resolves the overlay layer.
 pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
-    let mut b = Builder { base: inp.base, entries: BTreeMap::new() };
+    let mut b = Builder {
+        base: inp.base,
+        entries: BTreeMap::new(),
+    };
     let ctx = BuildContext {
         vars: inp.recipe.variables.clone(),
-        ironbake: ImageInfo { recipe: inp.recipe_name.into(), version: inp.version.into() },
+        ironbake: ImageInfo {
+            recipe: inp.recipe_name.into(),
+            version: inp.version.into(),
+        },
     };
     let mut node_templates = BTreeMap::new();
     for ov in inp.overlays {
         for (path, fe) in &ov.files {
             match fe {
                 FileEntry::Dir { mode } => b.put(path, Kind::Dir, *mode, &ov.name),
-                FileEntry::File { source, mode } => b.put(path, Kind::File(Data::Path(source.clone())), *mode, &ov.name),
-                FileEntry::Symlink { target } => b.put(path, Kind::Symlink(target.clone()), 0o777, &ov.name),
+                FileEntry::File { source, mode } => b.put(
+                    path,
+                    Kind::File(Data::Path(source.clone())),
+                    *mode,
+                    &ov.name,
+                ),
+                FileEntry::Symlink { target } => {
+                    b.put(path, Kind::Symlink(target.clone()), 0o777, &ov.name)
+                }
             }
         }
         for t in &ov.templates {
             let text = template::render(t, &ctx)?;
-            b.put(&t.dest, Kind::File(Data::Bytes(text.into_bytes())), t.mode, &ov.name);
+            b.put(
+                &t.dest,
+                Kind::File(Data::Bytes(text.into_bytes())),
+                t.mode,
+                &ov.name,
+            );
         }
         for a in inp.artifacts.iter().filter(|a| a.overlay == ov.name) {
             let mode = overlay::parse_mode(&a.spec.mode).expect("validated when parsed");
-            b.put(&a.spec.dest, Kind::File(Data::Path(a.path.clone())), mode, &ov.name);
+            b.put(
+                &a.spec.dest,
+                Kind::File(Data::Path(a.path.clone())),
+                mode,
+                &ov.name,
+            );
         }
         for t in &ov.node_templates {
             template::check_syntax(t)?;
@@ -248,20 +298,39 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
     }
 
     // Users: whole new account files over the base's.
-    let users: Vec<_> = inp.overlays.iter().flat_map(|o| o.spec.users.iter().map(move |u| (o, u))).collect();
+    let users: Vec<_> = inp
+        .overlays
+        .iter()
+        .flat_map(|o| o.spec.users.iter().map(move |u| (o, u)))
+        .collect();
     let read = |b: &Builder<'_>, p: &str| text_of(b, p).unwrap_or_default();
-    let mut accounts = Accounts { passwd: read(&b, "/etc/passwd"), group: read(&b, "/etc/group"), shadow: read(&b, "/etc/shadow"), gshadow: read(&b, "/etc/gshadow") };
+    let mut accounts = Accounts {
+        passwd: read(&b, "/etc/passwd"),
+        group: read(&b, "/etc/group"),
+        shadow: read(&b, "/etc/shadow"),
+        gshadow: read(&b, "/etc/gshadow"),
+    };
     if !users.is_empty() {
         let specs: Vec<_> = users.iter().map(|(_, u)| (*u).clone()).collect();
-        accounts = users::add_users(&accounts, &specs, inp.epoch / 86400).context("adding the overlays' users")?;
-        let origin = users.iter().map(|(o, _)| o.name.as_str()).collect::<Vec<_>>().join(",");
+        accounts = users::add_users(&accounts, &specs, inp.epoch / 86400)
+            .context("adding the overlays' users")?;
+        let origin = users
+            .iter()
+            .map(|(o, _)| o.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         for (path, text, mode) in [
             ("/etc/passwd", &accounts.passwd, 0o644),
             ("/etc/group", &accounts.group, 0o644),
             ("/etc/shadow", &accounts.shadow, 0o640),
             ("/etc/gshadow", &accounts.gshadow, 0o640),
         ] {
-            b.put(path, Kind::File(Data::Bytes(text.clone().into_bytes())), mode, &origin);
+            b.put(
+                path,
+                Kind::File(Data::Bytes(text.clone().into_bytes())),
+                mode,
+                &origin,
+            );
             if mode == 0o640 {
                 // Debian's shadow files belong to group shadow.
                 let gid = users::gid_of(&accounts.group, "shadow").unwrap_or(0);
@@ -269,7 +338,10 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
             }
         }
         for (o, u) in &users {
-            let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
+            let home = u
+                .home
+                .clone()
+                .unwrap_or_else(|| format!("/home/{}", u.name));
             if b.base.stat(&home).is_some() {
                 // The base has it already (a system user's home): leave it as it is.
                 continue;
@@ -277,7 +349,10 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
             if !b.entries.contains_key(&home) {
                 b.put(&home, Kind::Dir, 0o700, &o.name);
             }
-            let e = b.entries.get_mut(&home).expect("home exists in the plan or was just put");
+            let e = b
+                .entries
+                .get_mut(&home)
+                .expect("home exists in the plan or was just put");
             e.mode = 0o700;
             e.uid = u.uid;
             e.gid = u.gid.unwrap_or(u.uid);
@@ -315,14 +390,22 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
             };
             let install = install_section(&text);
             if install.targets.is_empty() && install.aliases.is_empty() && install.also.is_empty() {
-                bail!("overlays/{}/overlay.toml: unit {unit:?} ({unit_path}) has no [Install] section, so it cannot be enabled", ov.name);
+                bail!(
+                    "overlays/{}/overlay.toml: unit {unit:?} ({unit_path}) has no [Install] section, so it cannot be enabled",
+                    ov.name
+                );
             }
             for (target, suffix) in install.targets {
                 let link = format!("/etc/systemd/system/{target}{suffix}/{link_name}");
                 b.put(&link, Kind::Symlink(unit_path.clone()), 0o777, &ov.name);
             }
             for alias in install.aliases {
-                b.put(&format!("/etc/systemd/system/{alias}"), Kind::Symlink(unit_path.clone()), 0o777, &ov.name);
+                b.put(
+                    &format!("/etc/systemd/system/{alias}"),
+                    Kind::Symlink(unit_path.clone()),
+                    0o777,
+                    &ov.name,
+                );
             }
             queue.extend(install.also);
         }
@@ -341,7 +424,12 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
     };
     if !modules.is_empty() {
         let text: String = modules.iter().map(|m| format!("{m}\n")).collect();
-        b.put("/etc/modules-load.d/ironbake.conf", Kind::File(Data::Bytes(text.into_bytes())), 0o644, "ironbake");
+        b.put(
+            "/etc/modules-load.d/ironbake.conf",
+            Kind::File(Data::Bytes(text.into_bytes())),
+            0o644,
+            "ironbake",
+        );
     }
 
     // The image says what it is, where systemd and people look: os-release's IMAGE_ID and
@@ -352,13 +440,24 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
         .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION="))
         .map(|l| format!("{l}\n"))
         .collect();
-    let os_release = format!("{kept}IMAGE_ID={}\nIMAGE_VERSION={}\n", inp.recipe_name, inp.version);
-    b.put("/usr/lib/os-release", Kind::File(Data::Bytes(os_release.into_bytes())), 0o644, "ironbake");
+    let os_release = format!(
+        "{kept}IMAGE_ID={}\nIMAGE_VERSION={}\n",
+        inp.recipe_name, inp.version
+    );
+    b.put(
+        "/usr/lib/os-release",
+        Kind::File(Data::Bytes(os_release.into_bytes())),
+        0o644,
+        "ironbake",
+    );
 
     for ov in inp.overlays {
         for (path, perm) in &ov.spec.permissions {
             let Some(e) = b.entries.get_mut(path) else {
-                bail!("overlays/{}/overlay.toml: [permissions] names {path}, which no overlay provides", ov.name);
+                bail!(
+                    "overlays/{}/overlay.toml: [permissions] names {path}, which no overlay provides",
+                    ov.name
+                );
             };
             if let Some(m) = &perm.mode {
                 e.mode = overlay::parse_mode(m).expect("validated when parsed");
@@ -386,7 +485,11 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
     for ov in inp.overlays {
         cmdline.extend(ov.spec.cmdline.iter().map(String::as_str));
     }
-    Ok(Plan { entries: b.entries, node_templates, cmdline: cmdline.join(" ") })
+    Ok(Plan {
+        entries: b.entries,
+        node_templates,
+        cmdline: cmdline.join(" "),
+    })
 }
 
 impl Plan {
@@ -407,7 +510,11 @@ impl Plan {
                     Err(err) => format!("file ? ({err})"),
                 },
             };
-            let _ = writeln!(s, "{:04o} {}:{} {path} {what} [{}]", e.mode, e.uid, e.gid, e.origin);
+            let _ = writeln!(
+                s,
+                "{:04o} {}:{} {path} {what} [{}]",
+                e.mode, e.uid, e.gid, e.origin
+            );
         }
         s
     }
@@ -421,7 +528,10 @@ mod tests {
     struct Fake(BTreeMap<&'static str, (&'static str, u32, bool)>);
     impl BaseView for Fake {
         fn read(&self, path: &str) -> Option<Vec<u8>> {
-            self.0.get(path).filter(|e| !e.2).map(|e| e.0.as_bytes().to_vec())
+            self.0
+                .get(path)
+                .filter(|e| !e.2)
+                .map(|e| e.0.as_bytes().to_vec())
         }
         fn stat(&self, path: &str) -> Option<(u32, u32, u32, bool)> {
             self.0.get(path).map(|e| (e.1, 0, 0, e.2))
@@ -432,13 +542,32 @@ mod tests {
         Fake(BTreeMap::from([
             ("/etc", ("", 0o755, true)),
             ("/home", ("", 0o755, true)),
-            ("/etc/passwd", ("root:x:0:0:root:/root:/bin/bash\n", 0o644, false)),
-            ("/etc/group", ("root:x:0:\nshadow:x:42:\nsudo:x:27:\n", 0o644, false)),
+            (
+                "/etc/passwd",
+                ("root:x:0:0:root:/root:/bin/bash\n", 0o644, false),
+            ),
+            (
+                "/etc/group",
+                ("root:x:0:\nshadow:x:42:\nsudo:x:27:\n", 0o644, false),
+            ),
             ("/etc/shadow", ("root:*:1:0:99999:7:::\n", 0o640, false)),
-            ("/etc/gshadow", ("root:*::\nshadow:*::\nsudo:*::\n", 0o640, false)),
+            (
+                "/etc/gshadow",
+                ("root:*::\nshadow:*::\nsudo:*::\n", 0o640, false),
+            ),
             ("/usr/lib/os-release", ("ID=debian\n", 0o644, false)),
-            ("/lib/systemd/system/ssh.service", ("[Unit]\n[Service]\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n", 0o644, false)),
-            ("/lib/systemd/system/noinstall.service", ("[Service]\n", 0o644, false)),
+            (
+                "/lib/systemd/system/ssh.service",
+                (
+                    "[Unit]\n[Service]\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n",
+                    0o644,
+                    false,
+                ),
+            ),
+            (
+                "/lib/systemd/system/noinstall.service",
+                ("[Service]\n", 0o644, false),
+            ),
         ]))
     }
 
@@ -447,11 +576,27 @@ mod tests {
     }
 
     fn overlay(name: &str, spec: Spec) -> Overlay {
-        Overlay { name: name.into(), dir: PathBuf::new(), spec, files: BTreeMap::new(), templates: vec![], node_templates: vec![], sha256: String::new() }
+        Overlay {
+            name: name.into(),
+            dir: PathBuf::new(),
+            spec,
+            files: BTreeMap::new(),
+            templates: vec![],
+            node_templates: vec![],
+            sha256: String::new(),
+        }
     }
 
     fn inputs<'a>(r: &'a Recipe, ovs: &'a [Overlay], base: &'a Fake) -> Inputs<'a> {
-        Inputs { recipe_name: "demo", recipe: r, version: "1-abc", overlays: ovs, artifacts: &[], base, epoch: 86400 * 20000 }
+        Inputs {
+            recipe_name: "demo",
+            recipe: r,
+            version: "1-abc",
+            overlays: ovs,
+            artifacts: &[],
+            base,
+            epoch: 86400 * 20000,
+        }
     }
 
     #[test]
@@ -461,13 +606,38 @@ mod tests {
             units: vec!["ssh.service".into()],
             modules: vec!["mlx4_ib".into()],
             cmdline: vec!["quiet".into()],
-            users: vec![UserSpec { name: "admin".into(), uid: 1000, gid: None, groups: vec!["sudo".into()], shell: "/bin/bash".into(), home: None, comment: String::new() }],
-            permissions: BTreeMap::from([("/home/admin/.ssh".to_string(), Permission { mode: Some("0700".into()), owner: Some("admin".into()), group: Some("admin".into()) })]),
+            users: vec![UserSpec {
+                name: "admin".into(),
+                uid: 1000,
+                gid: None,
+                groups: vec!["sudo".into()],
+                shell: "/bin/bash".into(),
+                home: None,
+                comment: String::new(),
+            }],
+            permissions: BTreeMap::from([(
+                "/home/admin/.ssh".to_string(),
+                Permission {
+                    mode: Some("0700".into()),
+                    owner: Some("admin".into()),
+                    group: Some("admin".into()),
+                },
+            )]),
             ..Spec::default()
         };
         let mut ov = overlay("base", spec);
-        ov.templates.push(TemplateSource { file: "t".into(), dest: "/home/admin/.ssh/authorized_keys".into(), text: "hello {{ who }} from {{ ironbake.recipe }}@{{ ironbake.version }}\n".into(), mode: 0o644 });
-        ov.node_templates.push(TemplateSource { file: "n".into(), dest: "/etc/hostname".into(), text: "{{ node.name }}\n".into(), mode: 0o644 });
+        ov.templates.push(TemplateSource {
+            file: "t".into(),
+            dest: "/home/admin/.ssh/authorized_keys".into(),
+            text: "hello {{ who }} from {{ ironbake.recipe }}@{{ ironbake.version }}\n".into(),
+            mode: 0o644,
+        });
+        ov.node_templates.push(TemplateSource {
+            file: "n".into(),
+            dest: "/etc/hostname".into(),
+            text: "{{ node.name }}\n".into(),
+            mode: 0o644,
+        });
         let base = base();
         let ovs = [ov];
         let plan = resolve(&inputs(&r, &ovs, &base)).unwrap();
@@ -494,14 +664,33 @@ mod tests {
 0644 0:0 /usr/lib/os-release file 44 f8a5529848b9 [ironbake]
 ";
         assert_eq!(dump, expected);
-        let Kind::File(Data::Bytes(group)) = &plan.entries["/etc/group"].kind else { panic!() };
-        assert_eq!(String::from_utf8_lossy(group), "root:x:0:\nshadow:x:42:\nsudo:x:27:admin\nadmin:x:1000:\n");
-        let Kind::File(Data::Bytes(osr)) = &plan.entries["/usr/lib/os-release"].kind else { panic!() };
-        assert_eq!(String::from_utf8_lossy(osr), "ID=debian\nIMAGE_ID=demo\nIMAGE_VERSION=1-abc\n");
-        let Kind::File(Data::Bytes(keys)) = &plan.entries["/home/admin/.ssh/authorized_keys"].kind else { panic!() };
-        assert_eq!(String::from_utf8_lossy(keys), "hello world from demo@1-abc\n");
+        let Kind::File(Data::Bytes(group)) = &plan.entries["/etc/group"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(group),
+            "root:x:0:\nshadow:x:42:\nsudo:x:27:admin\nadmin:x:1000:\n"
+        );
+        let Kind::File(Data::Bytes(osr)) = &plan.entries["/usr/lib/os-release"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(osr),
+            "ID=debian\nIMAGE_ID=demo\nIMAGE_VERSION=1-abc\n"
+        );
+        let Kind::File(Data::Bytes(keys)) = &plan.entries["/home/admin/.ssh/authorized_keys"].kind
+        else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(keys),
+            "hello world from demo@1-abc\n"
+        );
         assert_eq!(plan.cmdline, "console=ttyS0 quiet");
-        assert_eq!(plan.node_templates["/etc/hostname"].text, "{{ node.name }}\n");
+        assert_eq!(
+            plan.node_templates["/etc/hostname"].text,
+            "{{ node.name }}\n"
+        );
     }
 
     #[test]
@@ -509,17 +698,43 @@ mod tests {
         let r = recipe();
         let base = base();
         let cases: Vec<(Spec, &str)> = vec![
-            (Spec { units: vec!["nope.service".into()], ..Spec::default() }, "unit \"nope.service\" to enable was not found"),
-            (Spec { units: vec!["noinstall.service".into()], ..Spec::default() }, "has no [Install] section"),
-            (Spec { permissions: BTreeMap::from([("/etc/x".to_string(), Permission::default())]), ..Spec::default() }, "which no overlay provides"),
+            (
+                Spec {
+                    units: vec!["nope.service".into()],
+                    ..Spec::default()
+                },
+                "unit \"nope.service\" to enable was not found",
+            ),
+            (
+                Spec {
+                    units: vec!["noinstall.service".into()],
+                    ..Spec::default()
+                },
+                "has no [Install] section",
+            ),
+            (
+                Spec {
+                    permissions: BTreeMap::from([("/etc/x".to_string(), Permission::default())]),
+                    ..Spec::default()
+                },
+                "which no overlay provides",
+            ),
         ];
         for (spec, needle) in cases {
             let ovs = [overlay("o", spec)];
             let err = format!("{:#}", resolve(&inputs(&r, &ovs, &base)).unwrap_err());
-            assert!(err.contains(needle) && err.contains("overlays/o/overlay.toml"), "{err}");
+            assert!(
+                err.contains(needle) && err.contains("overlays/o/overlay.toml"),
+                "{err}"
+            );
         }
         let mut ov = overlay("leaky", Spec::default());
-        ov.templates.push(TemplateSource { file: "t".into(), dest: "/etc/ssh/ssh_host_ed25519_key".into(), text: "k".into(), mode: 0o600 });
+        ov.templates.push(TemplateSource {
+            file: "t".into(),
+            dest: "/etc/ssh/ssh_host_ed25519_key".into(),
+            text: "k".into(),
+            mode: 0o600,
+        });
         let ovs = [ov];
         let err = format!("{:#}", resolve(&inputs(&r, &ovs, &base)).unwrap_err());
         assert!(err.contains("machine identity"), "{err}");
@@ -529,7 +744,17 @@ mod tests {
     fn install_sections_are_read() {
         let t = "[Unit]\nWantedBy=nope\n[Install]\nWantedBy=multi-user.target graphical.target\nRequiredBy=x.target\nAlias=a.service\nAlso=b.socket\n";
         let i = install_section(t);
-        assert_eq!(i.targets, vec![("multi-user.target".into(), ".wants"), ("graphical.target".into(), ".wants"), ("x.target".into(), ".requires")]);
-        assert_eq!((i.aliases, i.also), (vec!["a.service".to_string()], vec!["b.socket".to_string()]));
+        assert_eq!(
+            i.targets,
+            vec![
+                ("multi-user.target".into(), ".wants"),
+                ("graphical.target".into(), ".wants"),
+                ("x.target".into(), ".requires")
+            ]
+        );
+        assert_eq!(
+            (i.aliases, i.also),
+            (vec!["a.service".to_string()], vec!["b.socket".to_string()])
+        );
     }
 }

@@ -30,7 +30,12 @@ impl Progress {
     /// A display that draws on a terminal unless `CI` is set, and prints nothing if `quiet`.
     pub fn new(quiet: bool) -> Self {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
-        Progress { tty, quiet, start: Instant::now(), times: Mutex::new(Vec::new()) }
+        Progress {
+            tty,
+            quiet,
+            start: Instant::now(),
+            times: Mutex::new(Vec::new()),
+        }
     }
 
     /// Prints a line above any spinner.
@@ -45,17 +50,27 @@ impl Progress {
         let bar = if self.tty && !self.quiet {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:.bold} [{elapsed}] {wide_msg:.dim}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{spinner} {prefix:.bold} [{elapsed}] {wide_msg:.dim}",
+                )
+                .expect("valid template"),
             );
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
             Some(bar)
         } else {
-            self.println(&format!("[{:>6.1}s] {name}", self.start.elapsed().as_secs_f64()));
+            self.println(&format!(
+                "[{:>6.1}s] {name}",
+                self.start.elapsed().as_secs_f64()
+            ));
             None
         };
-        Stage { progress: self, name: name.to_string(), start: Instant::now(), bar }
+        Stage {
+            progress: self,
+            name: name.to_string(),
+            start: Instant::now(),
+            bar,
+        }
     }
 
     /// Each finished stage with its duration, in order.
@@ -91,9 +106,16 @@ impl Stage<'_> {
                 bar.finish_and_clear();
                 self.progress.println(&format!("  done  {text}"));
             }
-            None => self.progress.println(&format!("[{:>6.1}s] done {text}", self.progress.start.elapsed().as_secs_f64())),
+            None => self.progress.println(&format!(
+                "[{:>6.1}s] done {text}",
+                self.progress.start.elapsed().as_secs_f64()
+            )),
         }
-        self.progress.times.lock().expect("times lock").push((self.name.clone(), took));
+        self.progress
+            .times
+            .lock()
+            .expect("times lock")
+            .push((self.name.clone(), took));
     }
 }
 

@@ -24,8 +24,12 @@ pub struct Staging {
 
 /// The staging folder used for `out`: `.NAME-staging` beside it.
 pub fn staging_root(out: &Path) -> PathBuf {
-    let name = out.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    out.parent().unwrap_or(Path::new(".")).join(format!(".{name}-staging"))
+    let name = out
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    out.parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}-staging"))
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -35,12 +39,15 @@ fn pid_alive(pid: u32) -> bool {
 /// Removes staging folders left by builds that are no longer running.
 pub fn clean_stale(out: &Path) -> Result<()> {
     let root = staging_root(out);
-    let Ok(entries) = fs::read_dir(&root) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(&root) else {
+        return Ok(());
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
         if pid.is_none_or(|p| !pid_alive(p)) {
-            fs::remove_dir_all(e.path()).with_context(|| format!("removing stale {}", e.path().display()))?;
+            fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing stale {}", e.path().display()))?;
         }
     }
     Ok(())
@@ -53,8 +60,15 @@ impl Staging {
         if root.exists() {
             fs::remove_dir_all(&root)?;
         }
-        let s = Staging { root, out: out.to_owned(), recipe: recipe.into(), version: version.into(), published: false };
-        fs::create_dir_all(s.version_dir()).with_context(|| format!("creating {}", s.version_dir().display()))?;
+        let s = Staging {
+            root,
+            out: out.to_owned(),
+            recipe: recipe.into(),
+            version: version.into(),
+            published: false,
+        };
+        fs::create_dir_all(s.version_dir())
+            .with_context(|| format!("creating {}", s.version_dir().display()))?;
         Ok(s)
     }
 
@@ -73,11 +87,16 @@ impl Staging {
         let recipe_out = self.out.join(&self.recipe);
         let dest = recipe_out.join(&self.version);
         if dest.exists() {
-            bail!("{} is already published; published versions are never overwritten", dest.display());
+            bail!(
+                "{} is already published; published versions are never overwritten",
+                dest.display()
+            );
         }
         for e in fs::read_dir(&self.root)? {
             let p = e?.path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("scratch-")) {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("scratch-"))
+            {
                 fs::remove_dir_all(&p)?;
             }
         }
@@ -85,19 +104,24 @@ impl Staging {
         symlink(&self.version, staged_recipe.join(CURRENT))?;
         sync_dir(&staged_recipe)?;
         if recipe_out.is_dir() {
-            fs::rename(self.version_dir(), &dest).with_context(|| format!("moving the new version to {}", dest.display()))?;
+            fs::rename(self.version_dir(), &dest)
+                .with_context(|| format!("moving the new version to {}", dest.display()))?;
             sync_dir(&recipe_out)?;
-            fs::rename(staged_recipe.join(CURRENT), recipe_out.join(CURRENT)).context("switching `current`")?;
+            fs::rename(staged_recipe.join(CURRENT), recipe_out.join(CURRENT))
+                .context("switching `current`")?;
             sync_dir(&recipe_out)?;
         } else if self.out.is_dir() {
-            fs::rename(&staged_recipe, &recipe_out).with_context(|| format!("moving the new recipe folder to {}", recipe_out.display()))?;
+            fs::rename(&staged_recipe, &recipe_out).with_context(|| {
+                format!("moving the new recipe folder to {}", recipe_out.display())
+            })?;
             sync_dir(&self.out)?;
         } else {
             // No out/ yet: stage it whole so it appears complete or not at all.
             let staged_out = self.root.join("out");
             fs::create_dir(&staged_out)?;
             fs::rename(&staged_recipe, staged_out.join(&self.recipe))?;
-            fs::rename(&staged_out, &self.out).with_context(|| format!("creating {}", self.out.display()))?;
+            fs::rename(&staged_out, &self.out)
+                .with_context(|| format!("creating {}", self.out.display()))?;
             if let Some(parent) = self.out.parent() {
                 sync_dir(parent)?;
             }
@@ -124,7 +148,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn set_current(out: &Path, recipe: &str, version: &str) -> Result<()> {
     let recipe_out = out.join(recipe);
     if !recipe_out.join(version).is_dir() {
-        bail!("{recipe}@{version} is not published under {}", out.display());
+        bail!(
+            "{recipe}@{version} is not published under {}",
+            out.display()
+        );
     }
     let tmp = staging_root(out).join(format!("current-{recipe}-{}", std::process::id()));
     fs::create_dir_all(tmp.parent().expect("has parent"))?;
@@ -150,12 +177,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("out");
         stage(&out, "1");
-        assert_eq!(fs::read_link(out.join("r/current")).unwrap(), Path::new("1"));
+        assert_eq!(
+            fs::read_link(out.join("r/current")).unwrap(),
+            Path::new("1")
+        );
         stage(&out, "2");
-        assert_eq!(fs::read_link(out.join("r/current")).unwrap(), Path::new("2"));
+        assert_eq!(
+            fs::read_link(out.join("r/current")).unwrap(),
+            Path::new("2")
+        );
         assert_eq!(fs::read_to_string(out.join("r/1/f")).unwrap(), "1");
         set_current(&out, "r", "1").unwrap();
-        assert_eq!(fs::read_link(out.join("r/current")).unwrap(), Path::new("1"));
+        assert_eq!(
+            fs::read_link(out.join("r/current")).unwrap(),
+            Path::new("1")
+        );
         assert!(set_current(&out, "r", "9").is_err());
         // Nothing is left in staging, and nothing else appeared beside out/.
         assert_eq!(fs::read_dir(staging_root(&out)).unwrap().count(), 0);
@@ -168,7 +204,12 @@ mod tests {
         stage(&out, "1");
         let s = Staging::new(&out, "r", "1").unwrap();
         fs::write(s.version_dir().join("f"), "other").unwrap();
-        assert!(s.publish().unwrap_err().to_string().contains("never overwritten"));
+        assert!(
+            s.publish()
+                .unwrap_err()
+                .to_string()
+                .contains("never overwritten")
+        );
         assert_eq!(fs::read_to_string(out.join("r/1/f")).unwrap(), "1");
     }
 

@@ -193,7 +193,11 @@ pub struct Squashfs {
 
 impl Default for Squashfs {
     fn default() -> Self {
-        Squashfs { compression: Compression::default(), level: default_level(), block_size_kib: default_block() }
+        Squashfs {
+            compression: Compression::default(),
+            level: default_level(),
+            block_size_kib: default_block(),
+        }
     }
 }
 
@@ -236,7 +240,9 @@ impl Compression {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && !name.starts_with('-')
 }
 
@@ -244,8 +250,13 @@ pub fn valid_name(name: &str) -> bool {
 pub fn valid_package(spec: &str) -> bool {
     let name = spec.split_once('=').map_or(spec, |(n, _)| n);
     name.len() >= 2
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 /// Parses and validates a recipe's text. `file` names it in errors.
@@ -265,7 +276,10 @@ pub fn parse(file: &str, text: &str) -> Result<Recipe, Located> {
     };
     let version_ok = !recipe.version.is_empty()
         && recipe.version.len() <= 32
-        && recipe.version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~_".contains(c));
+        && recipe
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~_".contains(c));
     if !version_ok {
         return Err(at(
             "version",
@@ -277,23 +291,45 @@ pub fn parse(file: &str, text: &str) -> Result<Recipe, Located> {
     }
     for name in &recipe.overlays {
         if !valid_name(name) {
-            return Err(at(name, format!("overlay name {name:?} must be lowercase letters, digits, '-' or '_'")));
+            return Err(at(
+                name,
+                format!("overlay name {name:?} must be lowercase letters, digits, '-' or '_'"),
+            ));
         }
     }
-    if let Some(dup) = recipe.overlays.iter().enumerate().find(|(i, n)| recipe.overlays[..*i].contains(n)) {
+    if let Some(dup) = recipe
+        .overlays
+        .iter()
+        .enumerate()
+        .find(|(i, n)| recipe.overlays[..*i].contains(n))
+    {
         return Err(at(dup.1, format!("overlay {:?} is listed twice", dup.1)));
     }
-    for pkg in recipe.debian.packages.iter().chain([&recipe.kernel.package]) {
+    for pkg in recipe
+        .debian
+        .packages
+        .iter()
+        .chain([&recipe.kernel.package])
+    {
         if !valid_package(pkg) {
-            return Err(at(pkg, format!("{pkg:?} is not a valid Debian package name")));
+            return Err(at(
+                pkg,
+                format!("{pkg:?} is not a valid Debian package name"),
+            ));
         }
     }
     if recipe.kernel.cmdline.contains(['\n', '\r']) {
-        return Err(at("cmdline", "the kernel command line must be one line".into()));
+        return Err(at(
+            "cmdline",
+            "the kernel command line must be one line".into(),
+        ));
     }
     let b = recipe.squashfs.block_size_kib;
     if !(4..=1024).contains(&b) || !b.is_power_of_two() {
-        return Err(at("block-size-kib", format!("block-size-kib = {b}: must be a power of two from 4 to 1024")));
+        return Err(at(
+            "block-size-kib",
+            format!("block-size-kib = {b}: must be a power of two from 4 to 1024"),
+        ));
     }
     let level_ok = match recipe.squashfs.compression {
         Compression::Zstd => (1..=22).contains(&recipe.squashfs.level),
@@ -301,16 +337,34 @@ pub fn parse(file: &str, text: &str) -> Result<Recipe, Located> {
         Compression::Xz | Compression::Lz4 => true,
     };
     if !level_ok {
-        return Err(at("level", format!("level = {} is out of range for {}", recipe.squashfs.level, recipe.squashfs.compression.as_str())));
+        return Err(at(
+            "level",
+            format!(
+                "level = {} is out of range for {}",
+                recipe.squashfs.level,
+                recipe.squashfs.compression.as_str()
+            ),
+        ));
     }
     if recipe.outputs.is_empty() {
-        return Err(at("outputs", "outputs is empty: name at least one of \"kernel\", \"rootfs\"".into()));
+        return Err(at(
+            "outputs",
+            "outputs is empty: name at least one of \"kernel\", \"rootfs\"".into(),
+        ));
     }
     for key in recipe.variables.keys() {
-        let ok = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let ok = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok || key == "ironbake" || key == "node" {
-            return Err(at(key, format!("variable name {key:?} must be an identifier, and not `ironbake` or `node` (reserved)")));
+            return Err(at(
+                key,
+                format!(
+                    "variable name {key:?} must be an identifier, and not `ironbake` or `node` (reserved)"
+                ),
+            ));
         }
     }
     Ok(recipe)
@@ -329,7 +383,11 @@ pub fn load(project: &Path, name: &str) -> Result<(Recipe, String)> {
             let known = list(project).unwrap_or_default();
             anyhow::bail!(
                 "no recipe {name:?}: {rel} does not exist (recipes here: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             );
         }
         Err(e) => return Err(e).with_context(|| format!("reading {rel}")),
@@ -344,10 +402,10 @@ pub fn list(project: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                names.push(stem.to_string());
-            }
+        if path.extension().is_some_and(|e| e == "toml")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            names.push(stem.to_string());
         }
     }
     names.sort();
@@ -373,20 +431,55 @@ package = "linux-image-amd64"
         assert_eq!(r.debian.components, ["main"]);
         assert!(r.debian.slim);
         assert_eq!(r.outputs, [Output::Kernel, Output::Rootfs]);
-        assert_eq!(r.squashfs, Squashfs { compression: Compression::Zstd, level: 9, block_size_kib: 1024 });
+        assert_eq!(
+            r.squashfs,
+            Squashfs {
+                compression: Compression::Zstd,
+                level: 9,
+                block_size_kib: 1024
+            }
+        );
         assert!(r.overlays.is_empty() && r.variables.is_empty());
     }
 
     #[test]
     fn bad_recipes_are_refused_with_a_position() {
         let cases: &[(&str, &str, usize)] = &[
-            ("version = \"1.0\"\ncolour = 1\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n", "unknown field `colour`", 2),
-            ("version = \"1.0\"\n[debian]\nsuite = \"b\"\nvariant = \"huge\"\n[kernel]\npackage = \"linux\"\n", "unknown variant `huge`", 4),
-            ("version = \"1-0\"\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n", "version \"1-0\"", 1),
-            ("version = \"1.0\"\n[debian]\nsuite = \"b\"\npackages = [\"Bad_Name\"]\n[kernel]\npackage = \"linux\"\n", "not a valid Debian package name", 4),
-            ("version = \"1.0\"\noverlays = [\"a\", \"a\"]\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n", "listed twice", 2),
-            ("version = \"1.0\"\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n[squashfs]\nblock-size-kib = 100\n", "power of two", 7),
-            ("version = \"1.0\"\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n[variables]\nnode = 1\n", "reserved", 7),
+            (
+                "version = \"1.0\"\ncolour = 1\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n",
+                "unknown field `colour`",
+                2,
+            ),
+            (
+                "version = \"1.0\"\n[debian]\nsuite = \"b\"\nvariant = \"huge\"\n[kernel]\npackage = \"linux\"\n",
+                "unknown variant `huge`",
+                4,
+            ),
+            (
+                "version = \"1-0\"\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n",
+                "version \"1-0\"",
+                1,
+            ),
+            (
+                "version = \"1.0\"\n[debian]\nsuite = \"b\"\npackages = [\"Bad_Name\"]\n[kernel]\npackage = \"linux\"\n",
+                "not a valid Debian package name",
+                4,
+            ),
+            (
+                "version = \"1.0\"\noverlays = [\"a\", \"a\"]\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n",
+                "listed twice",
+                2,
+            ),
+            (
+                "version = \"1.0\"\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n[squashfs]\nblock-size-kib = 100\n",
+                "power of two",
+                7,
+            ),
+            (
+                "version = \"1.0\"\n[debian]\nsuite = \"b\"\n[kernel]\npackage = \"linux\"\n[variables]\nnode = 1\n",
+                "reserved",
+                7,
+            ),
             ("version = \"1.0\"\n[debian\nsuite = \"b\"\n", "", 2),
         ];
         for (text, needle, line) in cases {
@@ -398,8 +491,18 @@ package = "linux-image-amd64"
 
     #[test]
     fn names_and_packages_follow_their_rules() {
-        assert!(valid_name("core-node") && valid_name("k3s_node") && !valid_name("Core") && !valid_name("../x") && !valid_name(""));
-        assert!(valid_package("linux-image-amd64") && valid_package("libc6=2.36-9") && valid_package("g++"));
+        assert!(
+            valid_name("core-node")
+                && valid_name("k3s_node")
+                && !valid_name("Core")
+                && !valid_name("../x")
+                && !valid_name("")
+        );
+        assert!(
+            valid_package("linux-image-amd64")
+                && valid_package("libc6=2.36-9")
+                && valid_package("g++")
+        );
         assert!(!valid_package("a") && !valid_package("Foo") && !valid_package("-x"));
     }
 }

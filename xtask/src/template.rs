@@ -12,7 +12,10 @@ pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_syntax(
-        minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build().expect("default delimiters are valid"),
+        minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("default delimiters are valid"),
     );
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env
@@ -77,25 +80,33 @@ pub fn render<C: Serialize>(tpl: &TemplateSource, ctx: &C) -> Result<String, Tem
             file: tpl.file.clone(),
             line: e.line(),
             message,
-            available: if undefined { names_of(&json) } else { Vec::new() },
+            available: if undefined {
+                names_of(&json)
+            } else {
+                Vec::new()
+            },
         }
     };
-    let compiled = env.template_from_named_str(&tpl.file, &tpl.text).map_err(fail)?;
+    let compiled = env
+        .template_from_named_str(&tpl.file, &tpl.text)
+        .map_err(fail)?;
     compiled.render(minijinja::value::Serde(ctx)).map_err(fail)
 }
 
 /// Checks a template's syntax without rendering it.
 pub fn check_syntax(tpl: &TemplateSource) -> Result<(), TemplateError> {
     let env = environment();
-    env.template_from_named_str(&tpl.file, &tpl.text).map(|_| ()).map_err(|e| TemplateError {
-        file: tpl.file.clone(),
-        line: e.line(),
-        message: match e.detail() {
-            Some(d) => format!("{}: {d}", e.kind()),
-            None => e.kind().to_string(),
-        },
-        available: Vec::new(),
-    })
+    env.template_from_named_str(&tpl.file, &tpl.text)
+        .map(|_| ())
+        .map_err(|e| TemplateError {
+            file: tpl.file.clone(),
+            line: e.line(),
+            message: match e.detail() {
+                Some(d) => format!("{}: {d}", e.kind()),
+                None => e.kind().to_string(),
+            },
+            available: Vec::new(),
+        })
 }
 
 #[cfg(test)]
@@ -103,13 +114,22 @@ mod tests {
     use super::*;
 
     fn tpl(text: &str) -> TemplateSource {
-        TemplateSource { file: "overlays/x/templates/etc/t.j2".into(), dest: "/etc/t".into(), text: text.into(), mode: 0o644 }
+        TemplateSource {
+            file: "overlays/x/templates/etc/t.j2".into(),
+            dest: "/etc/t".into(),
+            text: text.into(),
+            mode: 0o644,
+        }
     }
 
     #[test]
     fn renders_and_keeps_the_trailing_newline_without_escaping() {
         let ctx = serde_json::json!({ "who": "<admin>", "keys": ["a", "b"] });
-        let out = render(&tpl("hi {{ who }}\n{% for k in keys %}{{ k }}\n{% endfor %}"), &ctx).unwrap();
+        let out = render(
+            &tpl("hi {{ who }}\n{% for k in keys %}{{ k }}\n{% endfor %}"),
+            &ctx,
+        )
+        .unwrap();
         assert_eq!(out, "hi <admin>\na\nb\n");
     }
 
@@ -119,7 +139,10 @@ mod tests {
         let err = render(&tpl("line one\nhi {{ whom }}\n"), &ctx).unwrap_err();
         assert_eq!(err.line, Some(2));
         let shown = err.to_string();
-        assert!(shown.starts_with("overlays/x/templates/etc/t.j2:2: undefined value"), "{shown}");
+        assert!(
+            shown.starts_with("overlays/x/templates/etc/t.j2:2: undefined value"),
+            "{shown}"
+        );
         assert!(shown.contains("ironbake.recipe, who"), "{shown}");
     }
 

@@ -19,14 +19,23 @@ fn refused(recipe: &str, edit: impl FnOnce(&Path), needles: &[&str]) -> String {
     fs::create_dir_all(out.join("ci-node/0.0.1-existing")).unwrap();
     fs::write(out.join("ci-node/0.0.1-existing/manifest.json"), "{}").unwrap();
     let before = snapshot(&out);
-    let r = xtask(&project, &out, &dir.path().join("cache"), &["build", recipe]);
+    let r = xtask(
+        &project,
+        &out,
+        &dir.path().join("cache"),
+        &["build", recipe],
+    );
     assert!(!r.ok, "the build should have failed:\n{}", r.stderr);
     for n in needles {
         assert!(r.stderr.contains(n), "stderr lacks {n:?}:\n{}", r.stderr);
     }
     assert_eq!(snapshot(&out), before, "out/ changed");
     let staging = dir.path().join(".out-staging");
-    assert!(snapshot(&staging).len() <= 1, "staging left behind: {:?}", snapshot(&staging));
+    assert!(
+        snapshot(&staging).len() <= 1,
+        "staging left behind: {:?}",
+        snapshot(&staging)
+    );
     r.stderr
 }
 
@@ -49,13 +58,33 @@ fn replace(path: &Path, from: &str, to: &str) {
 
 #[test]
 fn malformed_toml_is_located() {
-    let err = refused("broken", |p| fs::write(p.join("recipes/broken.toml"), "version = \"1\"\n[debian\nsuite = \"bookworm\"\n").unwrap(), &["recipes/broken.toml:2:"]);
+    let err = refused(
+        "broken",
+        |p| {
+            fs::write(
+                p.join("recipes/broken.toml"),
+                "version = \"1\"\n[debian\nsuite = \"bookworm\"\n",
+            )
+            .unwrap()
+        },
+        &["recipes/broken.toml:2:"],
+    );
     assert!(err.contains("| [debian"), "{err}");
 }
 
 #[test]
 fn an_unknown_key_is_located() {
-    refused("ci-node", |p| replace(&p.join("recipes/ci-node.toml"), "[kernel]\n", "[kernel]\ncolour = \"blue\"\n"), &["recipes/ci-node.toml:13:1: unknown field `colour`, expected `package` or `cmdline`"]);
+    refused(
+        "ci-node",
+        |p| {
+            replace(
+                &p.join("recipes/ci-node.toml"),
+                "[kernel]\n",
+                "[kernel]\ncolour = \"blue\"\n",
+            )
+        },
+        &["recipes/ci-node.toml:13:1: unknown field `colour`, expected `package` or `cmdline`"],
+    );
 }
 
 #[test]
@@ -73,20 +102,43 @@ fn an_unknown_overlay_key_is_located() {
 
 #[test]
 fn an_unknown_overlay_is_named() {
-    refused("ci-node", |p| replace(&p.join("recipes/ci-node.toml"), "overlays = [\"base\"]", "overlays = [\"base\", \"infiniband-typo\"]"), &["no overlay \"infiniband-typo\"", "overlays here: base"]);
+    refused(
+        "ci-node",
+        |p| {
+            replace(
+                &p.join("recipes/ci-node.toml"),
+                "overlays = [\"base\"]",
+                "overlays = [\"base\", \"infiniband-typo\"]",
+            )
+        },
+        &["no overlay \"infiniband-typo\"", "overlays here: base"],
+    );
 }
 
 #[test]
 fn an_unknown_recipe_lists_the_known_ones() {
-    refused("no-such-recipe", |_| {}, &["no recipe \"no-such-recipe\"", "ci-node, core-node"]);
+    refused(
+        "no-such-recipe",
+        |_| {},
+        &["no recipe \"no-such-recipe\"", "ci-node, core-node"],
+    );
 }
 
 #[test]
 fn an_undefined_template_variable_names_file_and_line() {
     refused(
         "ci-node",
-        |p| write(&p.join("overlays/base/templates/etc/motd.j2"), "Welcome to {{ ironbake.recipe }}\n{{ motd_text }}\n"),
-        &["overlays/base/templates/etc/motd.j2:2: undefined value", "names defined here:", "ssh_authorized_keys"],
+        |p| {
+            write(
+                &p.join("overlays/base/templates/etc/motd.j2"),
+                "Welcome to {{ ironbake.recipe }}\n{{ motd_text }}\n",
+            )
+        },
+        &[
+            "overlays/base/templates/etc/motd.j2:2: undefined value",
+            "names defined here:",
+            "ssh_authorized_keys",
+        ],
     );
 }
 
@@ -94,14 +146,32 @@ fn an_undefined_template_variable_names_file_and_line() {
 fn an_undefined_node_variable_names_the_node() {
     refused(
         "ci-node",
-        |p| fs::write(p.join("overlays/base/node-templates/etc/mesh.j2"), "{{ node.mesh_ip }}\n").unwrap(),
-        &["overlays/base/node-templates/etc/mesh.j2:1: undefined value", "inventory node ci0"],
+        |p| {
+            fs::write(
+                p.join("overlays/base/node-templates/etc/mesh.j2"),
+                "{{ node.mesh_ip }}\n",
+            )
+            .unwrap()
+        },
+        &[
+            "overlays/base/node-templates/etc/mesh.j2:1: undefined value",
+            "inventory node ci0",
+        ],
     );
 }
 
 #[test]
 fn a_template_syntax_error_is_located() {
-    refused("ci-node", |p| write(&p.join("overlays/base/templates/etc/motd.j2"), "ok\n{% if %}\n"), &["overlays/base/templates/etc/motd.j2:2: syntax error"]);
+    refused(
+        "ci-node",
+        |p| {
+            write(
+                &p.join("overlays/base/templates/etc/motd.j2"),
+                "ok\n{% if %}\n",
+            )
+        },
+        &["overlays/base/templates/etc/motd.j2:2: syntax error"],
+    );
 }
 
 const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -110,8 +180,18 @@ const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f2001
 fn a_missing_artifact_is_named() {
     refused(
         "ci-node",
-        |p| append(&p.join("overlays/base/overlay.toml"), &format!("\n[[artifacts]]\nname = \"tool\"\nurl = \"file:///nonexistent/ironbake/tool\"\nsha256 = \"{ABC}\"\ndest = \"/usr/local/bin/tool\"\nmode = \"0755\"\n")),
-        &["artifact \"tool\" of overlay \"base\"", "/nonexistent/ironbake/tool"],
+        |p| {
+            append(
+                &p.join("overlays/base/overlay.toml"),
+                &format!(
+                    "\n[[artifacts]]\nname = \"tool\"\nurl = \"file:///nonexistent/ironbake/tool\"\nsha256 = \"{ABC}\"\ndest = \"/usr/local/bin/tool\"\nmode = \"0755\"\n"
+                ),
+            )
+        },
+        &[
+            "artifact \"tool\" of overlay \"base\"",
+            "/nonexistent/ironbake/tool",
+        ],
     );
 }
 
@@ -121,9 +201,20 @@ fn a_mismatched_artifact_names_both_digests() {
         "ci-node",
         |p| {
             fs::write(p.join("tool"), "abd").unwrap();
-            append(&p.join("overlays/base/overlay.toml"), &format!("\n[[artifacts]]\nname = \"tool\"\nurl = \"file://{}/tool\"\nsha256 = \"{ABC}\"\ndest = \"/usr/local/bin/tool\"\n", p.display()));
+            append(
+                &p.join("overlays/base/overlay.toml"),
+                &format!(
+                    "\n[[artifacts]]\nname = \"tool\"\nurl = \"file://{}/tool\"\nsha256 = \"{ABC}\"\ndest = \"/usr/local/bin/tool\"\n",
+                    p.display()
+                ),
+            );
         },
-        &["sha256 mismatch", &format!("expected {ABC}"), "actual   a52d159f262b", "overlays/base/overlay.toml"],
+        &[
+            "sha256 mismatch",
+            &format!("expected {ABC}"),
+            "actual   a52d159f262b",
+            "overlays/base/overlay.toml",
+        ],
     );
 }
 
@@ -134,7 +225,13 @@ fn a_checksum_file_without_the_artifact_is_an_error() {
         |p| {
             fs::write(p.join("tool"), "abc").unwrap();
             fs::write(p.join("sums"), format!("{ABC}  other-file\n")).unwrap();
-            append(&p.join("overlays/base/overlay.toml"), &format!("\n[[artifacts]]\nname = \"tool\"\nurl = \"file://{0}/tool\"\nsha256-url = \"file://{0}/sums\"\ndest = \"/usr/local/bin/tool\"\n", p.display()));
+            append(
+                &p.join("overlays/base/overlay.toml"),
+                &format!(
+                    "\n[[artifacts]]\nname = \"tool\"\nurl = \"file://{0}/tool\"\nsha256-url = \"file://{0}/sums\"\ndest = \"/usr/local/bin/tool\"\n",
+                    p.display()
+                ),
+            );
         },
         &["has no sha256 line for \"tool\""],
     );
@@ -146,11 +243,23 @@ fn an_unreachable_apt_source_is_named_with_a_way_past_it() {
         "ci-node",
         |p| {
             fs::create_dir_all(p.join("overlays/extra/keys")).unwrap();
-            fs::write(p.join("overlays/extra/keys/extra.asc"), "not checked before the source answers").unwrap();
+            fs::write(
+                p.join("overlays/extra/keys/extra.asc"),
+                "not checked before the source answers",
+            )
+            .unwrap();
             fs::write(p.join("overlays/extra/overlay.toml"), "packages = [\"hello\"]\n[[apt-sources]]\nname = \"extra\"\nuri = \"http://127.0.0.1:9/debian\"\nsuite = \"bookworm\"\ncomponents = [\"main\"]\nkey = \"keys/extra.asc\"\n").unwrap();
-            replace(&p.join("recipes/ci-node.toml"), "overlays = [\"base\"]", "overlays = [\"base\", \"extra\"]");
+            replace(
+                &p.join("recipes/ci-node.toml"),
+                "overlays = [\"base\"]",
+                "overlays = [\"base\", \"extra\"]",
+            );
         },
-        &["apt source \"http://127.0.0.1:9/debian\"", "cannot be reached", "build without the overlay \"extra\""],
+        &[
+            "apt source \"http://127.0.0.1:9/debian\"",
+            "cannot be reached",
+            "build without the overlay \"extra\"",
+        ],
     );
 }
 
@@ -158,8 +267,18 @@ fn an_unreachable_apt_source_is_named_with_a_way_past_it() {
 fn an_unreachable_recipe_mirror_is_named() {
     refused(
         "ci-node",
-        |p| replace(&p.join("recipes/ci-node.toml"), "variant = \"minbase\"\n", "variant = \"minbase\"\nmirror = \"file:///nonexistent/mirror\"\n"),
-        &["apt source \"file:///nonexistent/mirror\"", "cannot be reached", "local mirror"],
+        |p| {
+            replace(
+                &p.join("recipes/ci-node.toml"),
+                "variant = \"minbase\"\n",
+                "variant = \"minbase\"\nmirror = \"file:///nonexistent/mirror\"\n",
+            )
+        },
+        &[
+            "apt source \"file:///nonexistent/mirror\"",
+            "cannot be reached",
+            "local mirror",
+        ],
     );
 }
 
@@ -170,8 +289,19 @@ fn an_mmdebstrap_failure_quotes_its_last_lines() {
     }
     let err = refused(
         "ci-node",
-        |p| replace(&p.join("recipes/ci-node.toml"), "\"iproute2\"]", "\"iproute2\", \"ironbake-no-such-package\"]"),
-        &["mmdebstrap failed", "its last lines:", "ironbake-no-such-package", "building the package layer with mmdebstrap"],
+        |p| {
+            replace(
+                &p.join("recipes/ci-node.toml"),
+                "\"iproute2\"]",
+                "\"iproute2\", \"ironbake-no-such-package\"]",
+            )
+        },
+        &[
+            "mmdebstrap failed",
+            "its last lines:",
+            "ironbake-no-such-package",
+            "building the package layer with mmdebstrap",
+        ],
     );
     eprintln!("{err}");
 }

@@ -30,27 +30,55 @@ fn fixture() -> &'static Fixture {
         let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
         let r = xtask(&project, &out, &cache, &["build", "ci-node"]);
         assert!(r.ok, "build failed:\n{}\n{}", r.stdout, r.stderr);
-        let version = layout::read_current(&out.join("ci-node")).unwrap().expect("current is set");
-        Fixture { _dir: dir, project, out, cache, version }
+        let version = layout::read_current(&out.join("ci-node"))
+            .unwrap()
+            .expect("current is set");
+        Fixture {
+            _dir: dir,
+            project,
+            out,
+            cache,
+            version,
+        }
     })
 }
 
 fn unsquashfs_list(image: &Path) -> String {
-    let o = Command::new("unsquashfs").arg("-lln").arg(image).output().unwrap();
-    assert!(o.status.success(), "unsquashfs -lln {}: {}", image.display(), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "unsquashfs -lln {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn unsquashfs_cat(image: &Path, path: &str) -> String {
-    let o = Command::new("unsquashfs").arg("-cat").arg(image).arg(path).output().unwrap();
-    assert!(o.status.success(), "unsquashfs -cat {path}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(image)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "unsquashfs -cat {path}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The listing line of `path` (as `squashfs-root/PATH`) in an `unsquashfs -lln` listing.
 fn entry<'a>(listing: &'a str, path: &str) -> Option<&'a str> {
     let want = format!("squashfs-root{path}");
-    listing.lines().find(|l| l.split_whitespace().nth(5) == Some(want.as_str()))
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().nth(5) == Some(want.as_str()))
 }
 
 #[test]
@@ -66,14 +94,23 @@ fn ci_node_builds_twice_from_empty_caches_to_identical_bytes() {
     assert!(r.ok, "second build failed:\n{}\n{}", r.stdout, r.stderr);
     let va = a.out.join("ci-node").join(&a.version);
     let vb = out_b.join("ci-node").join(&a.version);
-    assert!(vb.is_dir(), "the second build published another version: {:?}", layout::list_published(&out_b).unwrap());
+    assert!(
+        vb.is_dir(),
+        "the second build published another version: {:?}",
+        layout::list_published(&out_b).unwrap()
+    );
     let ma = fs::read(va.join(layout::MANIFEST)).unwrap();
     let mb = fs::read(vb.join(layout::MANIFEST)).unwrap();
     let manifest = layout::parse_manifest(std::str::from_utf8(&ma).unwrap()).unwrap();
     if ma != mb {
         let other = layout::parse_manifest(std::str::from_utf8(&mb).unwrap()).unwrap();
         for (x, y) in manifest.outputs.iter().zip(&other.outputs) {
-            eprintln!("{} {} {}", x.path, x.sha256, if x == y { "same" } else { "DIFFERS" });
+            eprintln!(
+                "{} {} {}",
+                x.path,
+                x.sha256,
+                if x == y { "same" } else { "DIFFERS" }
+            );
         }
         panic!("two builds from empty caches differ (manifests above)");
     }
@@ -83,8 +120,20 @@ fn ci_node_builds_twice_from_empty_caches_to_identical_bytes() {
         assert_eq!(da, db, "{} differs between the two builds", o.path);
         assert_eq!(da, o.sha256, "{} does not match its manifest", o.path);
     }
-    assert_eq!(fs::read(va.join(layout::SHA256SUMS)).unwrap(), fs::read(vb.join(layout::SHA256SUMS)).unwrap());
-    eprintln!("identical: {} outputs, base.squashfs sha256 {}", manifest.outputs.len(), manifest.outputs.iter().find(|o| o.path == "base.squashfs").unwrap().sha256);
+    assert_eq!(
+        fs::read(va.join(layout::SHA256SUMS)).unwrap(),
+        fs::read(vb.join(layout::SHA256SUMS)).unwrap()
+    );
+    eprintln!(
+        "identical: {} outputs, base.squashfs sha256 {}",
+        manifest.outputs.len(),
+        manifest
+            .outputs
+            .iter()
+            .find(|o| o.path == "base.squashfs")
+            .unwrap()
+            .sha256
+    );
 }
 
 #[test]
@@ -98,20 +147,53 @@ fn the_image_holds_no_machine_identity() {
         let listing = unsquashfs_list(&v.join(layer));
         for line in listing.lines() {
             let path = line.split_whitespace().nth(5).unwrap_or("");
-            assert!(!path.contains("/etc/ssh/ssh_host_"), "{layer} holds an SSH host key: {line}");
-            assert!(!path.ends_with("/var/lib/systemd/random-seed"), "{layer} holds a random seed: {line}");
-            assert!(!path.ends_with("/var/lib/systemd/credential.secret"), "{layer} holds a credential secret: {line}");
+            assert!(
+                !path.contains("/etc/ssh/ssh_host_"),
+                "{layer} holds an SSH host key: {line}"
+            );
+            assert!(
+                !path.ends_with("/var/lib/systemd/random-seed"),
+                "{layer} holds a random seed: {line}"
+            );
+            assert!(
+                !path.ends_with("/var/lib/systemd/credential.secret"),
+                "{layer} holds a credential secret: {line}"
+            );
         }
         if layer == "base.squashfs" {
-            let mid = entry(&listing, "/etc/machine-id").expect("/etc/machine-id exists (systemd needs the file)");
-            assert_eq!(mid.split_whitespace().nth(2), Some("0"), "/etc/machine-id must be empty: {mid}");
+            let mid = entry(&listing, "/etc/machine-id")
+                .expect("/etc/machine-id exists (systemd needs the file)");
+            assert_eq!(
+                mid.split_whitespace().nth(2),
+                Some("0"),
+                "/etc/machine-id must be empty: {mid}"
+            );
             if let Some(dbus) = entry(&listing, "/var/lib/dbus/machine-id") {
-                assert!(dbus.starts_with('l'), "/var/lib/dbus/machine-id must be a link to /etc/machine-id: {dbus}");
+                assert!(
+                    dbus.starts_with('l'),
+                    "/var/lib/dbus/machine-id must be a link to /etc/machine-id: {dbus}"
+                );
             }
-            assert_eq!(unsquashfs_cat(&v.join(layer), "/etc/hostname"), "localhost\n");
-            assert!(entry(&listing, "/usr/sbin/sshd").is_some(), "the base overlay's openssh-server is installed");
-            assert!(listing.lines().all(|l| !l.contains("squashfs-root/boot/initrd.img")), "no initramfs-tools initrd is built");
-            assert!(listing.lines().all(|l| !l.contains("squashfs-root/boot/vmlinuz")), "the kernel is published beside, not inside");
+            assert_eq!(
+                unsquashfs_cat(&v.join(layer), "/etc/hostname"),
+                "localhost\n"
+            );
+            assert!(
+                entry(&listing, "/usr/sbin/sshd").is_some(),
+                "the base overlay's openssh-server is installed"
+            );
+            assert!(
+                listing
+                    .lines()
+                    .all(|l| !l.contains("squashfs-root/boot/initrd.img")),
+                "no initramfs-tools initrd is built"
+            );
+            assert!(
+                listing
+                    .lines()
+                    .all(|l| !l.contains("squashfs-root/boot/vmlinuz")),
+                "the kernel is published beside, not inside"
+            );
         }
     }
 }
@@ -125,53 +207,142 @@ fn the_published_version_is_complete_and_verifies() {
     let v = f.out.join("ci-node").join(&f.version);
     let (m, problems) = layout::verify(&v).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    assert!(f.version.starts_with("0.1.0-") && f.version.len() == "0.1.0-".len() + 10, "{}", f.version);
+    assert!(
+        f.version.starts_with("0.1.0-") && f.version.len() == "0.1.0-".len() + 10,
+        "{}",
+        f.version
+    );
     assert!(m.inputs_sha256.starts_with(&f.version[6..]));
     let paths: Vec<&str> = m.outputs.iter().map(|o| o.path.as_str()).collect();
-    assert_eq!(paths, ["base.squashfs", "cmdline", "node-templates/etc/hostname.j2", "node-templates/etc/hosts.j2", "overlay.squashfs", "vmlinuz"]);
+    assert_eq!(
+        paths,
+        [
+            "base.squashfs",
+            "cmdline",
+            "node-templates/etc/hostname.j2",
+            "node-templates/etc/hosts.j2",
+            "overlay.squashfs",
+            "vmlinuz"
+        ]
+    );
     assert_eq!(m.layers, ["base.squashfs", "overlay.squashfs"]);
-    assert!(m.packages.iter().any(|p| p.name == "systemd" && !p.version.is_empty()));
+    assert!(
+        m.packages
+            .iter()
+            .any(|p| p.name == "systemd" && !p.version.is_empty())
+    );
     assert!(m.packages.iter().any(|p| p.name == m.kernel.package));
-    assert!(m.packages.iter().any(|p| p.name == format!("linux-image-{}", m.kernel.release)));
-    assert_eq!(fs::read_to_string(v.join("cmdline")).unwrap(), format!("{}\n", m.kernel.cmdline));
-    assert!(!m.debian.sources.is_empty() && m.debian.sources.iter().all(|s| s.release_sha256.len() == 64));
+    assert!(
+        m.packages
+            .iter()
+            .any(|p| p.name == format!("linux-image-{}", m.kernel.release))
+    );
+    assert_eq!(
+        fs::read_to_string(v.join("cmdline")).unwrap(),
+        format!("{}\n", m.kernel.cmdline)
+    );
+    assert!(
+        !m.debian.sources.is_empty()
+            && m.debian
+                .sources
+                .iter()
+                .all(|s| s.release_sha256.len() == 64)
+    );
     assert_eq!(m.overlays.len(), 1);
     let vmlinuz = fs::read(v.join("vmlinuz")).unwrap();
-    assert_eq!(&vmlinuz[0x202..0x206], b"HdrS", "vmlinuz is a Linux boot image");
+    assert_eq!(
+        &vmlinuz[0x202..0x206],
+        b"HdrS",
+        "vmlinuz is a Linux boot image"
+    );
 
     // The overlay layer, read back: owners and modes as the base overlay declares them.
     let listing = unsquashfs_list(&v.join("overlay.squashfs"));
     let keys = entry(&listing, "/home/debian/.ssh/authorized_keys").expect("authorized_keys");
     assert!(keys.starts_with("-rw------- 1000/1000"), "{keys}");
-    assert!(entry(&listing, "/home/debian/.ssh").unwrap().starts_with("drwx------ 1000/1000"));
-    assert!(entry(&listing, "/etc/sudoers.d/ironbake").unwrap().starts_with("-r--r----- 0/0"));
-    assert!(entry(&listing, "/etc/shadow").unwrap().starts_with("-rw-r----- 0/42"));
-    assert!(entry(&listing, "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_some());
+    assert!(
+        entry(&listing, "/home/debian/.ssh")
+            .unwrap()
+            .starts_with("drwx------ 1000/1000")
+    );
+    assert!(
+        entry(&listing, "/etc/sudoers.d/ironbake")
+            .unwrap()
+            .starts_with("-r--r----- 0/0")
+    );
+    assert!(
+        entry(&listing, "/etc/shadow")
+            .unwrap()
+            .starts_with("-rw-r----- 0/42")
+    );
+    assert!(
+        entry(
+            &listing,
+            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+        )
+        .is_some()
+    );
     let passwd = unsquashfs_cat(&v.join("overlay.squashfs"), "/etc/passwd");
-    assert!(passwd.lines().any(|l| l == "debian:x:1000:1000:ironbake admin:/home/debian:/bin/bash"), "{passwd}");
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l == "debian:x:1000:1000:ironbake admin:/home/debian:/bin/bash"),
+        "{passwd}"
+    );
     let osr = unsquashfs_cat(&v.join("overlay.squashfs"), "/usr/lib/os-release");
-    assert!(osr.contains(&format!("IMAGE_ID=ci-node\nIMAGE_VERSION={}\n", f.version)), "{osr}");
-    let keys = unsquashfs_cat(&v.join("overlay.squashfs"), "/home/debian/.ssh/authorized_keys");
-    assert!(keys.starts_with("ssh-ed25519 ") && keys.ends_with("REPLACE-ME@example\n"), "{keys:?}");
+    assert!(
+        osr.contains(&format!("IMAGE_ID=ci-node\nIMAGE_VERSION={}\n", f.version)),
+        "{osr}"
+    );
+    let keys = unsquashfs_cat(
+        &v.join("overlay.squashfs"),
+        "/home/debian/.ssh/authorized_keys",
+    );
+    assert!(
+        keys.starts_with("ssh-ed25519 ") && keys.ends_with("REPLACE-ME@example\n"),
+        "{keys:?}"
+    );
 
     // Console autologin is off: no getty unit or drop-in in either layer passes --autologin.
     for layer in ["base.squashfs", "overlay.squashfs"] {
         let listing = unsquashfs_list(&v.join(layer));
-        let units = listing.lines().filter(|l| l.starts_with('-') && l.contains("/systemd/system/") && l.contains("getty"));
+        let units = listing.lines().filter(|l| {
+            l.starts_with('-') && l.contains("/systemd/system/") && l.contains("getty")
+        });
         let mut seen = 0;
         for line in units {
             seen += 1;
-            let path = line.split_whitespace().nth(5).unwrap().trim_start_matches("squashfs-root");
+            let path = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap()
+                .trim_start_matches("squashfs-root");
             let text = unsquashfs_cat(&v.join(layer), path);
-            assert!(!text.contains("--autologin") && !text.contains(" -a "), "{layer}:{path} enables autologin");
+            assert!(
+                !text.contains("--autologin") && !text.contains(" -a "),
+                "{layer}:{path} enables autologin"
+            );
         }
-        assert!(seen >= 2, "{layer}: expected getty units or drop-ins, found {seen}");
+        assert!(
+            seen >= 2,
+            "{layer}: expected getty units or drop-ins, found {seen}"
+        );
     }
 
     let r = xtask(&f.project, &f.out, &f.cache, &["list"]);
-    assert!(r.ok && r.stdout.contains(&format!("{}  ", f.version)) && r.stdout.contains("ci-node  Small Debian"), "{}", r.stdout);
+    assert!(
+        r.ok && r.stdout.contains(&format!("{}  ", f.version))
+            && r.stdout.contains("ci-node  Small Debian"),
+        "{}",
+        r.stdout
+    );
     let r = xtask(&f.project, &f.out, &f.cache, &["verify", "ci-node"]);
-    assert!(r.ok && r.stdout.contains("intact"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.ok && r.stdout.contains("intact"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 #[test]
@@ -193,12 +364,29 @@ fn verify_reports_what_was_changed() {
     fs::write(dst.join("cmdline"), "console=ttyS0 init=/bin/sh\n").unwrap();
     fs::write(dst.join("extra"), "x").unwrap();
     fs::remove_file(dst.join("node-templates/etc/hosts.j2")).unwrap();
-    let r = xtask(&f.project, &out, &f.cache, &["verify", &format!("ci-node@{}", f.version)]);
+    let r = xtask(
+        &f.project,
+        &out,
+        &f.cache,
+        &["verify", &format!("ci-node@{}", f.version)],
+    );
     assert!(!r.ok, "verify must fail on a changed version");
     assert!(r.stdout.contains("4 problem(s)"), "{}", r.stdout);
-    assert!(r.stdout.contains("cmdline: size 27 bytes") && r.stdout.contains("cmdline: sha256"), "{}", r.stdout);
-    assert!(r.stdout.contains("extra: present but not listed"), "{}", r.stdout);
-    assert!(r.stdout.contains("node-templates/etc/hosts.j2: missing"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("cmdline: size 27 bytes") && r.stdout.contains("cmdline: sha256"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("extra: present but not listed"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("node-templates/etc/hosts.j2: missing"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -212,22 +400,193 @@ fn an_overlay_edit_reuses_the_package_layer_and_publishes_a_new_version() {
     let project = project(dir.path());
     let out = dir.path().join("out");
     let r = xtask(&project, &out, &f.cache, &["build", "ci-node"]);
-    assert!(r.ok && r.stderr.contains("package layer: cached"), "{}{}", r.stdout, r.stderr);
-    assert!(out.join("ci-node").join(&f.version).is_dir(), "same inputs, same version");
+    assert!(
+        r.ok && r.stderr.contains("package layer: cached"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        out.join("ci-node").join(&f.version).is_dir(),
+        "same inputs, same version"
+    );
     let again = xtask(&project, &out, &f.cache, &["build", "ci-node"]);
-    assert!(again.ok && again.stdout.contains("already published"), "{}", again.stdout);
+    assert!(
+        again.ok && again.stdout.contains("already published"),
+        "{}",
+        again.stdout
+    );
 
-    fs::write(project.join("overlays/base/files/etc/sudoers.d/ironbake"), "debian ALL=(ALL:ALL) ALL\n").unwrap();
+    fs::write(
+        project.join("overlays/base/files/etc/sudoers.d/ironbake"),
+        "debian ALL=(ALL:ALL) ALL\n",
+    )
+    .unwrap();
     let r = xtask(&project, &out, &f.cache, &["build", "ci-node"]);
-    assert!(r.ok && r.stderr.contains("package layer: cached"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.ok && r.stderr.contains("package layer: cached"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
     let current = layout::read_current(&out.join("ci-node")).unwrap().unwrap();
     assert_ne!(current, f.version, "an overlay edit is a new version");
     let (old, problems) = layout::verify(&out.join("ci-node").join(&f.version)).unwrap();
-    assert!(problems.is_empty(), "the old version is untouched: {problems:?}");
+    assert!(
+        problems.is_empty(),
+        "the old version is untouched: {problems:?}"
+    );
     let (new, problems) = layout::verify(&out.join("ci-node").join(&current)).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    let digest = |m: &layout::Manifest, p: &str| m.outputs.iter().find(|o| o.path == p).unwrap().sha256.clone();
+    let digest = |m: &layout::Manifest, p: &str| {
+        m.outputs
+            .iter()
+            .find(|o| o.path == p)
+            .unwrap()
+            .sha256
+            .clone()
+    };
     assert_eq!(digest(&old, "base.squashfs"), digest(&new, "base.squashfs"));
-    assert_ne!(digest(&old, "overlay.squashfs"), digest(&new, "overlay.squashfs"));
-    assert_eq!(unsquashfs_cat(&out.join("ci-node").join(&current).join("overlay.squashfs"), "/etc/sudoers.d/ironbake"), "debian ALL=(ALL:ALL) ALL\n");
+    assert_ne!(
+        digest(&old, "overlay.squashfs"),
+        digest(&new, "overlay.squashfs")
+    );
+    assert_eq!(
+        unsquashfs_cat(
+            &out.join("ci-node").join(&current).join("overlay.squashfs"),
+            "/etc/sudoers.d/ironbake"
+        ),
+        "debian ALL=(ALL:ALL) ALL\n"
+    );
+}
+
+#[test]
+fn a_mksquashfs_failure_is_quoted_and_publishes_nothing() {
+    if !require(TOOLS) {
+        return;
+    }
+    let f = fixture();
+    let dir = scratch("mksquashfs-fails");
+    let project = project(dir.path());
+    // A new version (so there is something to build), on the cached package layer.
+    fs::write(
+        project.join("overlays/base/files/etc/hosts"),
+        "127.0.0.1 localhost\n",
+    )
+    .unwrap();
+    let fake = dir.path().join("mksquashfs");
+    fs::write(&fake, "#!/bin/sh\necho 'Parallel mksquashfs: Using 2 processors'\necho 'FATAL ERROR: Failed to write to output filesystem: No space left on device' >&2\nexit 1\n").unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.path().join("out");
+    let r = common::xtask_env(
+        &project,
+        &out,
+        &f.cache,
+        &["build", "ci-node"],
+        &[("IRONBAKE_TOOL_MKSQUASHFS", fake.to_str().unwrap())],
+    );
+    assert!(!r.ok);
+    for needle in [
+        "mksquashfs failed",
+        "its last lines:",
+        "    FATAL ERROR: Failed to write to output filesystem: No space left on device",
+        "compressing",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            r.stderr
+        );
+    }
+    assert!(!out.exists(), "out/ was created");
+    assert!(
+        common::snapshot(&dir.path().join(".out-staging")).len() <= 1,
+        "staging left behind"
+    );
+}
+
+#[test]
+fn a_build_killed_during_mmdebstrap_leaves_out_as_it_was() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    if !require(TOOLS) {
+        return;
+    }
+    let f = fixture();
+    let dir = scratch("killed");
+    let project = project(dir.path());
+    // Copy the published tree: out/ holds a version, which must survive untouched.
+    let out = dir.path().join("out");
+    let src = f.out.join("ci-node");
+    for p in layout::list_files(&src.join(&f.version)).unwrap() {
+        let d = out.join("ci-node").join(&f.version).join(&p);
+        fs::create_dir_all(d.parent().unwrap()).unwrap();
+        fs::copy(src.join(&f.version).join(&p), d).unwrap();
+    }
+    std::os::unix::fs::symlink(&f.version, out.join("ci-node/current")).unwrap();
+    let before = common::snapshot(&out);
+    // A new package (so the package layer is rebuilt) and a fresh cache.
+    let recipe = project.join("recipes/ci-node.toml");
+    fs::write(
+        &recipe,
+        fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("\"iproute2\"]", "\"iproute2\", \"less\"]"),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let mut child = common::xtask_command(&project, &out, &cache, &["build", "ci-node"])
+        .process_group(0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let installing = line.contains("I: installing remaining packages")
+            || line.contains("I: extracting archives");
+        lines.push(line);
+        if installing {
+            break;
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("mmdebstrap")),
+        "mmdebstrap never started:\n{}",
+        lines.join("\n")
+    );
+    let pgid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // mmdebstrap's own children may take a moment to go; then nothing must be mounted there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Command::new("pgrep")
+        .args(["-g", &pgid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of the killed build linger"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(common::snapshot(&out), before, "out/ changed");
+    assert!(
+        !fs::read_dir(ironbake::base::cache_root(&cache))
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("info.json").exists()),
+        "a half-built base was cached"
+    );
+    ironbake::base::remove_tree(&cache).unwrap();
 }

@@ -9,15 +9,24 @@ use std::process::Command;
 /// True if the test may run. A missing requirement fails the test when CI=true, and skips it
 /// with a printed reason otherwise.
 pub fn require(tools: &[&str]) -> bool {
-    let mut missing: Vec<String> = tools.iter().filter(|t| !ironbake::exec::have_tool(t)).map(|t| t.to_string()).collect();
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1);
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|t| !ironbake::exec::have_tool(t))
+        .map(|t| t.to_string())
+        .collect();
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(1);
     if uid != 0 {
         missing.push("root".into());
     }
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("needs {} (run `cargo xtask setup` as root)", missing.join(", "));
+    let msg = format!(
+        "needs {} (run `cargo xtask setup` as root)",
+        missing.join(", ")
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true and this test {msg}");
     }
@@ -29,7 +38,10 @@ pub fn require(tools: &[&str]) -> bool {
 pub fn scratch(name: &str) -> tempfile::TempDir {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(base).unwrap();
-    tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(base).unwrap()
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(base)
+        .unwrap()
 }
 
 /// A test project: a copy of the repository's recipes, overlays and inventory.
@@ -42,25 +54,50 @@ pub fn project(dir: &Path) -> PathBuf {
 /// The result of one `cargo xtask` run.
 #[derive(Debug)]
 pub struct Run {
+    /// Did it exit 0?
     pub ok: bool,
+    /// Its standard output.
     pub stdout: String,
+    /// Its standard error.
     pub stderr: String,
 }
 
 /// Runs `cargo xtask ARGS` against a project, out and cache folder.
 pub fn xtask(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Run {
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
+    xtask_env(project, out, cache, args, &[])
+}
+
+/// [`xtask`] with extra environment variables.
+pub fn xtask_env(
+    project: &Path,
+    out: &Path,
+    cache: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
+    let o = xtask_command(project, out, cache, args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running cargo xtask");
+    Run {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
+}
+
+/// The command for `cargo xtask ARGS`, not yet started.
+pub fn xtask_command(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.args(args)
         .arg("--project")
         .arg(project)
         .arg("--out")
         .arg(out)
         .arg("--cache")
         .arg(cache)
-        .env("CI", "true")
-        .output()
-        .expect("running cargo xtask");
-    Run { ok: o.status.success(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+        .env("CI", "true");
+    c
 }
 
 /// Every path under `dir` with its size, for before/after comparisons.
@@ -72,7 +109,12 @@ pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
         .sort_by_file_name()
         .into_iter()
         .map(|e| e.unwrap())
-        .map(|e| (e.path().display().to_string(), e.path().symlink_metadata().map(|m| m.len()).unwrap_or(0)))
+        .map(|e| {
+            (
+                e.path().display().to_string(),
+                e.path().symlink_metadata().map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .collect();
     v.sort();
     v
