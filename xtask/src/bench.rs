@@ -211,7 +211,10 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     let _ = writeln!(md, "\n### build, {} (`cargo xtask bench build`)\n", today());
     let _ = writeln!(
         md,
-        "Machine: {}. Anchor: the same mmdebstrap command + mksquashfs with the same flags, by hand, in the same run.\n",
+        "Machine: {}. Anchor: the same mmdebstrap command + mksquashfs with the same flags, by \
+         hand, in the same run, after the cold build (so the anchor, not ironbake, gets any warm \
+         mirror cache). The anchor's squashfs keeps the kernel inside; ironbake publishes it \
+         beside.\n",
         machine()
     );
     let _ = writeln!(
@@ -225,7 +228,7 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     for r in &rows {
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1}% | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1}% | {:.1} | {:.1} | {:.1} |",
             r.recipe,
             r.anchor_s,
             r.cold_s,
