@@ -1,1 +1,24 @@
-//! ironbake's VM harness: boots published images under QEMU with OVMF (filled by the boot-test work).
+//! ironbake's VM harness: network namespaces, a QEMU runner whose serial console is saved and
+//! waited on, and an HTTP test server that lives inside a namespace.
+//!
+//! Every VM runs inside a network namespace the test makes (never on the machine's own
+//! interfaces); guards remove VMs and namespaces even when a test panics.
+
+pub mod console;
+pub mod httpd;
+pub mod netns;
+pub mod qemu;
+pub mod require;
+
+/// Named deadlines for waits, under TCG on two cores.
+pub mod deadline {
+    use std::time::Duration;
+    /// From QEMU start to the first line of the initramfs.
+    pub const FIRST_STAGE: Duration = Duration::from_secs(60);
+    /// From QEMU start to the ready line (kernel, fetch of ~150 MB, systemd).
+    pub const READY: Duration = Duration::from_secs(240);
+    /// From one failed fetch to the next attempt's message.
+    pub const RETRY: Duration = Duration::from_secs(90);
+    /// From the ready line to the ready report reaching the server.
+    pub const REPORT: Duration = Duration::from_secs(30);
+}

@@ -527,6 +527,12 @@ impl BaseView for TreeView {
         let p = self.resolve(path, true)?;
         if p.is_file() { fs::read(p).ok() } else { None }
     }
+    fn link_target(&self, path: &str) -> Option<String> {
+        let p = self.resolve(path, false)?;
+        fs::read_link(p)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    }
     fn stat(&self, path: &str) -> Option<(u32, u32, u32, bool)> {
         use std::os::unix::fs::MetadataExt;
         let p = self.resolve(path, false)?;

@@ -306,14 +306,15 @@ impl Test {
         host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let root = project_root();
-        let tiers: [(&str, &[&str]); 2] = [
+        let tiers: [(&str, &[&str]); 3] = [
+            ("tier a: unit tests (pure, no tools)", &["--workspace", "--lib", "--bins"]),
             (
-                "unit tests (pure, no tools)",
-                &["--workspace", "--lib", "--bins"],
+                "tier b: builds and tool checks (mmdebstrap, mksquashfs, unsquashfs, cpio; root)",
+                &["-p", "xtask", "-p", "netboot", "--test", "*"],
             ),
             (
-                "tool and build tests (mmdebstrap, mksquashfs, unsquashfs; needs root)",
-                &["--workspace", "--test", "*"],
+                "tier c: QEMU boot tests (qemu-system-x86_64, network namespaces; root)",
+                &["-p", "qemu-tests", "--test", "*"],
             ),
         ];
         for (name, args) in tiers {

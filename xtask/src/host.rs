@@ -32,7 +32,8 @@ pub const TEST: &[Need] = &[Need {
     package: "squashfs-tools",
 }];
 
-fn is_root() -> bool {
+/// Is this process root?
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)

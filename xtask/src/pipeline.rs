@@ -20,7 +20,7 @@ use crate::plan::{self, Data, Kind, Plan};
 use crate::progress::Progress;
 use crate::publish::{self, Staging};
 use crate::recipe::{self, Output, Recipe};
-use crate::{artifact, inventory, template};
+use crate::{artifact, initramfs, inventory, ipxe, template};
 use netboot::layout::{self, Manifest};
 
 /// Where a build reads and writes.
@@ -53,6 +53,8 @@ pub struct Built {
 pub const BASE_LAYER: &str = "base.squashfs";
 /// The name of the overlay layer in a version folder.
 pub const OVERLAY_LAYER: &str = "overlay.squashfs";
+/// The name of the initramfs in a version folder (iPXE names it on the kernel line).
+pub const INITRAMFS: &str = "initrd.img";
 
 #[derive(Serialize)]
 struct InputsDigest<'a> {
@@ -63,6 +65,8 @@ struct InputsDigest<'a> {
     overlays: Vec<(&'a str, &'a str)>,
     artifacts: Vec<(&'a str, &'a str, &'a str, &'a str, &'a str)>,
     outputs: &'a [Output],
+    /// The first stage's scripts: a change to them is a new version.
+    initramfs: String,
 }
 
 /// Renders each node template for each inventory node that boots `recipe_name`, so a missing
@@ -179,8 +183,6 @@ pub struct Prepared {
     pub recipe_sha: String,
     /// The overlays in order.
     pub overlays: Vec<Overlay>,
-    /// The inventory.
-    pub inv: inventory::Inventory,
     /// The package layer's inputs.
     pub base_spec: BaseSpec,
     /// Signing keys for overlay apt sources.
@@ -274,6 +276,9 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
 
     let mut packages: Vec<String> = recipe.debian.packages.clone();
     packages.push(recipe.kernel.package.clone());
+    if recipe.outputs.contains(&Output::Initramfs) {
+        packages.push(initramfs::BUSYBOX_PACKAGE.into());
+    }
     packages.extend(
         overlays
             .iter()
@@ -313,6 +318,9 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
             })
             .collect(),
         outputs: &recipe.outputs,
+        initramfs: apt::sha256_hex(
+            format!("{}{}", initramfs::INIT, initramfs::UDHCPC_SCRIPT).as_bytes(),
+        ),
     };
     let inputs_sha256 = apt::sha256_hex(&serde_json::to_vec(&digest_input)?);
     let version = format!("{}-{}", recipe.version, &inputs_sha256[..10]);
@@ -346,7 +354,6 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
         recipe,
         recipe_sha,
         overlays,
-        inv,
         base_spec,
         keys,
         fetched,
@@ -362,7 +369,6 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
         recipe,
         recipe_sha,
         overlays,
-        inv: _,
         base_spec,
         keys,
         fetched,
@@ -374,6 +380,7 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
     if existing.is_dir() {
         let manifest = layout::load_manifest(&existing)?;
         publish::set_current(&paths.out, name, &version)?;
+        ipxe::publish(&paths.out)?;
         return Ok(Built {
             dir: existing,
             manifest,
@@ -434,6 +441,30 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
             fs::create_dir_all(p.parent().expect("has parent"))?;
             write_synced(&p, t.text.as_bytes())?;
         }
+    }
+    if recipe.outputs.contains(&Output::Initramfs) {
+        let stage = progress.stage("initramfs");
+        let ird = initramfs::build(
+            &view,
+            &base.info.kernel_release,
+            &recipe.initramfs.modules,
+            &format!("{name}@{version}"),
+            epoch,
+        )?;
+        write_synced(&vdir.join(INITRAMFS), &ird.bytes)?;
+        if !ird.skipped.is_empty() {
+            stage.line(&format!(
+                "kernel {} lacks default drivers {}: left out",
+                base.info.kernel_release,
+                ird.skipped.join(", ")
+            ));
+        }
+        stage.done(&format!(
+            "{} modules, {:.1} MB ({:.1} MB unpacked)",
+            ird.modules,
+            ird.bytes.len() as f64 / 1e6,
+            ird.uncompressed as f64 / 1e6
+        ));
     }
     if recipe.outputs.contains(&Output::Kernel) {
         fs::copy(base.vmlinuz(), vdir.join("vmlinuz")).context("copying the kernel")?;
@@ -524,6 +555,7 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
 
     let stage = progress.stage("publish");
     let dir = staging.publish()?;
+    ipxe::publish(&paths.out)?;
     stage.done(&format!("{}", dir.display()));
     Ok(Built {
         dir,
@@ -581,13 +613,9 @@ pub fn write_tree(plan: &Plan, dir: &Path) -> Result<()> {
 
 /// Fails unless this process may build images (mmdebstrap's root mode, chown).
 pub fn require_root() -> Result<()> {
-    // SAFETY-free check: root's home folder is only writable by root, but the real test is the uid.
-    let uid = fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(1);
-    if uid != 0 {
+    if !crate::host::is_root() {
         bail!(
-            "building images needs root (mmdebstrap's root mode and file owners in the image): run it with sudo"
+            "building images needs root (mmdebstrap's root mode and file owners in the image): run it as root or with sudo"
         );
     }
     Ok(())

@@ -24,6 +24,10 @@ pub trait BaseView {
     fn read(&self, path: &str) -> Option<Vec<u8>>;
     /// `(mode, uid, gid, is_dir)` of a path, not following a final symlink.
     fn stat(&self, path: &str) -> Option<(u32, u32, u32, bool)>;
+    /// The target of a symbolic link at `path` (its parents resolved), if it is one.
+    fn link_target(&self, _path: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Where a file's bytes come from.
@@ -141,6 +145,26 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Refuses a path that goes through a symlink of the base: a folder in the overlay layer
+    /// would hide the link itself (on Debian, `/lib` -> `usr/lib`) and break the image.
+    fn check_parents(&self, path: &str, origin: &str) -> Result<()> {
+        let parts: Vec<_> = path[1..].split('/').collect();
+        let mut cur = String::new();
+        for part in &parts[..parts.len() - 1] {
+            cur.push('/');
+            cur.push_str(part);
+            if !self.entries.contains_key(&cur)
+                && let Some(target) = self.base.link_target(&cur)
+            {
+                bail!(
+                    "overlay {origin:?} puts {path} under {cur}, which is a symlink to {target} in the \
+                     image; put it under the link's target instead"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn parents(&mut self, path: &str, origin: &str) {
         let mut cur = String::new();
         let parts: Vec<_> = path[1..].split('/').collect();
@@ -167,7 +191,8 @@ impl Builder<'_> {
         }
     }
 
-    fn put(&mut self, path: &str, kind: Kind, mode: u32, origin: &str) {
+    fn put(&mut self, path: &str, kind: Kind, mode: u32, origin: &str) -> Result<()> {
+        self.check_parents(path, origin)?;
         self.parents(path, origin);
         let (mode, uid, gid) = match (&kind, self.base.stat(path)) {
             // A folder the base has keeps the base's mode and owner unless [permissions] say so:
@@ -185,6 +210,7 @@ impl Builder<'_> {
                 origin: origin.into(),
             },
         );
+        Ok(())
     }
 }
 
@@ -261,15 +287,15 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
     for ov in inp.overlays {
         for (path, fe) in &ov.files {
             match fe {
-                FileEntry::Dir { mode } => b.put(path, Kind::Dir, *mode, &ov.name),
+                FileEntry::Dir { mode } => b.put(path, Kind::Dir, *mode, &ov.name)?,
                 FileEntry::File { source, mode } => b.put(
                     path,
                     Kind::File(Data::Path(source.clone())),
                     *mode,
                     &ov.name,
-                ),
+                )?,
                 FileEntry::Symlink { target } => {
-                    b.put(path, Kind::Symlink(target.clone()), 0o777, &ov.name)
+                    b.put(path, Kind::Symlink(target.clone()), 0o777, &ov.name)?
                 }
             }
         }
@@ -280,7 +306,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
                 Kind::File(Data::Bytes(text.into_bytes())),
                 t.mode,
                 &ov.name,
-            );
+            )?;
         }
         for a in inp.artifacts.iter().filter(|a| a.overlay == ov.name) {
             let mode = overlay::parse_mode(&a.spec.mode).expect("validated when parsed");
@@ -289,7 +315,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
                 Kind::File(Data::Path(a.path.clone())),
                 mode,
                 &ov.name,
-            );
+            )?;
         }
         for t in &ov.node_templates {
             template::check_syntax(t)?;
@@ -330,7 +356,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
                 Kind::File(Data::Bytes(text.clone().into_bytes())),
                 mode,
                 &origin,
-            );
+            )?;
             if mode == 0o640 {
                 // Debian's shadow files belong to group shadow.
                 let gid = users::gid_of(&accounts.group, "shadow").unwrap_or(0);
@@ -347,7 +373,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
                 continue;
             }
             if !b.entries.contains_key(&home) {
-                b.put(&home, Kind::Dir, 0o700, &o.name);
+                b.put(&home, Kind::Dir, 0o700, &o.name)?;
             }
             let e = b
                 .entries
@@ -397,7 +423,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
             }
             for (target, suffix) in install.targets {
                 let link = format!("/etc/systemd/system/{target}{suffix}/{link_name}");
-                b.put(&link, Kind::Symlink(unit_path.clone()), 0o777, &ov.name);
+                b.put(&link, Kind::Symlink(unit_path.clone()), 0o777, &ov.name)?;
             }
             for alias in install.aliases {
                 b.put(
@@ -405,7 +431,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
                     Kind::Symlink(unit_path.clone()),
                     0o777,
                     &ov.name,
-                );
+                )?;
             }
             queue.extend(install.also);
         }
@@ -429,7 +455,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
             Kind::File(Data::Bytes(text.into_bytes())),
             0o644,
             "ironbake",
-        );
+        )?;
     }
 
     // The image says what it is, where systemd and people look: os-release's IMAGE_ID and
@@ -449,7 +475,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
         Kind::File(Data::Bytes(os_release.into_bytes())),
         0o644,
         "ironbake",
-    );
+    )?;
 
     for ov in inp.overlays {
         for (path, perm) in &ov.spec.permissions {

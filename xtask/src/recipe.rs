@@ -9,7 +9,7 @@
 //! version = "0.3.0"                 # required; the published version is "0.3.0-<digest>"
 //! description = "Proxmox core node" # optional, shown by `cargo xtask list`
 //! overlays = ["base", "infiniband"] # applied in this order; later ones win on conflicts
-//! outputs = ["kernel", "rootfs"]    # default: both
+//! outputs = ["kernel", "initramfs", "rootfs"]  # the default: all three
 //!
 //! [debian]
 //! suite = "bookworm"                # required
@@ -24,6 +24,9 @@
 //! [kernel]
 //! package = "linux-image-amd64"     # required
 //! cmdline = "console=ttyS0,115200"  # overlays may append
+//!
+//! [initramfs]
+//! modules = ["mlx4_ib"]             # drivers beyond the default set (see initramfs.rs)
 //!
 //! [squashfs]
 //! compression = "zstd"              # zstd | xz | gzip | lz4
@@ -74,6 +77,9 @@ pub struct Recipe {
     pub debian: Debian,
     /// The kernel.
     pub kernel: Kernel,
+    /// ironbake's netboot initramfs.
+    #[serde(default)]
+    pub initramfs: Initramfs,
     /// How the root filesystem layers are compressed.
     #[serde(default)]
     pub squashfs: Squashfs,
@@ -88,12 +94,23 @@ pub struct Recipe {
 pub enum Output {
     /// `vmlinuz` and `cmdline`.
     Kernel,
+    /// `initrd.img`: ironbake's first stage.
+    Initramfs,
     /// `base.squashfs` and `overlay.squashfs`, plus the node templates.
     Rootfs,
 }
 
 fn default_outputs() -> Vec<Output> {
-    vec![Output::Kernel, Output::Rootfs]
+    vec![Output::Kernel, Output::Initramfs, Output::Rootfs]
+}
+
+/// The initramfs settings of a recipe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Initramfs {
+    /// Kernel modules beyond the default driver set; each must exist in the kernel.
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
 
 /// The Debian base of a recipe.
@@ -430,7 +447,10 @@ package = "linux-image-amd64"
         assert_eq!(r.debian.variant, Variant::Minbase);
         assert_eq!(r.debian.components, ["main"]);
         assert!(r.debian.slim);
-        assert_eq!(r.outputs, [Output::Kernel, Output::Rootfs]);
+        assert_eq!(
+            r.outputs,
+            [Output::Kernel, Output::Initramfs, Output::Rootfs]
+        );
         assert_eq!(
             r.squashfs,
             Squashfs {

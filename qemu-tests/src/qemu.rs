@@ -1,0 +1,145 @@
+//! A QEMU VM inside a network namespace: the serial console goes to a file under the test's
+//! folder, every argument is explained, and the VM is killed on drop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::console::Console;
+use crate::netns::Netns;
+
+/// How a VM boots.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// Direct kernel boot: QEMU loads the kernel and initramfs itself (no firmware PXE).
+    Kernel {
+        /// The kernel image.
+        kernel: PathBuf,
+        /// The initramfs.
+        initrd: PathBuf,
+        /// The kernel command line.
+        append: String,
+    },
+}
+
+/// A VM to start.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Its name, for logs.
+    pub name: String,
+    /// How it boots.
+    pub boot: Boot,
+    /// Memory in MiB: the image lives in RAM.
+    pub mem_mib: u32,
+    /// Its NIC's MAC address.
+    pub mac: String,
+}
+
+/// A running VM; killed on drop.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    /// Its serial console.
+    pub console: Console,
+    /// The console log file.
+    pub log: PathBuf,
+}
+
+impl Vm {
+    /// Starts `cfg` inside `ns`, with its console log at `dir/NAME.console.log`.
+    pub fn start(ns: &Netns, cfg: &VmConfig, dir: &Path) -> Result<Vm> {
+        std::fs::create_dir_all(dir)?;
+        let log = dir.join(format!("{}.console.log", cfg.name));
+        let qemu_log = dir.join(format!("{}.qemu.log", cfg.name));
+        let mut cmd = ns.command("qemu-system-x86_64");
+        cmd.args([
+            // KVM opens but fails on these machines (nested); TCG always works.
+            "-accel",
+            "tcg",
+            // A modern PC chipset (PCIe), as the firmware PXE tests use.
+            "-machine",
+            "q35",
+            "-smp",
+            "2",
+            "-m",
+            &cfg.mem_mib.to_string(),
+            // No default devices (VGA, floppy, ...): fewer things to probe, faster boots.
+            "-nodefaults",
+            "-display",
+            "none",
+            // A reboot ends the run instead of looping.
+            "-no-reboot",
+            // Needed by the RNG-hungry early userspace (sshd key checks, systemd).
+            "-device",
+            "virtio-rng-pci",
+        ]);
+        cmd.arg("-serial").arg(format!("file:{}", log.display()));
+        match &cfg.boot {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                append,
+            } => {
+                cmd.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .arg("-append")
+                    .arg(append);
+            }
+        }
+        cmd.args([
+            // User-mode networking inside the namespace: QEMU's own DHCP gives the guest
+            // 10.0.2.15, and 10.0.2.2 reaches the namespace's loopback, where the test's
+            // server listens. Nothing leaves the namespace.
+            "-netdev",
+            "user,id=n0",
+            "-device",
+        ]);
+        cmd.arg(format!("virtio-net-pci,netdev=n0,mac={}", cfg.mac));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&qemu_log)?)
+            .stderr(File::create(dir.join(format!("{}.qemu.err", cfg.name)))?);
+        eprintln!("[{}] {:?}", cfg.name, cmd);
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        Ok(Vm {
+            child,
+            console: Console::new(&log),
+            log,
+        })
+    }
+
+    /// Is QEMU still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for a console line containing `needle` after line `skip`.
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        needle: &str,
+        deadline: Duration,
+        skip: usize,
+    ) -> Result<(String, usize)> {
+        let console = self.console.clone();
+        let child = &mut self.child;
+        console.wait_for(
+            what,
+            deadline,
+            skip,
+            || matches!(child.try_wait(), Ok(None)),
+            |l| l.contains(needle),
+        )
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

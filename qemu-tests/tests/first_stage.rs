@@ -1,0 +1,312 @@
+//! Tier (c): ironbake's first stage under QEMU (TCG, direct kernel boot), fetching `ci-node`
+//! over HTTP from a server inside the test's network namespace.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ironbake::cpio::{self, Body, Entry};
+use netboot::layout::{self, Manifest};
+use qemu_tests::deadline;
+use qemu_tests::httpd::{Behaviour, Httpd};
+use qemu_tests::netns::Netns;
+use qemu_tests::qemu::{Boot, Vm, VmConfig};
+
+/// The port the test server listens on inside each namespace.
+const PORT: u16 = 8080;
+/// What the guest calls the namespace's loopback under QEMU's user networking.
+const HOST: &str = "10.0.2.2";
+
+struct Image {
+    out: PathBuf,
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+/// ci-node, built once per test run (the package layer is cached across runs).
+fn image() -> &'static Image {
+    static I: OnceLock<Image> = OnceLock::new();
+    I.get_or_init(|| {
+        let root = ironbake::cli::project_root();
+        let work = root.join("target").join("qemu-tests");
+        let paths = ironbake::pipeline::Paths {
+            project: root.clone(),
+            out: work.join("out"),
+            cache: work.join("cache"),
+            etc_apt: "/etc/apt".into(),
+        };
+        let built =
+            ironbake::pipeline::build(&paths, "ci-node", &ironbake::progress::Progress::new(false))
+                .expect("building ci-node");
+        Image {
+            out: paths.out.clone(),
+            dir: built.dir,
+            manifest: built.manifest,
+        }
+    })
+}
+
+/// One VM at a time: two TCG guests on two cores would only slow each other down.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let d = ironbake::cli::project_root()
+        .join("target")
+        .join("qemu-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn cmdline(img: &Image, node: &str) -> String {
+    let m = &img.manifest;
+    let layers: Vec<String> = m
+        .layers
+        .iter()
+        .map(|l| {
+            format!(
+                "{l}:{}",
+                m.outputs
+                    .iter()
+                    .find(|o| &o.path == l)
+                    .expect("layer in outputs")
+                    .sha256
+            )
+        })
+        .collect();
+    format!(
+        "{} ironbake.image=http://{HOST}:{PORT}/{}/{}/ ironbake.layers={} ironbake.node={node} ironbake.server=http://{HOST}:{PORT}",
+        m.kernel.cmdline,
+        m.recipe,
+        m.version,
+        layers.join(",")
+    )
+}
+
+/// The initramfs plus a per-node settings archive (what the boot server sends as a second
+/// initrd): the kernel unpacks both, one after the other.
+fn initrd_with_settings(img: &Image, dir: &Path, hostname: &str) -> PathBuf {
+    let mut bytes = std::fs::read(img.dir.join("initrd.img")).unwrap();
+    // The kernel reads an appended archive only at a 4-byte-aligned offset; zeros between
+    // archives are skipped.
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    let entries = vec![
+        Entry {
+            path: "ironbake".into(),
+            mode: 0o755,
+            body: Body::Dir,
+        },
+        Entry {
+            path: "ironbake/node".into(),
+            mode: 0o755,
+            body: Body::Dir,
+        },
+        Entry {
+            path: "ironbake/node/etc".into(),
+            mode: 0o755,
+            body: Body::Dir,
+        },
+        Entry {
+            path: "ironbake/node/etc/hostname".into(),
+            mode: 0o644,
+            body: Body::File(format!("{hostname}\n").into_bytes()),
+        },
+    ];
+    cpio::write(&mut bytes, &entries, img.manifest.source_date_epoch).unwrap();
+    let path = dir.join("initrd-with-settings.img");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn vm(img: &Image, name: &str, initrd: PathBuf, node: &str) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        boot: Boot::Kernel {
+            kernel: img.dir.join("vmlinuz"),
+            initrd,
+            append: cmdline(img, node),
+        },
+        mem_mib: 1536,
+        mac: "52:54:00:00:00:01".into(),
+    }
+}
+
+fn ready_secs(line: &str) -> f64 {
+    line.rsplit(" in ")
+        .next()
+        .and_then(|s| s.trim_end_matches(" s").parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn ci_node_boots_to_ready_resuming_a_broken_transfer() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = image();
+    let _one = one_at_a_time();
+    let dir = test_dir("boots-to-ready");
+    let ns = Netns::new("ready").unwrap();
+    let base_path = format!(
+        "/{}/{}/base.squashfs",
+        img.manifest.recipe, img.manifest.version
+    );
+    let cut = 20 << 20;
+    let server = Httpd::start(
+        &ns,
+        PORT,
+        &img.out,
+        Behaviour {
+            break_first: Some((base_path.clone(), cut)),
+        },
+    )
+    .unwrap();
+    let initrd = initrd_with_settings(img, &dir, "ci0");
+    let mut vm = Vm::start(&ns, &vm(img, "ci0", initrd, "ci0"), &dir).unwrap();
+    vm.wait_line("the first stage", "ironbake: [", deadline::FIRST_STAGE, 0)
+        .unwrap();
+    let expected = format!(
+        "ironbake: ci0 ready {}@{} in ",
+        img.manifest.recipe, img.manifest.version
+    );
+    let (line, _) = vm
+        .wait_line("the ready line", &expected, deadline::READY, 0)
+        .unwrap();
+    eprintln!("{line}");
+    let console = vm.console.text();
+    assert!(
+        console.contains("per-node settings: 1 files"),
+        "{}",
+        vm.console.tail(60)
+    );
+    assert!(
+        console.contains("sha256 verified"),
+        "{}",
+        vm.console.tail(60)
+    );
+    let reqs = server.requests();
+    let ranged: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path == base_path && r.range.is_some())
+        .collect();
+    assert_eq!(
+        ranged.len(),
+        1,
+        "the node should resume once with Range: {reqs:?}"
+    );
+    assert_eq!(
+        ranged[0].range.as_deref(),
+        Some(format!("bytes={cut}-").as_str())
+    );
+    let ready = server
+        .wait_for("ready report", deadline::REPORT, |r| {
+            r.method == "POST" && r.path == "/api/v1/ready"
+        })
+        .unwrap();
+    assert!(
+        ready.body.contains("\"node\":\"ci0\"") && ready.body.contains(&img.manifest.version),
+        "{}",
+        ready.body
+    );
+    let secs = ready_secs(&line);
+    assert!(secs > 0.0, "{line}");
+}
+
+#[test]
+fn a_corrupted_layer_is_refused_and_fetched_again() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = image();
+    let _one = one_at_a_time();
+    let dir = test_dir("corrupted");
+    // A copy of the published tree whose base layer has one byte changed.
+    let served = dir.join("out");
+    let vdir = served
+        .join(&img.manifest.recipe)
+        .join(&img.manifest.version);
+    std::fs::create_dir_all(&vdir).unwrap();
+    for f in layout::list_files(&img.dir).unwrap() {
+        std::fs::create_dir_all(vdir.join(&f).parent().unwrap()).unwrap();
+        std::fs::copy(img.dir.join(&f), vdir.join(&f)).unwrap();
+    }
+    let mut base = std::fs::read(vdir.join("base.squashfs")).unwrap();
+    let mid = base.len() / 2;
+    base[mid] ^= 0xff;
+    std::fs::write(vdir.join("base.squashfs"), &base).unwrap();
+    let (bad, _) = layout::sha256_file(&vdir.join("base.squashfs")).unwrap();
+    let ns = Netns::new("corrupt").unwrap();
+    let _server = Httpd::start(&ns, PORT, &served, Behaviour::default()).unwrap();
+    let mut vm = Vm::start(
+        &ns,
+        &vm(img, "ci0", img.dir.join("initrd.img"), "ci0"),
+        &dir,
+    )
+    .unwrap();
+    let want = &img
+        .manifest
+        .outputs
+        .iter()
+        .find(|o| o.path == "base.squashfs")
+        .unwrap()
+        .sha256;
+    let refusal = format!("REFUSED base.squashfs: sha256 is {bad}, expected {want}");
+    let (_, at) = vm
+        .wait_line("the refusal", &refusal, deadline::READY, 0)
+        .unwrap();
+    vm.wait_line(
+        "a second attempt's refusal",
+        &refusal,
+        deadline::RETRY * 2,
+        at + 1,
+    )
+    .unwrap();
+    assert!(
+        !vm.console.text().contains(" ready "),
+        "a refused image must never boot"
+    );
+}
+
+#[test]
+fn a_node_booted_before_its_server_keeps_retrying_then_boots() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = image();
+    let _one = one_at_a_time();
+    let dir = test_dir("server-late");
+    let ns = Netns::new("late").unwrap();
+    let mut vm = Vm::start(
+        &ns,
+        &vm(img, "ci0", img.dir.join("initrd.img"), "ci0"),
+        &dir,
+    )
+    .unwrap();
+    // The node is up, has a lease, and has already failed twice to reach the server.
+    vm.wait_line(
+        "a second failed fetch",
+        "failed (attempt 2)",
+        deadline::READY,
+        0,
+    )
+    .unwrap();
+    let server = Httpd::start(&ns, PORT, &img.out, Behaviour::default()).unwrap();
+    let expected = format!("ready {}@{} in ", img.manifest.recipe, img.manifest.version);
+    let (line, _) = vm
+        .wait_line(
+            "the ready line after the server came up",
+            &expected,
+            deadline::READY,
+            0,
+        )
+        .unwrap();
+    eprintln!("{line}");
+    server
+        .wait_for("ready report", deadline::REPORT, |r| {
+            r.method == "POST" && r.path == "/api/v1/ready"
+        })
+        .unwrap();
+}

@@ -1,0 +1,161 @@
+#!/bin/sh
+# ironbake's first stage: find the image (network or local disk), verify it, stack its layers
+# with a tmpfs on top, apply this node's settings, and hand over to systemd.
+#
+# Kernel command line (the contract; see ARCHITECTURE.md):
+#   ironbake.image=URL/          folder that holds the layers (ends with /)
+#   ironbake.layers=NAME:SHA256,NAME:SHA256   bottom layer first
+#   ironbake.node=NAME           this node's name (for messages; settings arrive as files)
+#   ironbake.server=URL          boot server base URL (read by the image's ready report)
+#   ironbake.root=partlabel:LABEL[,partlabel:LABEL]   local mode: layers on disk, bottom first
+#   ironbake.rescue              stop before switch_root with a shell
+
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+/bin/busybox mkdir -p /proc /sys /dev /run /tmp /newroot
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+/bin/busybox --install -s
+exec </dev/console >/dev/console 2>&1
+
+uptime_s() { read -r up _ </proc/uptime; echo "$up"; }
+say() { printf 'ironbake: [%8ss] %s\n' "$(uptime_s)" "$*"; }
+
+rescue() {
+    say "RESCUE: $*"
+    say "rescue shell on the console; leave it (exit) to try the boot again"
+    setsid cttyhack sh -l
+}
+
+IMAGE= LAYERS= NODE= ROOT= RESCUE=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        ironbake.image=*) IMAGE=${arg#*=} ;;
+        ironbake.layers=*) LAYERS=${arg#*=} ;;
+        ironbake.node=*) NODE=${arg#*=} ;;
+        ironbake.root=*) ROOT=${arg#*=} ;;
+        ironbake.rescue) RESCUE=1 ;;
+    esac
+done
+say "first stage $(cat /etc/ironbake/release) for node ${NODE:-?}"
+
+# 1. Drivers, in dependency order; absent hardware is not an error.
+n=0
+while read -r ko; do
+    insmod "/lib/modules/$(cat /etc/ironbake/kernel-release)/$ko" 2>/dev/null && n=$((n + 1))
+done </etc/ironbake/modules
+say "drivers: $n modules loaded"
+
+mkdir -p /run/ironbake/img /run/ironbake/layers /run/ironbake/rw
+LOWER=
+
+backoff() { # seconds to wait after failure number $1: 2, 4, 8, 16, 30, 30, ...
+    d=$((1 << $1)); [ "$d" -gt 30 ] && d=30; echo "$d"
+}
+
+countdown() { # countdown SECONDS MESSAGE
+    s=$1; shift
+    while [ "$s" -gt 0 ]; do
+        printf '\rironbake: %s; retrying in %2d s ' "$*" "$s"
+        sleep 1; s=$((s - 1))
+    done
+    printf '\r%60s\r' ''
+}
+
+if [ -n "$ROOT" ]; then
+    # Local mode: each layer is a partition found by its GPT label.
+    for spec in $(echo "$ROOT" | tr ',' ' '); do
+        label=${spec#partlabel:}
+        tries=0; dev=
+        while [ -z "$dev" ]; do
+            for u in /sys/class/block/*/uevent; do
+                grep -qx "PARTNAME=$label" "$u" && dev=/dev/$(basename "$(dirname "$u")")
+            done
+            [ -n "$dev" ] && break
+            tries=$((tries + 1))
+            [ "$tries" -ge 30 ] && { rescue "no partition labelled $label after 30 s"; tries=0; }
+            sleep 1
+        done
+        mkdir -p "/run/ironbake/layers/$label"
+        mount -t squashfs -o ro "$dev" "/run/ironbake/layers/$label" || rescue "cannot mount $dev ($label) as squashfs"
+        LOWER="/run/ironbake/layers/$label${LOWER:+:$LOWER}"
+        say "root layer $label: $dev"
+    done
+else
+    [ -n "$IMAGE" ] && [ -n "$LAYERS" ] || rescue "no ironbake.image= and ironbake.layers= (or ironbake.root=) on the kernel command line"
+
+    # 2. Network: every wired link up, DHCP on all of them, the first lease wins.
+    attempt=0
+    while :; do
+        rm -f /run/ironbake/lease
+        links=
+        for dev in /sys/class/net/*; do
+            ifc=${dev##*/}
+            [ "$ifc" = lo ] && continue
+            [ "$(cat "$dev/type")" = 1 ] || continue
+            ip link set "$ifc" up
+            links="$links $ifc"
+        done
+        for ifc in $links; do
+            udhcpc -i "$ifc" -f -q -n -t 4 -T 2 -s /etc/ironbake/udhcpc.script >/dev/null 2>&1 &
+        done
+        waited=0
+        while [ ! -s /run/ironbake/lease ] && [ "$waited" -lt 100 ]; do
+            sleep 0.1; waited=$((waited + 1))
+        done
+        if [ -s /run/ironbake/lease ]; then
+            for p in $(pidof udhcpc); do kill "$p" 2>/dev/null; done
+            break
+        fi
+        wait
+        [ -s /run/ironbake/lease ] && break
+        attempt=$((attempt + 1))
+        countdown "$(backoff "$attempt")" "no DHCP lease on${links:- (no wired links)} (attempt $attempt)"
+    done
+    say "network: $(cat /run/ironbake/lease)"
+
+    # 3. Fetch each layer, resuming broken transfers, and verify it before use.
+    for spec in $(echo "$LAYERS" | tr ',' ' '); do
+        name=${spec%%:*}; want=${spec#*:}
+        file=/run/ironbake/img/$name
+        attempt=0; mismatches=0
+        while :; do
+            # (No -T: Debian's busybox 1.35 wget crashes with it; its own stall timeout applies.)
+            if wget -q -c -O "$file" "$IMAGE$name"; then
+                got=$(sha256sum "$file" | cut -d' ' -f1)
+                [ "$got" = "$want" ] && break
+                mismatches=$((mismatches + 1))
+                say "REFUSED $name: sha256 is $got, expected $want"
+                rm -f "$file"
+                if [ "$mismatches" -ge 5 ]; then
+                    rescue "$name failed verification $mismatches times from $IMAGE$name"
+                    mismatches=0
+                fi
+            fi
+            attempt=$((attempt + 1))
+            countdown "$(backoff "$attempt")" "fetching $IMAGE$name failed (attempt $attempt)"
+        done
+        size=$(wc -c <"$file")
+        say "fetched $name: $((size / 1048576)) MiB, sha256 verified"
+        mkdir -p "/run/ironbake/layers/$name"
+        mount -t squashfs -o loop,ro "$file" "/run/ironbake/layers/$name" || rescue "cannot mount $name"
+        LOWER="/run/ironbake/layers/$name${LOWER:+:$LOWER}"
+    done
+fi
+
+# 4. The layers read-only, a tmpfs on top, this node's settings, then systemd.
+mount -t tmpfs -o mode=0755 tmpfs /run/ironbake/rw
+mkdir -p /run/ironbake/rw/upper /run/ironbake/rw/work
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=/run/ironbake/rw/upper,workdir=/run/ironbake/rw/work" /newroot \
+    || rescue "cannot stack the layers ($LOWER)"
+if [ -d /ironbake/node ]; then
+    n=$(find /ironbake/node ! -type d | wc -l)
+    cp -a /ironbake/node/. /newroot/
+    say "per-node settings: $n files"
+fi
+[ -n "$RESCUE" ] && rescue "ironbake.rescue on the command line; the root is at /newroot"
+say "root ready: switching to systemd"
+mount --move /dev /newroot/dev
+mount --move /sys /newroot/sys
+mount --move /proc /newroot/proc
+exec switch_root /newroot /sbin/init
