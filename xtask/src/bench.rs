@@ -24,6 +24,8 @@ use crate::{host, recipe};
 pub enum What {
     /// Cold build vs mmdebstrap + mksquashfs by hand; rebuild after an overlay edit; sizes.
     Build,
+    /// initrd.img size vs Debian's mkinitramfs; kernel start to ready under QEMU, by stage.
+    Initramfs,
 }
 
 struct Row {
@@ -161,7 +163,8 @@ fn reconstruct_spec(paths: &Paths, name: &str, key: &str) -> Result<BaseSpec> {
     Ok(spec)
 }
 
-fn machine() -> String {
+/// The machine, for benchmark records: cores, CPU model, memory.
+pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
@@ -185,7 +188,29 @@ fn machine() -> String {
 
 /// Runs a benchmark, prints it, and appends it to BENCHMARKS.md if `record`.
 pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
-    let What::Build = what;
+    if what == What::Initramfs {
+        // The VM harness lives in qemu-tests, which depends on this crate: run its benchmark.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(project_root()).args([
+            "run",
+            "--quiet",
+            "-p",
+            "qemu-tests",
+            "--bin",
+            "vm-bench",
+            "--",
+            "initramfs",
+        ]);
+        if !record {
+            cmd.arg("--no-record");
+        }
+        let status = cmd.status().context("running the VM benchmark")?;
+        if !status.success() {
+            bail!("the VM benchmark failed");
+        }
+        return Ok(());
+    }
     let progress = Progress::new(false);
     host::ensure(host::BUILD, &progress)?;
     pipeline::require_root()?;
@@ -242,16 +267,23 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     }
     print!("{md}");
     if record {
-        let path = project_root().join("BENCHMARKS.md");
-        let mut text = fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        text.push_str(&md);
-        fs::write(&path, text)?;
-        println!("appended to {}", path.display());
+        append_record(&md)?;
     }
     Ok(())
 }
 
-fn today() -> String {
+/// Appends a section to BENCHMARKS.md.
+pub fn append_record(md: &str) -> Result<()> {
+    let path = project_root().join("BENCHMARKS.md");
+    let mut text = fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    text.push_str(md);
+    fs::write(&path, text)?;
+    println!("appended to {}", path.display());
+    Ok(())
+}
+
+/// Today's date (UTC), for benchmark records.
+pub fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -307,7 +307,10 @@ impl Test {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let root = project_root();
         let tiers: [(&str, &[&str]); 3] = [
-            ("tier a: unit tests (pure, no tools)", &["--workspace", "--lib", "--bins"]),
+            (
+                "tier a: unit tests (pure, no tools)",
+                &["--workspace", "--lib", "--bins"],
+            ),
             (
                 "tier b: builds and tool checks (mmdebstrap, mksquashfs, unsquashfs, cpio; root)",
                 &["-p", "xtask", "-p", "netboot", "--test", "*"],

@@ -219,6 +219,7 @@ fn the_published_version_is_complete_and_verifies() {
         [
             "base.squashfs",
             "cmdline",
+            "initrd.img",
             "node-templates/etc/hostname.j2",
             "node-templates/etc/hosts.j2",
             "overlay.squashfs",
@@ -254,6 +255,61 @@ fn the_published_version_is_complete_and_verifies() {
         &vmlinuz[0x202..0x206],
         b"HdrS",
         "vmlinuz is a Linux boot image"
+    );
+
+    // The initramfs, read back with zstd and cpio: the first stage, busybox, the drivers.
+    let initrd = v.join("initrd.img");
+    let size = fs::metadata(&initrd).unwrap().len();
+    assert!(
+        size < 8_000_000,
+        "initrd.img is {size} bytes; the goal is at most 8 MB"
+    );
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | cpio -it --quiet",
+            initrd.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        cpio.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpio.stderr)
+    );
+    let listing = String::from_utf8_lossy(&cpio.stdout);
+    for want in [
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "dev/console",
+        "etc/ironbake/modules",
+        "etc/ironbake/udhcpc.script",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == want),
+            "initrd.img lacks {want}:\n{listing}"
+        );
+    }
+    for module in [
+        "virtio_net.ko",
+        "virtio_pci.ko",
+        "e1000e.ko",
+        "mlx4_en.ko",
+        "mlx5_core.ko",
+        "squashfs.ko",
+        "overlay.ko",
+        "nvme.ko",
+        "failover.ko",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!("/{module}"))),
+            "initrd.img lacks {module}"
+        );
+    }
+    assert!(
+        !listing.contains("/sound/") && !listing.contains("/gpu/"),
+        "only the needed drivers"
     );
 
     // The overlay layer, read back: owners and modes as the base overlay declares them.
