@@ -54,6 +54,8 @@ impl Vm {
         std::fs::create_dir_all(dir)?;
         let log = dir.join(format!("{}.console.log", cfg.name));
         let qemu_log = dir.join(format!("{}.qemu.log", cfg.name));
+        // A log left by an earlier run would be read before QEMU truncates it.
+        std::fs::write(&log, b"")?;
         let mut cmd = ns.command("qemu-system-x86_64");
         cmd.args([
             // KVM opens but fails on these machines (nested); TCG always works.

@@ -19,8 +19,13 @@ pub const INIT: &str = include_str!("initramfs/init.sh");
 /// udhcpc's hook.
 pub const UDHCPC_SCRIPT: &str = include_str!("initramfs/udhcpc.script");
 
+/// Modules the first stage always loads: what the root needs, whatever the hardware.
+pub const ALWAYS: &[&str] = &["squashfs", "overlay", "loop"];
+
 /// Drivers every initramfs carries: QEMU's virtio, the homelab's NICs, storage for local mode,
-/// and the filesystems the root needs.
+/// and the filesystems the root needs. Hardware drivers are loaded only for devices that are
+/// present (matched by their modalias, as udev would); [`ALWAYS`] and the recipe's own
+/// modules are loaded on every boot.
 pub const DEFAULT_MODULES: &[&str] = &[
     // QEMU
     "virtio_pci",
@@ -179,6 +184,8 @@ pub fn build(
     let mut add = |e: Entry| {
         files.insert(e.path.clone(), e);
     };
+    add(dir("lib/modules"));
+    add(dir(&format!("lib/modules/{release}")));
     for d in [
         "bin",
         "dev",
@@ -230,10 +237,50 @@ pub fn build(
         0o644,
         format!("{label}\n").into_bytes(),
     ));
+    // busybox modprobe reads these: only the included modules' lines, so every alias it can
+    // resolve names a module that is here.
+    let included: BTreeSet<String> = order.iter().map(|p| module_name(p)).collect();
+    let dep_subset: String = order
+        .iter()
+        .map(|p| {
+            format!(
+                "{p}:{}\n",
+                dep[p].iter().map(|d| format!(" {d}")).collect::<String>()
+            )
+        })
+        .collect();
+    let alias_text = base
+        .read(&format!("{moddir}/modules.alias"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let alias_subset: String = alias_text
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|m| included.contains(&m.replace('-', "_")))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     add(file(
-        "etc/ironbake/modules",
+        &format!("lib/modules/{release}/modules.dep"),
         0o644,
-        order
+        dep_subset.into_bytes(),
+    ));
+    add(file(
+        &format!("lib/modules/{release}/modules.alias"),
+        0o644,
+        alias_subset.into_bytes(),
+    ));
+    let always: Vec<String> = ALWAYS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect();
+    add(file(
+        "etc/ironbake/modules.always",
+        0o644,
+        always
             .iter()
             .map(|m| format!("{m}\n"))
             .collect::<String>()

@@ -283,7 +283,7 @@ fn the_published_version_is_complete_and_verifies() {
         "bin/busybox",
         "bin/sh",
         "dev/console",
-        "etc/ironbake/modules",
+        "etc/ironbake/modules.always",
         "etc/ironbake/udhcpc.script",
     ] {
         assert!(

@@ -114,6 +114,7 @@ fn main() -> Result<()> {
         let ns = Netns::new("bench")?;
         let _server = Httpd::start(&ns, PORT, &paths.out, Behaviour::default())?;
         let dir = work.join(format!("run{run}"));
+        let _ = std::fs::remove_dir_all(&dir);
         let cfg = VmConfig {
             name: "bench".into(),
             boot: Boot::Kernel {

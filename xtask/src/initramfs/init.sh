@@ -39,12 +39,16 @@ for arg in $(cat /proc/cmdline); do
 done
 say "first stage $(cat /etc/ironbake/release) for node ${NODE:-?}"
 
-# 1. Drivers, in dependency order; absent hardware is not an error.
-n=0
-while read -r ko; do
-    insmod "/lib/modules/$(cat /etc/ironbake/kernel-release)/$ko" 2>/dev/null && n=$((n + 1))
-done </etc/ironbake/modules
-say "drivers: $n modules loaded"
+# 1. Drivers: the root's filesystems always; hardware drivers for the devices present, matched
+#    by modalias as udev would (a second round finds what the first one's drivers exposed,
+#    e.g. virtio devices behind virtio_pci, disks behind ahci).
+modprobe -a -q $(cat /etc/ironbake/modules.always) || say "WARNING: some of $(cat /etc/ironbake/modules.always | tr '\n' ' ')failed to load"
+for round in 1 2 3; do
+    before=$(wc -l </proc/modules)
+    cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u | xargs -r modprobe -a -q 2>/dev/null
+    [ "$(wc -l </proc/modules)" = "$before" ] && break
+done
+say "drivers: $(wc -l </proc/modules) modules loaded"
 
 mkdir -p /run/ironbake/img /run/ironbake/layers /run/ironbake/rw
 LOWER=
