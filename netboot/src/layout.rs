@@ -178,6 +178,37 @@ pub struct OutputRecord {
     pub sha256: String,
 }
 
+/// The kernel command line that boots a published version through ironbake's first stage:
+/// the recipe's own command line, then the `ironbake.*` parameters (the contract is in
+/// ARCHITECTURE.md). `root_url` is where `out/` is served (`http://10.0.2.2:8080`), and
+/// `server` is where the node reports ready.
+pub fn boot_cmdline(m: &Manifest, root_url: &str, node: &str, server: &str) -> String {
+    let layers: Vec<String> = m
+        .layers
+        .iter()
+        .map(|l| {
+            let digest = m
+                .outputs
+                .iter()
+                .find(|o| &o.path == l)
+                .map_or("", |o| o.sha256.as_str());
+            format!("{l}:{digest}")
+        })
+        .collect();
+    let mut line = m.kernel.cmdline.clone();
+    if !line.is_empty() {
+        line.push(' ');
+    }
+    line.push_str(&format!(
+        "ironbake.image={}/{}/{}/ ironbake.layers={} ironbake.node={node} ironbake.server={server}",
+        root_url.trim_end_matches('/'),
+        m.recipe,
+        m.version,
+        layers.join(",")
+    ));
+    line
+}
+
 /// A problem reading the published layout.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -502,6 +533,21 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn the_boot_command_line_names_every_layer_with_its_digest() {
+        let text = r#"{"schema":1,"recipe":"ci-node","version":"1-abc","inputs_sha256":"x","builder":"0","source_date_epoch":0,
+            "recipe_file":{"path":"r","sha256":"s"},"debian":{"suite":"b","variant":"v","base_sha256":"k","sources":[]},
+            "overlays":[],"artifacts":[],"kernel":{"package":"p","release":"r","cmdline":"console=ttyS0 quiet"},
+            "layers":["base.squashfs","overlay.squashfs"],"packages":[],
+            "outputs":[{"path":"base.squashfs","size":1,"sha256":"aa"},{"path":"overlay.squashfs","size":1,"sha256":"bb"}]}"#;
+        let m = parse_manifest(text).unwrap();
+        assert_eq!(
+            boot_cmdline(&m, "http://10.0.2.2:8080/", "ci0", "http://10.0.2.2:8080"),
+            "console=ttyS0 quiet ironbake.image=http://10.0.2.2:8080/ci-node/1-abc/ \
+             ironbake.layers=base.squashfs:aa,overlay.squashfs:bb ironbake.node=ci0 ironbake.server=http://10.0.2.2:8080"
+        );
     }
 
     #[test]

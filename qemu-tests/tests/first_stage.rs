@@ -62,28 +62,8 @@ fn test_dir(name: &str) -> PathBuf {
 }
 
 fn cmdline(img: &Image, node: &str) -> String {
-    let m = &img.manifest;
-    let layers: Vec<String> = m
-        .layers
-        .iter()
-        .map(|l| {
-            format!(
-                "{l}:{}",
-                m.outputs
-                    .iter()
-                    .find(|o| &o.path == l)
-                    .expect("layer in outputs")
-                    .sha256
-            )
-        })
-        .collect();
-    format!(
-        "{} ironbake.image=http://{HOST}:{PORT}/{}/{}/ ironbake.layers={} ironbake.node={node} ironbake.server=http://{HOST}:{PORT}",
-        m.kernel.cmdline,
-        m.recipe,
-        m.version,
-        layers.join(",")
-    )
+    let url = format!("http://{HOST}:{PORT}");
+    layout::boot_cmdline(&img.manifest, &url, node, &url)
 }
 
 /// The initramfs plus a per-node settings archive (what the boot server sends as a second

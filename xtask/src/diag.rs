@@ -44,6 +44,20 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// An error about `needle`, located at its first occurrence in `text` (or at the top): for
+/// checks made after parsing, when only the offending value is known.
+pub fn locate(file: &str, text: &str, needle: &str, message: String) -> Located {
+    let (line, column) = line_col(text, text.find(needle).unwrap_or(0));
+    let source_line = text.lines().nth(line - 1).unwrap_or("").to_string();
+    Located {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+        source_line,
+    }
+}
+
 /// Locates a TOML deserialisation error in `text`.
 pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> Located {
     let offset = err.span().map_or(0, |s| s.start);

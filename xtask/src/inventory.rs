@@ -71,16 +71,7 @@ pub fn valid_mac(mac: &str) -> bool {
 /// Parses and validates inventory text.
 pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
     let inv: Inventory = diag::parse_toml(file, text)?;
-    let at = |needle: &str, message: String| {
-        let (line, column) = diag::line_col(text, text.find(needle).unwrap_or(0));
-        Located {
-            file: file.into(),
-            line,
-            column,
-            message,
-            source_line: text.lines().nth(line - 1).unwrap_or("").into(),
-        }
-    };
+    let at = |needle: &str, message: String| diag::locate(file, text, needle, message);
     let mut macs: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, node) in &inv.nodes {
         let hostname_ok = name.len() <= 63 && valid_name(name) && !name.contains('_');

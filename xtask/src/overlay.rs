@@ -249,16 +249,7 @@ pub struct Overlay {
 /// Parses and validates `overlay.toml` text (no IO).
 pub fn parse_spec(file: &str, text: &str) -> Result<Spec, Located> {
     let spec: Spec = diag::parse_toml(file, text)?;
-    let at = |needle: &str, message: String| {
-        let (line, column) = diag::line_col(text, text.find(needle).unwrap_or(0));
-        Located {
-            file: file.into(),
-            line,
-            column,
-            message,
-            source_line: text.lines().nth(line - 1).unwrap_or("").into(),
-        }
-    };
+    let at = |needle: &str, message: String| diag::locate(file, text, needle, message);
     for p in &spec.packages {
         if !valid_package(p) {
             return Err(at(p, format!("{p:?} is not a valid Debian package name")));

@@ -279,18 +279,7 @@ pub fn valid_package(spec: &str) -> bool {
 /// Parses and validates a recipe's text. `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Recipe, Located> {
     let recipe: Recipe = diag::parse_toml(file, text)?;
-    let at = |key: &str, message: String| {
-        // Point at the key's line when it can be found, else at the top.
-        let offset = text.find(key).unwrap_or(0);
-        let (line, column) = diag::line_col(text, offset);
-        Located {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-            source_line: text.lines().nth(line - 1).unwrap_or("").to_string(),
-        }
-    };
+    let at = |needle: &str, message: String| diag::locate(file, text, needle, message);
     let version_ok = !recipe.version.is_empty()
         && recipe.version.len() <= 32
         && recipe

@@ -385,6 +385,24 @@ fn the_published_version_is_complete_and_verifies() {
         );
     }
 
+    // iPXE for the boot server, published beside the recipes.
+    let ipxe = f.out.join("ipxe").join(
+        layout::read_current(&f.out.join("ipxe"))
+            .unwrap()
+            .expect("out/ipxe/current"),
+    );
+    let sums = fs::read_to_string(ipxe.join(layout::SHA256SUMS)).unwrap();
+    for name in ["snponly.efi", "ipxe.efi", "undionly.kpxe"] {
+        let (digest, size) = layout::sha256_file(&ipxe.join(name)).unwrap();
+        assert!(size > 50_000, "{name} is {size} bytes");
+        assert!(
+            sums.contains(&format!("{digest}  {name}\n")),
+            "{name} not in SHA256SUMS:\n{sums}"
+        );
+    }
+    let efi = fs::read(ipxe.join("snponly.efi")).unwrap();
+    assert_eq!(&efi[..2], b"MZ", "snponly.efi is a PE/EFI binary");
+
     let r = xtask(&f.project, &f.out, &f.cache, &["list"]);
     assert!(
         r.ok && r.stdout.contains(&format!("{}  ", f.version))
@@ -412,11 +430,7 @@ fn verify_reports_what_was_changed() {
     let out = dir.path().join("out");
     let src = f.out.join("ci-node").join(&f.version);
     let dst = out.join("ci-node").join(&f.version);
-    fs::create_dir_all(&dst).unwrap();
-    for p in layout::list_files(&src).unwrap() {
-        fs::create_dir_all(dst.join(&p).parent().unwrap()).unwrap();
-        fs::copy(src.join(&p), dst.join(&p)).unwrap();
-    }
+    common::copy_version(&src, &dst);
     fs::write(dst.join("cmdline"), "console=ttyS0 init=/bin/sh\n").unwrap();
     fs::write(dst.join("extra"), "x").unwrap();
     fs::remove_file(dst.join("node-templates/etc/hosts.j2")).unwrap();
@@ -573,12 +587,10 @@ fn a_build_killed_during_mmdebstrap_leaves_out_as_it_was() {
     let project = project(dir.path());
     // Copy the published tree: out/ holds a version, which must survive untouched.
     let out = dir.path().join("out");
-    let src = f.out.join("ci-node");
-    for p in layout::list_files(&src.join(&f.version)).unwrap() {
-        let d = out.join("ci-node").join(&f.version).join(&p);
-        fs::create_dir_all(d.parent().unwrap()).unwrap();
-        fs::copy(src.join(&f.version).join(&p), d).unwrap();
-    }
+    common::copy_version(
+        &f.out.join("ci-node").join(&f.version),
+        &out.join("ci-node").join(&f.version),
+    );
     std::os::unix::fs::symlink(&f.version, out.join("ci-node/current")).unwrap();
     let before = common::snapshot(&out);
     // A new package (so the package layer is rebuilt) and a fresh cache.

@@ -87,27 +87,8 @@ fn main() -> Result<()> {
     ironbake::base::remove_tree(&tree)?;
 
     // Boots: the same VM as the tests, no per-node settings, nothing broken on purpose.
-    let layers: Vec<String> = m
-        .layers
-        .iter()
-        .map(|l| {
-            format!(
-                "{l}:{}",
-                m.outputs
-                    .iter()
-                    .find(|o| &o.path == l)
-                    .expect("layer")
-                    .sha256
-            )
-        })
-        .collect();
-    let append = format!(
-        "{} ironbake.image=http://10.0.2.2:{PORT}/{}/{}/ ironbake.layers={} ironbake.node=bench ironbake.server=http://10.0.2.2:{PORT}",
-        m.kernel.cmdline,
-        m.recipe,
-        m.version,
-        layers.join(",")
-    );
+    let url = format!("http://10.0.2.2:{PORT}");
+    let append = netboot::layout::boot_cmdline(m, &url, "bench", &url);
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len() + 1];
     let mut ready = Vec::new();
     for run in 0..RUNS {

@@ -100,6 +100,14 @@ pub fn xtask_command(project: &Path, out: &Path, cache: &Path, args: &[&str]) ->
     c
 }
 
+/// Copies a published version folder (its files) to `dst`.
+pub fn copy_version(src: &Path, dst: &Path) {
+    for p in netboot::layout::list_files(src).unwrap() {
+        std::fs::create_dir_all(dst.join(&p).parent().unwrap()).unwrap();
+        std::fs::copy(src.join(&p), dst.join(&p)).unwrap();
+    }
+}
+
 /// Every path under `dir` with its size, for before/after comparisons.
 pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
     if !dir.exists() {
