@@ -34,8 +34,10 @@ pub struct VmConfig {
     pub boot: Boot,
     /// Memory in MiB: the image lives in RAM.
     pub mem_mib: u32,
-    /// Its NIC's MAC address.
-    pub mac: String,
+    /// Its NIC's MAC address; `None` for a VM with no network at all.
+    pub mac: Option<String>,
+    /// Raw disk images, attached as virtio disks in order.
+    pub disks: Vec<PathBuf>,
 }
 
 /// A running VM; killed on drop.
@@ -93,15 +95,24 @@ impl Vm {
                     .arg(append);
             }
         }
-        cmd.args([
-            // User-mode networking inside the namespace: QEMU's own DHCP gives the guest
-            // 10.0.2.15, and 10.0.2.2 reaches the namespace's loopback, where the test's
-            // server listens. Nothing leaves the namespace.
-            "-netdev",
-            "user,id=n0",
-            "-device",
-        ]);
-        cmd.arg(format!("virtio-net-pci,netdev=n0,mac={}", cfg.mac));
+        for (i, disk) in cfg.disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=d{i}",
+                disk.display()
+            ));
+            cmd.arg("-device").arg(format!("virtio-blk-pci,drive=d{i}"));
+        }
+        if let Some(mac) = &cfg.mac {
+            cmd.args([
+                // User-mode networking inside the namespace: QEMU's own DHCP gives the guest
+                // 10.0.2.15, and 10.0.2.2 reaches the namespace's loopback, where the test's
+                // server listens. Nothing leaves the namespace.
+                "-netdev",
+                "user,id=n0",
+                "-device",
+            ]);
+            cmd.arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
+        }
         cmd.stdin(Stdio::null())
             .stdout(File::create(&qemu_log)?)
             .stderr(File::create(dir.join(format!("{}.qemu.err", cfg.name)))?);

@@ -9,6 +9,7 @@ pub fn vm_tests() -> bool {
     for (tool, package) in [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("ip", "iproute2"),
+        ("sgdisk", "gdisk"),
         ("mmdebstrap", "mmdebstrap"),
         ("mksquashfs", "squashfs-tools"),
     ] {

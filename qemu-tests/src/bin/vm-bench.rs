@@ -104,7 +104,8 @@ fn main() -> Result<()> {
                 append: append.clone(),
             },
             mem_mib: 1536,
-            mac: "52:54:00:00:00:09".into(),
+            mac: Some("52:54:00:00:00:09".into()),
+            disks: vec![],
         };
         let mut vm = Vm::start(&ns, &cfg, &dir)?;
         let (line, _) = vm.wait_line(
