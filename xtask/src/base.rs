@@ -266,6 +266,8 @@ pub fn ensure(
     match result {
         Ok(info) => {
             fs::write(tmp.join("info.json"), serde_json::to_vec_pretty(&info)?)?;
+            // The inputs beside the result, so the same base can be rebuilt by hand.
+            fs::write(tmp.join("spec.json"), serde_json::to_vec_pretty(spec)?)?;
             fs::rename(&tmp, &dir)
                 .with_context(|| format!("moving the new base into {}", dir.display()))?;
             Ok(Base {

@@ -92,7 +92,7 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
         .expect("named")
         .to_string_lossy()
         .into_owned();
-    let spec = reconstruct_spec(&paths, name, &key)?;
+    let spec = cached_spec(&info_dir, &key)?;
 
     // The anchor: the very same mmdebstrap command, then mksquashfs with the same flags.
     let anchor = work.join(format!("{name}-anchor"));
@@ -153,12 +153,14 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
     })
 }
 
-fn reconstruct_spec(paths: &Paths, name: &str, key: &str) -> Result<BaseSpec> {
-    let spec = pipeline::base_spec_for(paths, name)?;
+/// The inputs of a cached base, as the build recorded them.
+fn cached_spec(base_dir: &Path, key: &str) -> Result<BaseSpec> {
+    let path = base_dir.join("spec.json");
+    let spec: BaseSpec = serde_json::from_str(
+        &fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
     if spec.key() != key {
-        bail!(
-            "the package layer's inputs changed during the benchmark (the archive moved?); run it again"
-        );
+        bail!("{} does not match its cache key", path.display());
     }
     Ok(spec)
 }

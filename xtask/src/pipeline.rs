@@ -197,11 +197,6 @@ pub struct Prepared {
     pub version: String,
 }
 
-/// The package layer's inputs for a recipe, as a build would resolve them now.
-pub fn base_spec_for(paths: &Paths, name: &str) -> Result<BaseSpec> {
-    Ok(prepare(paths, name, &Progress::new(true))?.base_spec)
-}
-
 /// Resolves and pins every input of `name`: recipe, overlays, apt sources, artifacts, version.
 pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepared> {
     let stage = progress.stage("resolve recipe and overlays");
