@@ -501,6 +501,16 @@ pub fn verify(version_dir: &Path) -> Result<(Manifest, Vec<Mismatch>), LayoutErr
     Ok((manifest, problems))
 }
 
+/// Is `name` a valid recipe or overlay name (lowercase letters, digits, `-`, `_`)?
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !name.starts_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,4 +3,10 @@
 //! Its only input is the layout the pipeline publishes under `out/` ([`layout`]); it never
 //! depends on the pipeline's code. The protocol servers (proxyDHCP, TFTP, HTTP) build on it.
 
+pub mod cpio;
+pub mod diag;
+pub mod fsroot;
+pub mod hub;
+pub mod inventory;
 pub mod layout;
+pub mod template;

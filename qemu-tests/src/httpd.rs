@@ -47,7 +47,7 @@ pub struct Httpd {
 }
 
 impl Httpd {
-    /// Serves `root` on 127.0.0.1:`port` inside `ns`.
+    /// Serves `root` on `port` of every address inside `ns`.
     pub fn start(ns: &Netns, port: u16, root: &Path, behaviour: Behaviour) -> Result<Httpd> {
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -60,7 +60,7 @@ impl Httpd {
             let bind = || -> Result<TcpListener> {
                 let f = std::fs::File::open(&ns_file).context("opening the namespace")?;
                 nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-                Ok(TcpListener::bind(("127.0.0.1", port))?)
+                Ok(TcpListener::bind(("0.0.0.0", port))?)
             };
             let listener = match bind() {
                 Ok(l) => {

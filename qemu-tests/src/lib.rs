@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod httpd;
+pub mod lan;
 pub mod netns;
 pub mod qemu;
 pub mod require;

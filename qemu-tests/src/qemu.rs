@@ -34,10 +34,19 @@ pub struct VmConfig {
     pub boot: Boot,
     /// Memory in MiB: the image lives in RAM.
     pub mem_mib: u32,
-    /// Its NIC's MAC address; `None` for a VM with no network at all.
-    pub mac: Option<String>,
+    /// Its network card; `None` for a VM with no network at all.
+    pub nic: Option<Nic>,
     /// Raw disk images, attached as virtio disks in order.
     pub disks: Vec<PathBuf>,
+}
+
+/// A VM's network card, plugged into a tap device of a [`crate::lan::Lan`].
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// Its MAC address (the inventory's key for the node).
+    pub mac: String,
+    /// The tap device, from [`crate::lan::Lan::tap`].
+    pub tap: String,
 }
 
 /// A running VM; killed on drop.
@@ -102,16 +111,18 @@ impl Vm {
             ));
             cmd.arg("-device").arg(format!("virtio-blk-pci,drive=d{i}"));
         }
-        if let Some(mac) = &cfg.mac {
-            cmd.args([
-                // User-mode networking inside the namespace: QEMU's own DHCP gives the guest
-                // 10.0.2.15, and 10.0.2.2 reaches the namespace's loopback, where the test's
-                // server listens. Nothing leaves the namespace.
-                "-netdev",
-                "user,id=n0",
-                "-device",
-            ]);
-            cmd.arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
+        if let Some(nic) = &cfg.nic {
+            // The tap device is a port of the LAN's bridge: the VM is one more machine on
+            // the LAN (DHCP from the router, the server at its address). script=no: the
+            // tap already exists and is set up; QEMU only opens it.
+            cmd.arg("-netdev").arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                nic.tap
+            ));
+            // virtio-net, as the image's drivers expect. romfile= (empty) keeps QEMU's own
+            // iPXE option ROM out, so the firmware's PXE (or the kernel) is what runs.
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=n0,mac={},romfile=", nic.mac));
         }
         cmd.stdin(Stdio::null())
             .stdout(File::create(&qemu_log)?)

@@ -8,13 +8,12 @@ use ironbake::cpio::{self, Body, Entry};
 use netboot::layout::{self, Manifest};
 use qemu_tests::deadline;
 use qemu_tests::httpd::{Behaviour, Httpd};
+use qemu_tests::lan::{self, Lan};
 use qemu_tests::netns::Netns;
-use qemu_tests::qemu::{Boot, Vm, VmConfig};
+use qemu_tests::qemu::{Boot, Nic, Vm, VmConfig};
 
-/// The port the test server listens on inside each namespace.
+/// The port the test server listens on inside each LAN.
 const PORT: u16 = 8080;
-/// What the guest calls the namespace's loopback under QEMU's user networking.
-const HOST: &str = "10.0.2.2";
 
 struct Image {
     out: PathBuf,
@@ -62,7 +61,7 @@ fn test_dir(name: &str) -> PathBuf {
 }
 
 fn cmdline(img: &Image, node: &str) -> String {
-    let url = format!("http://{HOST}:{PORT}");
+    let url = format!("http://{}:{PORT}", lan::SERVER_IP);
     layout::boot_cmdline(&img.manifest, &url, node, &url)
 }
 
@@ -101,7 +100,7 @@ fn initrd_with_settings(img: &Image, dir: &Path, hostname: &str) -> PathBuf {
     path
 }
 
-fn vm(img: &Image, name: &str, initrd: PathBuf, node: &str) -> VmConfig {
+fn vm(lan: &Lan, img: &Image, name: &str, initrd: PathBuf, node: &str) -> VmConfig {
     VmConfig {
         name: name.into(),
         boot: Boot::Kernel {
@@ -110,7 +109,10 @@ fn vm(img: &Image, name: &str, initrd: PathBuf, node: &str) -> VmConfig {
             append: cmdline(img, node),
         },
         mem_mib: 1536,
-        mac: Some("52:54:00:00:00:01".into()),
+        nic: Some(Nic {
+            mac: "52:54:00:00:00:01".into(),
+            tap: lan.tap().unwrap(),
+        }),
         disks: vec![],
     }
 }
@@ -130,14 +132,15 @@ fn ci_node_boots_to_ready_resuming_a_broken_transfer() {
     let img = image();
     let _one = one_at_a_time();
     let dir = test_dir("boots-to-ready");
-    let ns = Netns::new("ready").unwrap();
+    let lan = Lan::new("ready", &dir).unwrap();
+    let ns = &lan.ns;
     let base_path = format!(
         "/{}/{}/base.squashfs",
         img.manifest.recipe, img.manifest.version
     );
     let cut = 20 << 20;
     let server = Httpd::start(
-        &ns,
+        ns,
         PORT,
         &img.out,
         Behaviour {
@@ -146,7 +149,7 @@ fn ci_node_boots_to_ready_resuming_a_broken_transfer() {
     )
     .unwrap();
     let initrd = initrd_with_settings(img, &dir, "ci0");
-    let mut vm = Vm::start(&ns, &vm(img, "ci0", initrd, "ci0"), &dir).unwrap();
+    let mut vm = Vm::start(ns, &vm(&lan, img, "ci0", initrd, "ci0"), &dir).unwrap();
     vm.wait_line("the first stage", "ironbake: [", deadline::FIRST_STAGE, 0)
         .unwrap();
     let expected = format!(
@@ -219,11 +222,12 @@ fn a_corrupted_layer_is_refused_retried_then_rescued() {
     base[mid] ^= 0xff;
     std::fs::write(vdir.join("base.squashfs"), &base).unwrap();
     let (bad, _) = layout::sha256_file(&vdir.join("base.squashfs")).unwrap();
-    let ns = Netns::new("corrupt").unwrap();
-    let _server = Httpd::start(&ns, PORT, &served, Behaviour::default()).unwrap();
+    let lan = Lan::new("corrupt", &dir).unwrap();
+    let ns = &lan.ns;
+    let _server = Httpd::start(ns, PORT, &served, Behaviour::default()).unwrap();
     let mut vm = Vm::start(
-        &ns,
-        &vm(img, "ci0", img.dir.join("initrd.img"), "ci0"),
+        ns,
+        &vm(&lan, img, "ci0", img.dir.join("initrd.img"), "ci0"),
         &dir,
     )
     .unwrap();
@@ -264,10 +268,11 @@ fn a_node_booted_before_its_server_keeps_retrying_then_boots() {
     let img = image();
     let _one = one_at_a_time();
     let dir = test_dir("server-late");
-    let ns = Netns::new("late").unwrap();
+    let lan = Lan::new("late", &dir).unwrap();
+    let ns = &lan.ns;
     let mut vm = Vm::start(
-        &ns,
-        &vm(img, "ci0", img.dir.join("initrd.img"), "ci0"),
+        ns,
+        &vm(&lan, img, "ci0", img.dir.join("initrd.img"), "ci0"),
         &dir,
     )
     .unwrap();
@@ -279,7 +284,7 @@ fn a_node_booted_before_its_server_keeps_retrying_then_boots() {
         0,
     )
     .unwrap();
-    let server = Httpd::start(&ns, PORT, &img.out, Behaviour::default()).unwrap();
+    let server = Httpd::start(ns, PORT, &img.out, Behaviour::default()).unwrap();
     let expected = format!("ready {}@{} in ", img.manifest.recipe, img.manifest.version);
     let (line, _) = vm
         .wait_line(
@@ -368,7 +373,7 @@ fn local_mode_boots_the_layers_from_gpt_partitions_with_no_network() {
             ),
         },
         mem_mib: 1024,
-        mac: None,
+        nic: None,
         disks: vec![disk],
     };
     let mut vm = Vm::start(&ns, &cfg, &dir).unwrap();

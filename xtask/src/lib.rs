@@ -4,17 +4,16 @@
 //! [`plan`], [`users`], [`template`], [`diag`]. Modules that touch the world: [`exec`] (the only
 //! one that starts processes), [`base`], [`artifact`], [`apt`], [`publish`], [`pipeline`].
 
+pub use netboot::{cpio, diag, inventory, template};
+
 pub mod apt;
 pub mod artifact;
 pub mod base;
 pub mod bench;
 pub mod cli;
-pub mod cpio;
-pub mod diag;
 pub mod exec;
 pub mod host;
 pub mod initramfs;
-pub mod inventory;
 pub mod ipxe;
 pub mod overlay;
 pub mod pipeline;
@@ -22,5 +21,4 @@ pub mod plan;
 pub mod progress;
 pub mod publish;
 pub mod recipe;
-pub mod template;
 pub mod users;

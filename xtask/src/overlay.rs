@@ -19,6 +19,7 @@
 //! description = "InfiniBand drivers"
 //! packages = ["rdma-core"]          # installed into the package layer with the recipe's
 //! units = ["opensm.service"]        # systemd units to enable (wanted by their [Install])
+//! mask = ["apt-daily.timer"]        # units that must never run (linked to /dev/null)
 //! modules = ["mlx4_ib"]             # kernel modules loaded at boot (modules-load.d)
 //! cmdline = ["rdblacklist=x"]       # appended to the recipe's kernel command line
 //!
@@ -70,6 +71,9 @@ pub struct Spec {
     /// systemd units to enable.
     #[serde(default)]
     pub units: Vec<String>,
+    /// systemd units to mask.
+    #[serde(default)]
+    pub mask: Vec<String>,
     /// Kernel modules to load at boot.
     #[serde(default)]
     pub modules: Vec<String>,
@@ -214,18 +218,7 @@ pub enum FileEntry {
     },
 }
 
-/// A template's source text and where it renders to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateSource {
-    /// The template file as a user would name it (`overlays/base/templates/etc/motd.j2`).
-    pub file: String,
-    /// The image path it renders to (`/etc/motd`).
-    pub dest: String,
-    /// The template text.
-    pub text: String,
-    /// Mode bits for the rendered file.
-    pub mode: u32,
-}
+pub use netboot::template::TemplateSource;
 
 /// A loaded overlay.
 #[derive(Debug, Clone)]
@@ -255,7 +248,7 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, Located> {
             return Err(at(p, format!("{p:?} is not a valid Debian package name")));
         }
     }
-    for u in &spec.units {
+    for u in spec.units.iter().chain(&spec.mask) {
         let ok = u.contains('.') && !u.contains('/') && !u.starts_with('.');
         if !ok {
             return Err(at(

@@ -437,6 +437,46 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
         }
     }
 
+    // Units to mask: what `systemctl mask` does, a link to /dev/null where the admin's units
+    // live. A unit that is not in the image is refused (a typo would otherwise mask nothing),
+    // and so is one that an overlay also enables.
+    for ov in inp.overlays {
+        for unit in &ov.spec.mask {
+            let file_name = match unit.split_once('@') {
+                Some((prefix, rest)) if !rest.starts_with('.') => {
+                    let suffix = rest.rsplit_once('.').map_or("", |(_, s)| s);
+                    format!("{prefix}@.{suffix}")
+                }
+                _ => unit.clone(),
+            };
+            if !UNIT_DIRS
+                .iter()
+                .any(|d| text_of(&b, &format!("{d}/{file_name}")).is_some())
+            {
+                bail!(
+                    "overlays/{}/overlay.toml: unit {unit:?} to mask was not found in the image \
+                     (looked in {}); remove it from `mask` or add its package",
+                    ov.name,
+                    UNIT_DIRS.join(", ")
+                );
+            }
+            if let Some(other) = inp.overlays.iter().find(|o| o.spec.units.contains(unit)) {
+                bail!(
+                    "overlays/{}/overlay.toml masks {unit:?}, which overlays/{}/overlay.toml enables; \
+                     keep one of the two",
+                    ov.name,
+                    other.name
+                );
+            }
+            b.put(
+                &format!("/etc/systemd/system/{unit}"),
+                Kind::Symlink("/dev/null".into()),
+                0o777,
+                &ov.name,
+            )?;
+        }
+    }
+
     let modules: Vec<&str> = {
         let mut m: Vec<&str> = Vec::new();
         for ov in inp.overlays {
@@ -630,6 +670,7 @@ mod tests {
         let r = recipe();
         let spec = Spec {
             units: vec!["ssh.service".into()],
+            mask: vec!["noinstall.service".into()],
             modules: vec!["mlx4_ib".into()],
             cmdline: vec!["quiet".into()],
             users: vec![UserSpec {
@@ -680,6 +721,7 @@ mod tests {
 0755 0:0 /etc/systemd/system dir [base]
 0755 0:0 /etc/systemd/system/multi-user.target.wants dir [base]
 0777 0:0 /etc/systemd/system/multi-user.target.wants/ssh.service link -> /lib/systemd/system/ssh.service [base]
+0777 0:0 /etc/systemd/system/noinstall.service link -> /dev/null [base]
 0777 0:0 /etc/systemd/system/sshd.service link -> /lib/systemd/system/ssh.service [base]
 0755 0:0 /home dir [base]
 0700 1000:1000 /home/admin dir [base]
@@ -737,6 +779,21 @@ mod tests {
                     ..Spec::default()
                 },
                 "has no [Install] section",
+            ),
+            (
+                Spec {
+                    mask: vec!["nope.timer".into()],
+                    ..Spec::default()
+                },
+                "unit \"nope.timer\" to mask was not found",
+            ),
+            (
+                Spec {
+                    units: vec!["ssh.service".into()],
+                    mask: vec!["ssh.service".into()],
+                    ..Spec::default()
+                },
+                "masks \"ssh.service\", which overlays/o/overlay.toml enables",
             ),
             (
                 Spec {

@@ -253,15 +253,7 @@ impl Compression {
     }
 }
 
-/// Is `name` a valid recipe or overlay name (lowercase letters, digits, `-`, `_`)?
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && !name.starts_with('-')
-}
+pub use netboot::layout::valid_name;
 
 /// Is `name` a valid Debian package name (Debian policy 5.6.1), optionally with `=version`?
 pub fn valid_package(spec: &str) -> bool {

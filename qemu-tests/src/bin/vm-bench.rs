@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use ironbake::pipeline::{self, Paths};
 use ironbake::progress::Progress;
 use qemu_tests::httpd::{Behaviour, Httpd};
-use qemu_tests::netns::Netns;
-use qemu_tests::qemu::{Boot, Vm, VmConfig};
+use qemu_tests::lan::{self, Lan};
+use qemu_tests::qemu::{Boot, Nic, Vm, VmConfig};
 
 const RUNS: usize = 3;
 const PORT: u16 = 8080;
@@ -87,15 +87,15 @@ fn main() -> Result<()> {
     ironbake::base::remove_tree(&tree)?;
 
     // Boots: the same VM as the tests, no per-node settings, nothing broken on purpose.
-    let url = format!("http://10.0.2.2:{PORT}");
+    let url = format!("http://{}:{PORT}", lan::SERVER_IP);
     let append = netboot::layout::boot_cmdline(m, &url, "bench", &url);
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len() + 1];
     let mut ready = Vec::new();
     for run in 0..RUNS {
-        let ns = Netns::new("bench")?;
-        let _server = Httpd::start(&ns, PORT, &paths.out, Behaviour::default())?;
         let dir = work.join(format!("run{run}"));
         let _ = std::fs::remove_dir_all(&dir);
+        let lan = Lan::new("bench", &dir)?;
+        let _server = Httpd::start(&lan.ns, PORT, &paths.out, Behaviour::default())?;
         let cfg = VmConfig {
             name: "bench".into(),
             boot: Boot::Kernel {
@@ -104,10 +104,13 @@ fn main() -> Result<()> {
                 append: append.clone(),
             },
             mem_mib: 1536,
-            mac: Some("52:54:00:00:00:09".into()),
+            nic: Some(Nic {
+                mac: "52:54:00:00:00:09".into(),
+                tap: lan.tap()?,
+            }),
             disks: vec![],
         };
-        let mut vm = Vm::start(&ns, &cfg, &dir)?;
+        let mut vm = Vm::start(&lan.ns, &cfg, &dir)?;
         let (line, _) = vm.wait_line(
             "the ready line",
             " ready ci-node@",
@@ -144,7 +147,7 @@ fn main() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "Machine: {}. QEMU {} with TCG (no KVM), 2 vCPUs, 1536 MiB, virtio-net on QEMU's user network inside a network namespace; {RUNS} boots of `ci-node@{}` ({} MB of layers), medians.\n",
+        "Machine: {}. QEMU {} with TCG (no KVM), 2 vCPUs, 1536 MiB, virtio-net on a tap device bridged, inside network namespaces, to the server and to a plain DHCP router (busybox udhcpd); {RUNS} boots of `ci-node@{}` ({} MB of layers), medians.\n",
         ironbake::bench::machine(),
         qemu_version(),
         m.version,

@@ -17,11 +17,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{self, Located};
-use crate::recipe::valid_name;
+use crate::layout::valid_name;
 
 /// The whole inventory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -110,13 +109,36 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
     Ok(inv)
 }
 
+/// Why an inventory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file exists but cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid inventory.
+    #[error(transparent)]
+    Invalid(#[from] Located),
+}
+
 /// Reads `inventory.toml` under `project`; a missing file is an empty inventory.
-pub fn load(project: &Path) -> Result<Inventory> {
-    let path = project.join("inventory.toml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(parse("inventory.toml", &text)?),
+pub fn load(project: &Path) -> Result<Inventory, LoadError> {
+    load_file(&project.join("inventory.toml"), "inventory.toml")
+}
+
+/// Reads an inventory file, named `shown` in errors; a missing file is an empty inventory.
+pub fn load_file(path: &Path, shown: &str) -> Result<Inventory, LoadError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(parse(shown, &text)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Inventory::default()),
-        Err(e) => Err(e).context("reading inventory.toml"),
+        Err(source) => Err(LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 

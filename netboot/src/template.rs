@@ -1,11 +1,21 @@
 //! Strict template rendering: one minijinja environment, undefined names are errors, trailing
 //! newlines kept, no auto-escaping (these are config files, not HTML).
 
-use anyhow::Result;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
-use crate::overlay::TemplateSource;
+/// A template as loaded from an overlay (or from a published version's `node-templates/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSource {
+    /// The template file as a user would name it (`overlays/base/templates/etc/motd.j2`).
+    pub file: String,
+    /// The image path it renders to (`/etc/motd`).
+    pub dest: String,
+    /// The template text.
+    pub text: String,
+    /// Mode bits for the rendered file.
+    pub mode: u32,
+}
 
 /// A new environment with ironbake's settings.
 pub fn environment() -> Environment<'static> {

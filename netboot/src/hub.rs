@@ -1,0 +1,477 @@
+//! What the protocol servers share: counters for `/metrics`, each node's boot progress (for
+//! `GET /api/v1/nodes`), the machines seen that the inventory does not list (for
+//! `GET /api/v1/discovered`), and what the server has learnt about which IP is which MAC.
+//!
+//! Every method takes `&self` and is cheap; the servers call them from any task.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// A step of a node's network boot, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The firmware (or iPXE) asked for boot information and got our proxyDHCP answer.
+    Dhcp,
+    /// The bootloader (iPXE) was sent over TFTP (or HTTP).
+    Bootloader,
+    /// iPXE fetched the node's boot script.
+    Script,
+    /// The kernel was fetched.
+    Kernel,
+    /// The initramfs (and the node's settings archive) was fetched.
+    Initrd,
+    /// The first stage fetched the root image's layers.
+    Image,
+    /// The node reached multi-user and said so (POST /api/v1/ready).
+    Ready,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Dhcp,
+        Stage::Bootloader,
+        Stage::Script,
+        Stage::Kernel,
+        Stage::Initrd,
+        Stage::Image,
+        Stage::Ready,
+    ];
+
+    /// The stage's name as logs, JSON and metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Dhcp => "dhcp",
+            Stage::Bootloader => "bootloader",
+            Stage::Script => "script",
+            Stage::Kernel => "kernel",
+            Stage::Initrd => "initrd",
+            Stage::Image => "image",
+            Stage::Ready => "ready",
+        }
+    }
+}
+
+/// Counters exposed at `/metrics`. Increment with [`Metrics::inc`] / [`Metrics::add`].
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// DHCP packets received (ports 67 and 4011).
+    pub dhcp_packets: AtomicU64,
+    /// proxyDHCP answers sent.
+    pub dhcp_replies: AtomicU64,
+    /// DHCP packets left alone (not from a PXE client, or not for us).
+    pub dhcp_ignored: AtomicU64,
+    /// DHCP packets that could not be parsed.
+    pub dhcp_malformed: AtomicU64,
+    /// TFTP read requests received.
+    pub tftp_requests: AtomicU64,
+    /// TFTP transfers completed (last block acknowledged).
+    pub tftp_transfers: AtomicU64,
+    /// TFTP payload bytes sent (first transmissions only).
+    pub tftp_bytes: AtomicU64,
+    /// TFTP DATA packets sent again after a timeout.
+    pub tftp_retransmits: AtomicU64,
+    /// TFTP requests refused or transfers abandoned.
+    pub tftp_errors: AtomicU64,
+    /// HTTP requests answered.
+    pub http_requests: AtomicU64,
+    /// HTTP body bytes sent.
+    pub http_bytes: AtomicU64,
+    /// HTTP requests answered with a 4xx or 5xx status.
+    pub http_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One stage of one boot, as `GET /api/v1/nodes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRecord {
+    /// Which stage.
+    pub stage: Stage,
+    /// Seconds since this boot's first event.
+    pub at_s: f64,
+    /// What was served or reported (file name, version, uptime).
+    pub detail: String,
+}
+
+/// A node's latest boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootRecord {
+    /// The node's MAC address.
+    pub mac: String,
+    /// Its inventory name, if it has one.
+    pub name: Option<String>,
+    /// The IP address it used last.
+    pub ip: Option<String>,
+    /// Wall-clock start of this boot, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// The stages seen so far, in order.
+    pub stages: Vec<StageRecord>,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+/// A machine the inventory does not list, as `GET /api/v1/discovered` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Discovered {
+    /// Its MAC address.
+    pub mac: String,
+    /// The client architecture it announced (DHCP option 93), by name.
+    pub arch: String,
+    /// Its vendor class (DHCP option 60).
+    pub vendor_class: String,
+    /// When it was first seen, seconds since the Unix epoch.
+    pub first_seen_unix: u64,
+    /// How many requests it has made since.
+    pub requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    boots: BTreeMap<String, BootRecord>,
+    ips: BTreeMap<IpAddr, String>,
+    discovered: BTreeMap<String, Discovered>,
+    /// Sum and count of each stage's time since boot start, for `/metrics`.
+    stage_sums: BTreeMap<Stage, (f64, u64)>,
+}
+
+/// The shared state; see the module doc.
+#[derive(Debug, Default)]
+pub struct Hub {
+    /// The counters.
+    pub metrics: Metrics,
+    board: Mutex<Board>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Lowercase, colon-separated form of a MAC given with `:` or `-` separators, any case; `None`
+/// if it is not six hex pairs.
+pub fn normalize_mac(mac: &str) -> Option<String> {
+    let parts: Vec<&str> = mac.split([':', '-']).collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| parts.join(":").to_ascii_lowercase())
+}
+
+impl Hub {
+    /// A new, empty hub.
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that `mac` reached `stage`. A stage earlier than the last one seen, once the
+    /// node had fetched its script, starts a new boot (the node rebooted); a stage already seen
+    /// in this boot keeps its first time.
+    pub fn stage(&self, mac: &str, name: Option<&str>, stage: Stage, detail: &str) {
+        let mut b = self.board();
+        let now = Instant::now();
+        let restart = match b.boots.get(mac) {
+            None => true,
+            Some(r) => r
+                .stages
+                .last()
+                .is_some_and(|last| stage < last.stage && last.stage >= Stage::Script),
+        };
+        if restart {
+            let old = b.boots.get(mac);
+            let ip = old.and_then(|r| r.ip.clone());
+            let old_name = old.and_then(|r| r.name.clone());
+            b.boots.insert(
+                mac.to_string(),
+                BootRecord {
+                    mac: mac.to_string(),
+                    name: name.map(str::to_string).or(old_name),
+                    ip,
+                    started_unix: unix_now(),
+                    stages: Vec::new(),
+                    started: Some(now),
+                },
+            );
+        }
+        let rec = b.boots.get_mut(mac).expect("inserted above");
+        if name.is_some() {
+            rec.name = name.map(str::to_string);
+        }
+        if rec.stages.iter().any(|s| s.stage == stage) {
+            return;
+        }
+        let at_s = rec
+            .started
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        rec.stages.push(StageRecord {
+            stage,
+            at_s,
+            detail: detail.to_string(),
+        });
+        let e = b.stage_sums.entry(stage).or_insert((0.0, 0));
+        e.0 += at_s;
+        e.1 += 1;
+    }
+
+    /// Remembers that `ip` is `mac` (learnt from a request that named its MAC).
+    pub fn learn_ip(&self, ip: IpAddr, mac: &str) {
+        let mut b = self.board();
+        b.ips.insert(ip, mac.to_string());
+        if let Some(r) = b.boots.get_mut(mac) {
+            r.ip = Some(ip.to_string());
+        }
+    }
+
+    /// The MAC behind `ip`: what the server learnt, else the kernel's neighbour table (the
+    /// peer has just sent us a packet, so the kernel knows its link-layer address).
+    pub fn mac_for_ip(&self, ip: IpAddr) -> Option<String> {
+        if let Some(m) = self.board().ips.get(&ip) {
+            return Some(m.clone());
+        }
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        let mac = mac_from_arp_table(&table, ip)?;
+        self.learn_ip(ip, &mac);
+        Some(mac)
+    }
+
+    /// Notes a machine the inventory does not list; true the first time it is seen (the
+    /// caller logs it then, once).
+    pub fn discovered(&self, mac: &str, arch: &str, vendor_class: &str) -> bool {
+        let mut b = self.board();
+        match b.discovered.get_mut(mac) {
+            Some(d) => {
+                d.requests += 1;
+                if d.arch.is_empty() && !arch.is_empty() {
+                    d.arch = arch.to_string();
+                }
+                if d.vendor_class.is_empty() && !vendor_class.is_empty() {
+                    d.vendor_class = vendor_class.to_string();
+                }
+                false
+            }
+            None => {
+                b.discovered.insert(
+                    mac.to_string(),
+                    Discovered {
+                        mac: mac.to_string(),
+                        arch: arch.to_string(),
+                        vendor_class: vendor_class.to_string(),
+                        first_seen_unix: unix_now(),
+                        requests: 1,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Every node's latest boot, by MAC.
+    pub fn boots(&self) -> Vec<BootRecord> {
+        self.board().boots.values().cloned().collect()
+    }
+
+    /// Every machine discovered, by MAC.
+    pub fn discovered_list(&self) -> Vec<Discovered> {
+        self.board().discovered.values().cloned().collect()
+    }
+
+    /// The Prometheus text exposition of the counters and stage times.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let mut out = String::new();
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "ironbake_dhcp_packets_total",
+                "DHCP packets received",
+                &m.dhcp_packets,
+            ),
+            (
+                "ironbake_dhcp_replies_total",
+                "proxyDHCP answers sent",
+                &m.dhcp_replies,
+            ),
+            (
+                "ironbake_dhcp_ignored_total",
+                "DHCP packets not for us",
+                &m.dhcp_ignored,
+            ),
+            (
+                "ironbake_dhcp_malformed_total",
+                "DHCP packets that did not parse",
+                &m.dhcp_malformed,
+            ),
+            (
+                "ironbake_tftp_requests_total",
+                "TFTP read requests",
+                &m.tftp_requests,
+            ),
+            (
+                "ironbake_tftp_transfers_total",
+                "TFTP transfers completed",
+                &m.tftp_transfers,
+            ),
+            (
+                "ironbake_tftp_bytes_total",
+                "TFTP payload bytes sent",
+                &m.tftp_bytes,
+            ),
+            (
+                "ironbake_tftp_retransmits_total",
+                "TFTP blocks sent again",
+                &m.tftp_retransmits,
+            ),
+            (
+                "ironbake_tftp_errors_total",
+                "TFTP requests refused or abandoned",
+                &m.tftp_errors,
+            ),
+            (
+                "ironbake_http_requests_total",
+                "HTTP requests answered",
+                &m.http_requests,
+            ),
+            (
+                "ironbake_http_bytes_total",
+                "HTTP body bytes sent",
+                &m.http_bytes,
+            ),
+            (
+                "ironbake_http_errors_total",
+                "HTTP 4xx and 5xx answers",
+                &m.http_errors,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+        }
+        let b = self.board();
+        let name = "ironbake_boot_stage_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a boot's first event to each stage.\n# TYPE {name} summary"
+        );
+        for stage in Stage::ALL {
+            let (sum, count) = b.stage_sums.get(&stage).copied().unwrap_or((0.0, 0));
+            let _ = writeln!(out, "{name}_sum{{stage=\"{}\"}} {sum:.3}", stage.name());
+            let _ = writeln!(out, "{name}_count{{stage=\"{}\"}} {count}", stage.name());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ironbake_discovered_machines Machines seen that the inventory does not list.\n# TYPE ironbake_discovered_machines gauge\nironbake_discovered_machines {}",
+            b.discovered.len()
+        );
+        out
+    }
+}
+
+/// Finds `ip` in the text of `/proc/net/arp` (complete entries only).
+pub fn mac_from_arp_table(table: &str, ip: IpAddr) -> Option<String> {
+    let want = ip.to_string();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // IP address, HW type, Flags, HW address, Mask, Device; flag 0x2 = complete.
+        (f.len() >= 4 && f[0] == want && f[2] != "0x0")
+            .then(|| normalize_mac(f[3]))
+            .flatten()
+            .filter(|m| m != "00:00:00:00:00:00")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_make_boots_and_a_reboot_starts_a_new_one() {
+        let hub = Hub::new();
+        let mac = "52:54:00:00:00:01";
+        hub.stage(mac, None, Stage::Dhcp, "x64 UEFI");
+        hub.stage(mac, None, Stage::Bootloader, "snponly.efi");
+        // iPXE's own DHCP: earlier than the last stage, but before the script: same boot.
+        hub.stage(mac, None, Stage::Dhcp, "iPXE");
+        hub.stage(mac, Some("ci0"), Stage::Script, "boot.ipxe");
+        hub.stage(mac, None, Stage::Kernel, "vmlinuz");
+        hub.stage(mac, None, Stage::Kernel, "vmlinuz again");
+        let b = hub.boots();
+        assert_eq!(b.len(), 1);
+        let names: Vec<_> = b[0].stages.iter().map(|s| s.stage).collect();
+        assert_eq!(
+            names,
+            [Stage::Dhcp, Stage::Bootloader, Stage::Script, Stage::Kernel]
+        );
+        assert_eq!(b[0].name.as_deref(), Some("ci0"));
+        assert_eq!(b[0].stages[3].detail, "vmlinuz");
+        hub.stage(mac, None, Stage::Ready, "up");
+        hub.stage(mac, None, Stage::Dhcp, "reboot");
+        let b = hub.boots();
+        assert_eq!(b[0].stages.len(), 1, "{b:?}");
+        assert_eq!(b[0].name.as_deref(), Some("ci0"));
+        let m = hub.render_metrics();
+        assert!(
+            m.contains("ironbake_boot_stage_seconds_count{stage=\"dhcp\"} 2"),
+            "{m}"
+        );
+        assert!(
+            m.contains("ironbake_boot_stage_seconds_count{stage=\"ready\"} 1"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn discovered_machines_are_reported_once() {
+        let hub = Hub::new();
+        assert!(hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007"));
+        assert!(!hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007"));
+        let d = hub.discovered_list();
+        assert_eq!((d.len(), d[0].requests), (1, 2));
+    }
+
+    #[test]
+    fn macs_and_the_arp_table() {
+        assert_eq!(
+            normalize_mac("52-54-00-AB-cd-01").as_deref(),
+            Some("52:54:00:ab:cd:01")
+        );
+        assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
+        assert_eq!(normalize_mac("52:54:00:ab:cd:0g"), None);
+        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                     10.33.0.101      0x1         0x2         52:54:00:00:00:01     *        br0\n\
+                     10.33.0.102      0x1         0x0         00:00:00:00:00:00     *        br0\n";
+        assert_eq!(
+            mac_from_arp_table(table, "10.33.0.101".parse().unwrap()).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
+        assert_eq!(
+            mac_from_arp_table(table, "10.33.0.102".parse().unwrap()),
+            None
+        );
+        assert_eq!(
+            mac_from_arp_table(table, "10.33.0.9".parse().unwrap()),
+            None
+        );
+    }
+}

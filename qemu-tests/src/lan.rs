@@ -1,0 +1,145 @@
+//! A virtual LAN made of network namespaces, the shape of a homelab's: a home router that
+//! hands out addresses and knows nothing of network boot, and a LAN where the boot server
+//! listens and the VMs' tap devices are plugged into one bridge.
+//!
+//! ```text
+//! netns ROUTER: eth0 10.33.0.254/24   busybox udhcpd: plain DHCP (10.33.0.100-199), no boot options
+//! netns LAN:    br0  10.33.0.1/24     the boot server (or a test's HTTP server) listens here
+//!               vr0 (veth peer of the router's eth0), tap0, tap1, ... are ports of br0
+//! ```
+//!
+//! Nothing is routed anywhere else: neither namespace has a default route or a link outside.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+
+/// The boot server's address on the LAN (the bridge's own address).
+pub const SERVER_IP: &str = "10.33.0.1";
+/// The router's address: the DHCP server and the default gateway it announces.
+pub const ROUTER_IP: &str = "10.33.0.254";
+
+/// The LAN; both namespaces and the router's DHCP server go away on drop.
+#[derive(Debug)]
+pub struct Lan {
+    /// The LAN namespace: the bridge, the taps, the server.
+    pub ns: Netns,
+    router: Netns,
+    dhcpd: Option<Child>,
+    taps: AtomicU32,
+}
+
+fn run(cmd: &mut std::process::Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ip(ns: &Netns, args: &[&str]) -> Result<()> {
+    run(std::process::Command::new("ip")
+        .args(["-n", ns.name()])
+        .args(args))
+}
+
+impl Lan {
+    /// Makes the LAN and starts the router's DHCP server; its config, lease file and log go
+    /// into `dir`.
+    pub fn new(tag: &str, dir: &Path) -> Result<Lan> {
+        std::fs::create_dir_all(dir)?;
+        let ns = Netns::new(tag)?;
+        let router = Netns::new(&format!("{tag}-rt"))?;
+        ip(&ns, &["link", "add", "br0", "type", "bridge"])?;
+        ip(
+            &ns,
+            &["addr", "add", &format!("{SERVER_IP}/24"), "dev", "br0"],
+        )?;
+        ip(&ns, &["link", "set", "br0", "up"])?;
+        run(std::process::Command::new("ip").args([
+            "link",
+            "add",
+            "vr0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            router.name(),
+        ]))?;
+        ip(&ns, &["link", "set", "vr0", "master", "br0"])?;
+        ip(&ns, &["link", "set", "vr0", "up"])?;
+        ip(
+            &router,
+            &["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"],
+        )?;
+        ip(&router, &["link", "set", "eth0", "up"])?;
+
+        // The home router: busybox's udhcpd, a plain DHCP server.
+        let conf = dir.join("router-udhcpd.conf");
+        let leases = dir.join("router-udhcpd.leases");
+        std::fs::write(&leases, b"")?;
+        std::fs::write(
+            &conf,
+            format!(
+                "start 10.33.0.100\nend 10.33.0.199\ninterface eth0\nmax_leases 100\n\
+                 lease_file {}\noption subnet 255.255.255.0\noption router {ROUTER_IP}\n\
+                 option lease 3600\n",
+                leases.display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("router-udhcpd.log"))?;
+        let dhcpd = router
+            .command("busybox")
+            .arg("udhcpd")
+            .arg("-f")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting busybox udhcpd in the router namespace")?;
+        Ok(Lan {
+            ns,
+            router,
+            dhcpd: Some(dhcpd),
+            taps: AtomicU32::new(0),
+        })
+    }
+
+    /// A new tap device plugged into the bridge, for one VM.
+    pub fn tap(&self) -> Result<String> {
+        let name = format!("tap{}", self.taps.fetch_add(1, Ordering::Relaxed));
+        ip(&self.ns, &["tuntap", "add", "dev", &name, "mode", "tap"])?;
+        ip(&self.ns, &["link", "set", &name, "master", "br0"])?;
+        ip(&self.ns, &["link", "set", &name, "up"])?;
+        Ok(name)
+    }
+
+    /// The router's namespace name (for logs).
+    pub fn router_name(&self) -> &str {
+        self.router.name()
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.dhcpd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
