@@ -59,6 +59,23 @@ impl Stage {
     }
 }
 
+/// What the inventory says about a MAC address, as the servers need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A node of the inventory, by name.
+    Node(String),
+    /// Not in the inventory; `boot` says whether the inventory's default boots such machines
+    /// (when it does not, the servers do not answer them at all, so the machine moves on to
+    /// its next boot option).
+    Unknown {
+        /// Does the default boot unknown machines?
+        boot: bool,
+    },
+}
+
+/// Looks MAC addresses up (lowercase, colon-separated) in the current inventory.
+pub type Directory = std::sync::Arc<dyn Fn(&str) -> Lookup + Send + Sync>;
+
 /// Counters exposed at `/metrics`. Increment with [`Metrics::inc`] / [`Metrics::add`].
 #[derive(Debug, Default)]
 pub struct Metrics {

@@ -4,9 +4,11 @@
 //! depends on the pipeline's code. The protocol servers (proxyDHCP, TFTP, HTTP) build on it.
 
 pub mod cpio;
+pub mod dhcp;
 pub mod diag;
 pub mod fsroot;
 pub mod hub;
 pub mod inventory;
 pub mod layout;
 pub mod template;
+pub mod tftp;
