@@ -10,6 +10,7 @@
 //! [nodes.machine0]
 //! mac = "52:54:00:12:34:01"
 //! recipe = "core-node"
+//! version = "1.2.0-0123456789"  # optional: pin a published version (default: current)
 //! [nodes.machine0.vars]     # seen by node templates as node.NAME
 //! mesh_ip = "192.168.1.1/30"
 //! ```
@@ -51,6 +52,9 @@ pub struct Node {
     pub mac: String,
     /// The recipe it boots.
     pub recipe: String,
+    /// The published version it boots; the recipe's `current` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Per-node variables for node templates.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,

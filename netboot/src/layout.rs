@@ -68,6 +68,10 @@ pub struct Manifest {
     pub packages: Vec<PackageRecord>,
     /// Every published file but `manifest.json` and `SHA256SUMS`, sorted by path.
     pub outputs: Vec<OutputRecord>,
+    /// The recipe's `[variables]`, which node templates see beside `node.*` when the boot
+    /// server renders them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, serde_json::Value>,
 }
 
 /// A file named by path with its digest.

@@ -3,12 +3,16 @@
 //! Its only input is the layout the pipeline publishes under `out/` ([`layout`]); it never
 //! depends on the pipeline's code. The protocol servers (proxyDHCP, TFTP, HTTP) build on it.
 
+pub mod boot;
 pub mod cpio;
 pub mod dhcp;
 pub mod diag;
 pub mod fsroot;
+pub mod http;
 pub mod hub;
 pub mod inventory;
 pub mod layout;
+pub mod nodes;
+pub mod serve;
 pub mod template;
 pub mod tftp;

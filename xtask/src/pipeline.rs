@@ -92,6 +92,7 @@ fn check_node_templates(
             inventory::Node {
                 mac: "00:00:00:00:00:00".into(),
                 recipe: recipe_name.into(),
+                version: None,
                 vars: BTreeMap::new(),
             },
         ));
@@ -536,6 +537,11 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
         },
         packages: base.info.packages.clone(),
         outputs,
+        variables: recipe
+            .variables
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?)))
+            .collect::<Result<_>>()?,
     };
     let mut json = serde_json::to_vec_pretty(&manifest)?;
     json.push(b'\n');

@@ -1,0 +1,308 @@
+//! What a node gets when it asks to boot: its iPXE script, and its per-node settings archive
+//! (the node templates published with the image, rendered for this node, as a cpio archive
+//! the kernel unpacks after the initramfs). Pure functions; [`crate::http`] serves them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cpio::{self, Body, Entry};
+use crate::layout::{self, Manifest};
+use crate::template::{self, TemplateError, TemplateSource};
+
+/// The initramfs file in a published version.
+pub const INITRD: &str = "initrd.img";
+/// The kernel file in a published version.
+pub const KERNEL: &str = "vmlinuz";
+/// Where node templates are published in a version folder.
+pub const NODE_TEMPLATES: &str = "node-templates";
+/// Where the settings archive puts files: the first stage copies `ironbake/node/*` onto the
+/// root (see ARCHITECTURE.md).
+pub const SETTINGS_PREFIX: &str = "ironbake/node";
+
+/// The name a machine that the inventory does not list gets: `node-` and its MAC's digits.
+pub fn unknown_node_name(mac: &str) -> String {
+    format!("node-{}", mac.replace(':', ""))
+}
+
+/// The node's iPXE script. `http_base` is the server's base URL (`http://10.33.0.1:8080`),
+/// `settings_url` the node's settings archive. Every fetch is retried (a server that restarts
+/// mid-boot only delays the node); the kernel line names both initrds, which iPXE on UEFI needs.
+pub fn ipxe_script(
+    m: &Manifest,
+    http_base: &str,
+    node: &str,
+    mac: &str,
+    settings_url: &str,
+) -> String {
+    let base = format!(
+        "{}/{}/{}",
+        http_base.trim_end_matches('/'),
+        m.recipe,
+        m.version
+    );
+    let cmdline = layout::boot_cmdline(m, http_base, node, http_base);
+    format!(
+        "#!ipxe\n\
+         # ironbake: {node} ({mac}) boots {recipe}@{version}\n\
+         echo ironbake: {node} boots {recipe}@{version}\n\
+         :net\n\
+         isset ${{ip}} || dhcp || goto net_retry\n\
+         :kernel\n\
+         kernel --name {KERNEL} {base}/{KERNEL} initrd={INITRD} initrd=settings.img {cmdline} || goto kernel_retry\n\
+         :initrd\n\
+         initrd --name {INITRD} {base}/{INITRD} || goto initrd_retry\n\
+         :settings\n\
+         initrd --name settings.img {settings_url} || goto settings_retry\n\
+         boot || goto boot_retry\n\
+         :net_retry\n\
+         echo ironbake: no network configuration yet; retrying in 3 s\n\
+         sleep 3\n\
+         goto net\n\
+         :kernel_retry\n\
+         echo ironbake: fetching the kernel failed; retrying in 3 s\n\
+         sleep 3\n\
+         goto kernel\n\
+         :initrd_retry\n\
+         echo ironbake: fetching the initramfs failed; retrying in 3 s\n\
+         sleep 3\n\
+         goto initrd\n\
+         :settings_retry\n\
+         echo ironbake: fetching this node's settings failed; retrying in 3 s\n\
+         sleep 3\n\
+         goto settings\n\
+         :boot_retry\n\
+         echo ironbake: boot failed; starting over in 5 s\n\
+         sleep 5\n\
+         imgfree\n\
+         goto kernel\n",
+        recipe = m.recipe,
+        version = m.version,
+    )
+}
+
+/// The script for a machine the server will not boot: it says why and exits to the firmware,
+/// which moves on to its next boot option.
+pub fn ipxe_refusal(mac: &str, why: &str) -> String {
+    format!("#!ipxe\necho ironbake: not booting {mac}: {why}\nsleep 5\nexit 1\n")
+}
+
+/// Reads a published version's node templates (`node-templates/**.j2`).
+pub fn load_node_templates(version_dir: &Path) -> std::io::Result<Vec<TemplateSource>> {
+    let root = version_dir.join(NODE_TEMPLATES);
+    let mut out = Vec::new();
+    if !root.is_dir() {
+        return Ok(out);
+    }
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p
+                .strip_prefix(&root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            let Some(dest) = rel.strip_suffix(".j2") else {
+                continue;
+            };
+            out.push(TemplateSource {
+                file: format!("{NODE_TEMPLATES}/{rel}"),
+                dest: format!("/{dest}"),
+                text: std::fs::read_to_string(&p)?,
+                mode: 0o644,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.dest.cmp(&b.dest));
+    Ok(out)
+}
+
+/// What a node template sees: the recipe's variables as top-level names, `ironbake.recipe`
+/// and `ironbake.version`, and `node.*` (name, mac, recipe and the inventory's variables) -
+/// the same context the build checks them with.
+#[derive(Debug, Serialize)]
+pub struct NodeContext<'a> {
+    /// The recipe's `[variables]`.
+    #[serde(flatten)]
+    pub vars: &'a BTreeMap<String, serde_json::Value>,
+    /// The image.
+    pub ironbake: ImageInfo<'a>,
+    /// The node.
+    pub node: BTreeMap<String, toml::Value>,
+}
+
+/// `ironbake.*` in a node template.
+#[derive(Debug, Serialize)]
+pub struct ImageInfo<'a> {
+    /// The recipe's name.
+    pub recipe: &'a str,
+    /// The published version.
+    pub version: &'a str,
+}
+
+/// A file the settings archive carries besides the rendered templates (e.g. the node's
+/// machine-id), at an image path.
+#[derive(Debug, Clone)]
+pub struct ExtraFile {
+    /// Absolute path in the image.
+    pub dest: String,
+    /// Contents.
+    pub data: Vec<u8>,
+    /// Mode bits.
+    pub mode: u32,
+}
+
+/// Renders the settings archive. `initrd_len` is the size of the initramfs the archive will
+/// follow: the archive starts with as many zero bytes as put it at a 4-byte-aligned offset,
+/// where the kernel looks for the next archive (zeros between archives are skipped).
+pub fn settings_archive(
+    m: &Manifest,
+    templates: &[TemplateSource],
+    node: BTreeMap<String, toml::Value>,
+    extra: &[ExtraFile],
+    initrd_len: u64,
+) -> Result<Vec<u8>, TemplateError> {
+    let ctx = NodeContext {
+        vars: &m.variables,
+        ironbake: ImageInfo {
+            recipe: &m.recipe,
+            version: &m.version,
+        },
+        node,
+    };
+    let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
+    for t in templates {
+        let text = template::render(t, &ctx)?;
+        files.insert(t.dest.clone(), (text.into_bytes(), t.mode));
+    }
+    for f in extra {
+        files.insert(f.dest.clone(), (f.data.clone(), f.mode));
+    }
+    let mut entries = vec![
+        Entry {
+            path: "ironbake".into(),
+            mode: 0o755,
+            body: Body::Dir,
+        },
+        Entry {
+            path: SETTINGS_PREFIX.into(),
+            mode: 0o755,
+            body: Body::Dir,
+        },
+    ];
+    let mut dirs: Vec<String> = Vec::new();
+    for (dest, (data, mode)) in files {
+        let rel = dest.trim_start_matches('/');
+        let parts: Vec<&str> = rel.split('/').collect();
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if !dirs.contains(&d) {
+                dirs.push(d.clone());
+                entries.push(Entry {
+                    path: format!("{SETTINGS_PREFIX}/{d}"),
+                    mode: 0o755,
+                    body: Body::Dir,
+                });
+            }
+        }
+        entries.push(Entry {
+            path: format!("{SETTINGS_PREFIX}/{rel}"),
+            mode,
+            body: Body::File(data),
+        });
+    }
+    let pad = ((4 - initrd_len % 4) % 4) as usize;
+    let mut out = vec![0u8; pad];
+    cpio::write(&mut out, &entries, m.source_date_epoch)
+        .expect("writing to memory cannot fail and the paths are relative");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let text = include_str!("../tests/data/manifest.json");
+        layout::parse_manifest(text).unwrap()
+    }
+
+    #[test]
+    fn the_script_names_both_initrds_and_retries_every_fetch() {
+        let m = manifest();
+        let s = ipxe_script(
+            &m,
+            "http://10.33.0.1:8080",
+            "ci0",
+            "52:54:00:00:00:01",
+            "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+        );
+        assert!(s.starts_with("#!ipxe\n"));
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.contains("initrd=initrd.img initrd=settings.img")
+                && kernel.contains("ironbake.node=ci0")
+                && kernel.contains(&format!(
+                    "ironbake.image=http://10.33.0.1:8080/{}/{}/",
+                    m.recipe, m.version
+                ))
+                && kernel.ends_with("|| goto kernel_retry"),
+            "{kernel}"
+        );
+        for label in [
+            "net_retry",
+            "kernel_retry",
+            "initrd_retry",
+            "settings_retry",
+            "boot_retry",
+        ] {
+            assert!(
+                s.contains(&format!("goto {label}")) && s.contains(&format!(":{label}\n")),
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_are_rendered_per_node_and_aligned() {
+        let m = manifest();
+        let t = vec![TemplateSource {
+            file: "node-templates/etc/hostname.j2".into(),
+            dest: "/etc/hostname".into(),
+            text: "{{ node.name }} {{ ironbake.recipe }}\n".into(),
+            mode: 0o644,
+        }];
+        let mut node = BTreeMap::new();
+        node.insert("name".to_string(), toml::Value::String("ci0".into()));
+        let extra = [ExtraFile {
+            dest: "/etc/machine-id".into(),
+            data: b"0123\n".to_vec(),
+            mode: 0o444,
+        }];
+        let a = settings_archive(&m, &t, node.clone(), &extra, 4001).unwrap();
+        assert_eq!(&a[..3], &[0, 0, 0]);
+        assert_eq!(&a[3..9], b"070701");
+        let text = String::from_utf8_lossy(&a);
+        assert!(text.contains(&format!("ironbake/node/etc/hostname\0")));
+        assert!(text.contains(&format!("ci0 {}\n", m.recipe)));
+        assert!(text.contains("ironbake/node/etc/machine-id\0"));
+        let b = settings_archive(&m, &t, node, &extra, 4000).unwrap();
+        assert_eq!(&b[..6], b"070701");
+        let bad = vec![TemplateSource {
+            text: "{{ node.nope }}".into(),
+            ..t[0].clone()
+        }];
+        let err = settings_archive(&m, &bad, BTreeMap::new(), &[], 0).unwrap_err();
+        assert!(
+            err.to_string().contains("node-templates/etc/hostname.j2"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,676 @@
+//! The HTTP server: everything after the bootloader. On axum/hyper (no hand-rolled parser).
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `GET /boot.ipxe?mac=M`, `GET /boot/M.ipxe` | the node's iPXE script, from the inventory |
+//! | `GET /nodes/M/settings.img` | the node's settings archive (rendered node templates) |
+//! | `POST /api/v1/ready` | a node reports it reached multi-user |
+//! | `GET /api/v1/nodes` | each node's latest boot, stage by stage |
+//! | `GET /api/v1/discovered` | machines seen that the inventory does not list |
+//! | `GET /metrics` | Prometheus counters and stage times |
+//! | `GET`/`HEAD` anything else | a file under the root ([`crate::fsroot`] rules) |
+//!
+//! Files are served with `Content-Length` always, single and multiple byte ranges (206,
+//! `multipart/byteranges`, 416), strong ETags from the published digests (`SHA256SUMS` of the
+//! version folder) with `If-None-Match` and `If-Range`, and `Cache-Control: immutable` for
+//! versioned paths (`no-cache` under `current`, which moves).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::boot;
+use crate::fsroot::{self, PathError};
+use crate::hub::{Hub, Metrics, Stage, normalize_mac};
+use crate::layout;
+use crate::nodes::Inventories;
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    http_base: String,
+    nodes: Arc<Inventories>,
+    hub: Arc<Hub>,
+    /// Parsed `SHA256SUMS` by folder (published folders never change).
+    sums: Mutex<HashMap<PathBuf, Arc<BTreeMap<String, String>>>>,
+    /// Digests computed for files no `SHA256SUMS` lists, by (path, size, mtime).
+    computed: Mutex<HashMap<(PathBuf, u64, i64), String>>,
+}
+
+impl AppState {
+    /// State for a server of `root` (canonical), reachable by nodes at `http_base`.
+    pub fn new(root: PathBuf, http_base: String, nodes: Arc<Inventories>, hub: Arc<Hub>) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                root,
+                http_base: http_base.trim_end_matches('/').to_string(),
+                nodes,
+                hub,
+                sums: Mutex::new(HashMap::new()),
+                computed: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(script_by_query))
+        .route("/boot/{file}", get(script_by_path))
+        .route("/nodes/{mac}/settings.img", get(settings))
+        .route("/api/v1/ready", post(ready))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/discovered", get(discovered))
+        .route("/metrics", get(metrics))
+        .fallback(file)
+        .with_state(state)
+}
+
+fn count(hub: &Hub, status: StatusCode) {
+    Metrics::inc(&hub.metrics.http_requests);
+    if status.is_client_error() || status.is_server_error() {
+        Metrics::inc(&hub.metrics.http_errors);
+    }
+}
+
+fn text(hub: &Hub, status: StatusCode, body: String) -> Response {
+    count(hub, status);
+    Metrics::add(&hub.metrics.http_bytes, body.len() as u64);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn json<T: serde::Serialize>(hub: &Hub, value: &T) -> Response {
+    let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into()) + "\n";
+    count(hub, StatusCode::OK);
+    Metrics::add(&hub.metrics.http_bytes, body.len() as u64);
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+}
+
+async fn script_by_query(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<MacQuery>,
+) -> Response {
+    script(&st, peer, q.mac.as_deref().unwrap_or(""))
+}
+
+async fn script_by_path(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    script(&st, peer, file.strip_suffix(".ipxe").unwrap_or(""))
+}
+
+fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
+    let s = &st.inner;
+    let Some(mac) = normalize_mac(mac) else {
+        tracing::warn!(%peer, mac, "boot script asked for without a valid MAC address");
+        return text(
+            &s.hub,
+            StatusCode::BAD_REQUEST,
+            "ironbake: ask for /boot.ipxe?mac=${mac} (a MAC address like 52:54:00:12:34:56)\n"
+                .into(),
+        );
+    };
+    s.hub.learn_ip(peer.ip(), &mac);
+    if s.nodes.name_of(&mac).is_none() && s.hub.discovered(&mac, "", "") {
+        tracing::info!(%peer, %mac, "unknown machine asked for a boot script");
+    }
+    match s.nodes.target(&s.root, &mac) {
+        Ok(Some(t)) => {
+            let settings_url = format!("{}/nodes/{mac}/settings.img", s.http_base);
+            let body = boot::ipxe_script(&t.manifest, &s.http_base, &t.name, &mac, &settings_url);
+            s.hub.stage(
+                &mac,
+                Some(&t.name),
+                Stage::Script,
+                &format!("{}@{}", t.manifest.recipe, t.manifest.version),
+            );
+            tracing::info!(%peer, %mac, node = %t.name, recipe = %t.manifest.recipe, version = %t.manifest.version, "boot script");
+            text(&s.hub, StatusCode::OK, body)
+        }
+        Ok(None) => {
+            tracing::info!(%peer, %mac, "boot script refused: unknown machine and the inventory boots none");
+            text(
+                &s.hub,
+                StatusCode::OK,
+                boot::ipxe_refusal(
+                    &mac,
+                    "not in the inventory, and its [defaults] boot no recipe",
+                ),
+            )
+        }
+        Err(e) => {
+            tracing::error!(%peer, %mac, "boot script: {e}");
+            text(
+                &s.hub,
+                StatusCode::OK,
+                boot::ipxe_refusal(&mac, &e.to_string().replace('\n', " ")),
+            )
+        }
+    }
+}
+
+async fn settings(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+) -> Response {
+    let s = &st.inner;
+    let Some(mac) = normalize_mac(&mac) else {
+        return text(
+            &s.hub,
+            StatusCode::BAD_REQUEST,
+            "not a MAC address\n".into(),
+        );
+    };
+    let t = match s.nodes.target(&s.root, &mac) {
+        Ok(Some(t)) => t,
+        Ok(None) => return text(&s.hub, StatusCode::NOT_FOUND, "unknown machine\n".into()),
+        Err(e) => {
+            tracing::error!(%peer, %mac, "settings: {e}");
+            return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+        }
+    };
+    match s.nodes.settings(&s.root, &t) {
+        Ok(bytes) => {
+            count(&s.hub, StatusCode::OK);
+            Metrics::add(&s.hub.metrics.http_bytes, bytes.len() as u64);
+            s.hub
+                .stage(&mac, Some(&t.name), Stage::Initrd, "settings.img");
+            tracing::info!(%peer, %mac, node = %t.name, bytes = bytes.len(), "settings archive");
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(%peer, %mac, node = %t.name, "settings archive: {e}");
+            text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadyReport {
+    node: String,
+    recipe: String,
+    version: String,
+    uptime_s: f64,
+}
+
+async fn ready(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let s = &st.inner;
+    let Ok(r) = serde_json::from_slice::<ReadyReport>(&body) else {
+        return text(
+            &s.hub,
+            StatusCode::BAD_REQUEST,
+            "expected {\"node\", \"recipe\", \"version\", \"uptime_s\"}\n".into(),
+        );
+    };
+    let mac = s
+        .nodes
+        .mac_of(&r.node)
+        .or_else(|| s.hub.mac_for_ip(peer.ip()))
+        .unwrap_or_else(|| format!("ip:{}", peer.ip()));
+    s.hub.learn_ip(peer.ip(), &mac);
+    s.hub.stage(
+        &mac,
+        Some(&r.node),
+        Stage::Ready,
+        &format!("{}@{} in {:.1} s", r.recipe, r.version, r.uptime_s),
+    );
+    tracing::info!(%peer, %mac, node = %r.node, recipe = %r.recipe, version = %r.version, uptime_s = r.uptime_s, "node ready");
+    text(&s.hub, StatusCode::OK, "ok\n".into())
+}
+
+async fn nodes(State(st): State<AppState>) -> Response {
+    json(&st.inner.hub, &st.inner.hub.boots())
+}
+
+async fn discovered(State(st): State<AppState>) -> Response {
+    json(&st.inner.hub, &st.inner.hub.discovered_list())
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let body = st.inner.hub.render_metrics();
+    count(&st.inner.hub, StatusCode::OK);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `%XX` decoding of a request path; `None` for bad escapes or non-UTF-8 results.
+pub fn percent_decode(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ipxe") | Some("txt") | Some("j2") => "text/plain; charset=utf-8",
+        Some("json") => "application/json",
+        _ if path.file_name().is_some_and(|n| n == layout::SHA256SUMS) => {
+            "text/plain; charset=utf-8"
+        }
+        _ => "application/octet-stream",
+    }
+}
+
+impl Inner {
+    /// The published digest of `real` (a canonical path under the root): from the nearest
+    /// `SHA256SUMS` that lists it, else computed once and remembered.
+    fn digest(&self, real: &Path, size: u64, mtime: i64) -> std::io::Result<String> {
+        let mut dir = real.parent();
+        while let Some(d) = dir {
+            if !d.starts_with(&self.root) {
+                break;
+            }
+            let sums = {
+                let mut cache = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+                match cache.get(d) {
+                    Some(s) => Some(Arc::clone(s)),
+                    None => match std::fs::read_to_string(d.join(layout::SHA256SUMS)) {
+                        Ok(text) => {
+                            let map: BTreeMap<String, String> = text
+                                .lines()
+                                .filter_map(|l| l.split_once("  "))
+                                .map(|(h, p)| (p.to_string(), h.to_string()))
+                                .collect();
+                            let map = Arc::new(map);
+                            cache.insert(d.to_path_buf(), Arc::clone(&map));
+                            Some(map)
+                        }
+                        Err(_) => None,
+                    },
+                }
+            };
+            if let Some(sums) = sums {
+                let rel = real.strip_prefix(d).expect("under d").to_string_lossy();
+                if let Some(h) = sums.get(rel.as_ref()) {
+                    return Ok(h.clone());
+                }
+            }
+            if d == self.root {
+                break;
+            }
+            dir = d.parent();
+        }
+        let key = (real.to_path_buf(), size, mtime);
+        if let Some(h) = self
+            .computed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(h.clone());
+        }
+        let (h, _) = layout::sha256_reader(std::fs::File::open(real)?)?;
+        self.computed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, h.clone());
+        Ok(h)
+    }
+}
+
+/// One piece of a response body.
+#[derive(Debug)]
+enum Piece {
+    Bytes(Bytes),
+    File { start: u64, len: u64 },
+}
+
+/// A body that streams `pieces`, reading file ranges in 256 KiB chunks, counting bytes, and
+/// calling `done` when the last byte has been handed to hyper.
+fn stream_body(
+    file: tokio::fs::File,
+    pieces: VecDeque<Piece>,
+    hub: Arc<Hub>,
+    done: Option<Box<dyn FnOnce() + Send>>,
+) -> Body {
+    struct St {
+        file: tokio::fs::File,
+        pieces: VecDeque<Piece>,
+        pos: Option<u64>,
+        hub: Arc<Hub>,
+        done: Option<Box<dyn FnOnce() + Send>>,
+    }
+    let st = St {
+        file,
+        pieces,
+        pos: None,
+        hub,
+        done,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            let Some(piece) = st.pieces.front_mut() else {
+                if let Some(done) = st.done.take() {
+                    done();
+                }
+                return None;
+            };
+            match piece {
+                Piece::Bytes(b) => {
+                    let b = std::mem::take(b);
+                    st.pieces.pop_front();
+                    Metrics::add(&st.hub.metrics.http_bytes, b.len() as u64);
+                    return Some((Ok::<Bytes, std::io::Error>(b), st));
+                }
+                Piece::File { start, len } => {
+                    if *len == 0 {
+                        st.pieces.pop_front();
+                        continue;
+                    }
+                    if st.pos != Some(*start) {
+                        if let Err(e) = st.file.seek(std::io::SeekFrom::Start(*start)).await {
+                            return Some((Err(e), st));
+                        }
+                        st.pos = Some(*start);
+                    }
+                    let want = (*len).min(256 * 1024) as usize;
+                    let mut buf = vec![0u8; want];
+                    match st.file.read(&mut buf).await {
+                        Ok(0) => {
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "file shrank while being served",
+                            );
+                            return Some((Err(e), st));
+                        }
+                        Ok(n) => {
+                            buf.truncate(n);
+                            *start += n as u64;
+                            *len -= n as u64;
+                            st.pos = Some(*start);
+                            Metrics::add(&st.hub.metrics.http_bytes, n as u64);
+                            return Some((Ok(Bytes::from(buf)), st));
+                        }
+                        Err(e) => return Some((Err(e), st)),
+                    }
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// How many ranges one request may ask for; more and the Range header is ignored (a full 200).
+const MAX_RANGES: usize = 16;
+
+async fn file(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let s = &st.inner;
+    if method != Method::GET && method != Method::HEAD {
+        count(&s.hub, StatusCode::METHOD_NOT_ALLOWED);
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+        )
+            .into_response();
+    }
+    let raw = uri.path();
+    let Some(name) = percent_decode(raw) else {
+        tracing::warn!(%peer, path = raw, "refused: bad percent-encoding");
+        return text(
+            &s.hub,
+            StatusCode::BAD_REQUEST,
+            "bad percent-encoding\n".into(),
+        );
+    };
+    let real = match fsroot::resolve(&s.root, &name) {
+        Ok(p) => p,
+        Err(e) => {
+            let status = match e {
+                PathError::NotFound | PathError::NotAFile => StatusCode::NOT_FOUND,
+                _ => StatusCode::FORBIDDEN,
+            };
+            if status == StatusCode::FORBIDDEN {
+                tracing::warn!(%peer, path = %name, "refused: {e}");
+            } else {
+                tracing::debug!(%peer, path = %name, "not found");
+            }
+            return text(&s.hub, status, format!("{e}\n"));
+        }
+    };
+    let meta = match std::fs::metadata(&real) {
+        Ok(m) => m,
+        Err(e) => return text(&s.hub, StatusCode::NOT_FOUND, format!("{e}\n")),
+    };
+    let size = meta.len();
+    use std::os::unix::fs::MetadataExt;
+    let digest = match s.digest(&real, size, meta.mtime()) {
+        Ok(d) => d,
+        Err(e) => return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let etag = format!("\"{digest}\"");
+    let moving = name.split('/').any(|c| c == "current");
+    let cache = if moving {
+        "no-cache"
+    } else {
+        "public, max-age=31536000, immutable"
+    };
+    let mut base = HeaderMap::new();
+    base.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+    );
+    base.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let hit = inm.trim() == "*"
+            || inm
+                .split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag);
+        if hit {
+            count(&s.hub, StatusCode::NOT_MODIFIED);
+            return (StatusCode::NOT_MODIFIED, base).into_response();
+        }
+    }
+
+    // Range, unless If-Range names another version of the file.
+    let range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let ranges = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) if range_ok => match http_range_header::parse_range_header(r) {
+            Ok(parsed) if parsed.ranges.len() > MAX_RANGES => None,
+            Ok(parsed) => match parsed.validate(size) {
+                Ok(v) if size > 0 => Some(v),
+                Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds)
+                    if size > 0 =>
+                {
+                    Some(vec![0..=size - 1])
+                }
+                _ => {
+                    count(&s.hub, StatusCode::RANGE_NOT_SATISFIABLE);
+                    let mut h = base;
+                    h.insert(
+                        header::CONTENT_RANGE,
+                        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+                    );
+                    return (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response();
+                }
+            },
+            // A malformed Range header is ignored (RFC 9110 14.2).
+            Err(_) => None,
+        },
+        _ => None,
+    };
+
+    let ctype = content_type(&real);
+    let (status, pieces, len) = match &ranges {
+        None => (
+            StatusCode::OK,
+            VecDeque::from([Piece::File {
+                start: 0,
+                len: size,
+            }]),
+            size,
+        ),
+        Some(v) if v.len() == 1 => {
+            let r = &v[0];
+            base.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start(), r.end()))
+                    .expect("ascii"),
+            );
+            let len = r.end() - r.start() + 1;
+            (
+                StatusCode::PARTIAL_CONTENT,
+                VecDeque::from([Piece::File {
+                    start: *r.start(),
+                    len,
+                }]),
+                len,
+            )
+        }
+        Some(v) => {
+            let boundary = format!("ironbake-{}", &digest[..16]);
+            let mut pieces = VecDeque::new();
+            let mut len = 0u64;
+            for r in v {
+                let head = format!(
+                    "\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n",
+                    r.start(),
+                    r.end()
+                );
+                len += head.len() as u64 + (r.end() - r.start() + 1);
+                pieces.push_back(Piece::Bytes(Bytes::from(head)));
+                pieces.push_back(Piece::File {
+                    start: *r.start(),
+                    len: r.end() - r.start() + 1,
+                });
+            }
+            let tail = format!("\r\n--{boundary}--\r\n");
+            len += tail.len() as u64;
+            pieces.push_back(Piece::Bytes(Bytes::from(tail)));
+            base.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+                    .expect("ascii"),
+            );
+            (StatusCode::PARTIAL_CONTENT, pieces, len)
+        }
+    };
+    if !base.contains_key(header::CONTENT_TYPE) {
+        base.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    }
+    base.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    count(&s.hub, status);
+    if method == Method::HEAD {
+        return (status, base, Body::empty()).into_response();
+    }
+    let f = match tokio::fs::File::open(&real).await {
+        Ok(f) => f,
+        Err(e) => return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+
+    // Boot progress: the kernel and initramfs when their fetch starts, the image when a layer
+    // has been sent in full (the first stage fetches layers whole, resuming with ranges).
+    let file_name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stage = match file_name.as_str() {
+        boot::KERNEL => Some(Stage::Kernel),
+        boot::INITRD => Some(Stage::Initrd),
+        n if n.ends_with(".squashfs") => Some(Stage::Image),
+        _ => None,
+    };
+    let mut done: Option<Box<dyn FnOnce() + Send>> = None;
+    if let Some(stage) = stage
+        && let Some(mac) = s.hub.mac_for_ip(peer.ip())
+    {
+        let name = s.nodes.name_of(&mac);
+        if stage == Stage::Image {
+            let hub = Arc::clone(&s.hub);
+            let end_served = ranges
+                .as_ref()
+                .is_none_or(|v| v.last().is_some_and(|r| *r.end() + 1 == size));
+            if end_served {
+                done = Some(Box::new(move || {
+                    hub.stage(&mac, name.as_deref(), Stage::Image, &file_name);
+                }));
+            }
+        } else {
+            s.hub.stage(&mac, name.as_deref(), stage, &file_name);
+        }
+    }
+    tracing::debug!(%peer, path = %name, status = status.as_u16(), bytes = len, "file");
+    (
+        status,
+        base,
+        stream_body(f, pieces, Arc::clone(&s.hub), done),
+    )
+        .into_response()
+}

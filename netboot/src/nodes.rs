@@ -1,0 +1,281 @@
+//! The server's view of the inventory: reloaded when `inventory.toml` changes (a broken edit
+//! is logged and the last good inventory kept), MAC lookups for the protocol servers, and what
+//! each machine boots (recipe, published version, manifest) with its settings archive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::boot::{self, ExtraFile};
+use crate::hub::{Directory, Lookup};
+use crate::inventory::{self, Inventory, LoadError};
+use crate::layout::{self, LayoutError, Manifest};
+use crate::template::{TemplateError, TemplateSource};
+
+/// Why a machine cannot be booted, in words for logs and for the iPXE console.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The recipe has no published version (or no `current`).
+    #[error(
+        "recipe {recipe} has no published version under {root} (run `cargo xtask build {recipe}`)"
+    )]
+    NotPublished {
+        /// The recipe.
+        recipe: String,
+        /// The served root.
+        root: String,
+    },
+    /// The published layout could not be read.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A node template failed for this node.
+    #[error("{0}")]
+    Template(#[from] TemplateError),
+    /// Reading node templates or the state folder failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What one machine boots.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The node's name (its hostname): from the inventory, or `node-<mac digits>`.
+    pub name: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// The manifest of the version it boots.
+    pub manifest: Arc<Manifest>,
+    /// That version's folder.
+    pub version_dir: PathBuf,
+    /// What its node templates see as `node.*`.
+    pub node_vars: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    mtime: Option<SystemTime>,
+    inventory: Arc<Inventory>,
+}
+
+/// The inventory, reloaded on change; see the module doc.
+#[derive(Debug)]
+pub struct Inventories {
+    path: PathBuf,
+    shown: String,
+    state_dir: Option<PathBuf>,
+    loaded: Mutex<Loaded>,
+    manifests: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
+    templates: Mutex<HashMap<PathBuf, Arc<Vec<TemplateSource>>>>,
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Inventories {
+    /// Loads `path` (a missing file is an empty inventory: every machine is unknown); a
+    /// malformed one is refused with its file:line. `state_dir`, when given, keeps each
+    /// node's generated identity (its machine-id) across boots.
+    pub fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Inventories, LoadError> {
+        let shown = path.display().to_string();
+        let inv = inventory::load_file(path, &shown)?;
+        Ok(Inventories {
+            path: path.to_path_buf(),
+            shown,
+            state_dir,
+            loaded: Mutex::new(Loaded {
+                mtime: mtime(path),
+                inventory: Arc::new(inv),
+            }),
+            manifests: Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The current inventory, reloaded first if the file changed.
+    pub fn get(&self) -> Arc<Inventory> {
+        let mut l = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let now = mtime(&self.path);
+        if now != l.mtime {
+            l.mtime = now;
+            match inventory::load_file(&self.path, &self.shown) {
+                Ok(inv) => {
+                    tracing::info!(
+                        nodes = inv.nodes.len(),
+                        "inventory reloaded from {}",
+                        self.shown
+                    );
+                    l.inventory = Arc::new(inv);
+                }
+                Err(e) => tracing::error!("inventory not reloaded, keeping the last good one: {e}"),
+            }
+        }
+        Arc::clone(&l.inventory)
+    }
+
+    /// What the inventory says about `mac`.
+    pub fn lookup(&self, mac: &str) -> Lookup {
+        let inv = self.get();
+        match inv.nodes.iter().find(|(_, n)| n.mac == mac) {
+            Some((name, _)) => Lookup::Node(name.clone()),
+            None => Lookup::Unknown {
+                boot: inv.defaults.recipe.is_some(),
+            },
+        }
+    }
+
+    /// [`Self::lookup`] as the protocol servers take it.
+    pub fn directory(self: &Arc<Self>) -> Directory {
+        let me = Arc::clone(self);
+        Arc::new(move |mac: &str| me.lookup(mac))
+    }
+
+    /// The MAC of the node named `name`.
+    pub fn mac_of(&self, name: &str) -> Option<String> {
+        self.get().nodes.get(name).map(|n| n.mac.clone())
+    }
+
+    /// The inventory name of `mac`.
+    pub fn name_of(&self, mac: &str) -> Option<String> {
+        match self.lookup(mac) {
+            Lookup::Node(n) => Some(n),
+            Lookup::Unknown { .. } => None,
+        }
+    }
+
+    fn manifest(&self, dir: &Path) -> Result<Arc<Manifest>, LayoutError> {
+        let mut cache = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = cache.get(dir) {
+            return Ok(Arc::clone(m));
+        }
+        let m = Arc::new(layout::load_manifest(dir)?);
+        cache.insert(dir.to_path_buf(), Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// What `mac` boots: `None` when it is unknown and the inventory boots no unknown machines.
+    pub fn target(&self, root: &Path, mac: &str) -> Result<Option<Target>, TargetError> {
+        let inv = self.get();
+        let (name, recipe, pinned, node) = match inv.nodes.iter().find(|(_, n)| n.mac == mac) {
+            Some((name, n)) => (
+                name.clone(),
+                n.recipe.clone(),
+                n.version.clone(),
+                Some(n.clone()),
+            ),
+            None => match &inv.defaults.recipe {
+                Some(r) => (boot::unknown_node_name(mac), r.clone(), None, None),
+                None => return Ok(None),
+            },
+        };
+        let recipe_dir = root.join(&recipe);
+        let version = match pinned {
+            Some(v) => v,
+            None => {
+                layout::read_current(&recipe_dir)?.ok_or_else(|| TargetError::NotPublished {
+                    recipe: recipe.clone(),
+                    root: root.display().to_string(),
+                })?
+            }
+        };
+        let version_dir = recipe_dir.join(&version);
+        if !version_dir.is_dir() {
+            return Err(TargetError::NotPublished {
+                recipe: format!("{recipe}@{version}"),
+                root: root.display().to_string(),
+            });
+        }
+        let manifest = self.manifest(&version_dir)?;
+        let node = node.unwrap_or(inventory::Node {
+            mac: mac.to_string(),
+            recipe: recipe.clone(),
+            version: None,
+            vars: BTreeMap::new(),
+        });
+        Ok(Some(Target {
+            node_vars: inventory::node_context(&name, &node),
+            name,
+            mac: mac.to_string(),
+            manifest,
+            version_dir,
+        }))
+    }
+
+    /// The node's machine-id: made once, kept in the state folder.
+    fn machine_id(&self, name: &str) -> Result<Option<String>, TargetError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(None);
+        };
+        let io = |what: &str| {
+            let what = format!("{what} in {}", dir.display());
+            move |source| TargetError::Io { what, source }
+        };
+        let path = dir.join("machine-id").join(name);
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            let id = id.trim().to_string();
+            if id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Ok(Some(id));
+            }
+        }
+        let mut raw = [0u8; 16];
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut raw))
+            .map_err(io("reading /dev/urandom"))?;
+        let id = hex::encode(raw);
+        std::fs::create_dir_all(path.parent().expect("has parent"))
+            .map_err(io("creating the state folder"))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{id}\n")).map_err(io("writing a machine-id"))?;
+        std::fs::rename(&tmp, &path).map_err(io("writing a machine-id"))?;
+        tracing::info!(node = name, "new machine-id kept in {}", path.display());
+        Ok(Some(id))
+    }
+
+    /// The node's settings archive, ready to follow the version's initramfs.
+    pub fn settings(&self, _root: &Path, t: &Target) -> Result<Vec<u8>, TargetError> {
+        let templates = {
+            let mut cache = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&t.version_dir) {
+                Some(v) => Arc::clone(v),
+                None => {
+                    let v =
+                        Arc::new(boot::load_node_templates(&t.version_dir).map_err(|source| {
+                            TargetError::Io {
+                                what: format!(
+                                    "reading {}/{}",
+                                    t.version_dir.display(),
+                                    boot::NODE_TEMPLATES
+                                ),
+                                source,
+                            }
+                        })?);
+                    cache.insert(t.version_dir.clone(), Arc::clone(&v));
+                    v
+                }
+            }
+        };
+        let mut extra = Vec::new();
+        if let Some(id) = self.machine_id(&t.name)? {
+            extra.push(ExtraFile {
+                dest: "/etc/machine-id".into(),
+                data: format!("{id}\n").into_bytes(),
+                mode: 0o444,
+            });
+        }
+        let initrd_len = std::fs::metadata(t.version_dir.join(boot::INITRD)).map_or(0, |m| m.len());
+        Ok(boot::settings_archive(
+            &t.manifest,
+            &templates,
+            t.node_vars.clone(),
+            &extra,
+            initrd_len,
+        )?)
+    }
+}

@@ -1,0 +1,292 @@
+//! `netboot serve`: starts proxyDHCP, TFTP and HTTP on one address and runs them until
+//! shutdown. Every socket is bound before anything is served, so a port in use or a missing
+//! root is reported at start, with what to do about it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::dhcp;
+use crate::hub::Hub;
+use crate::layout;
+use crate::nodes::Inventories;
+use crate::tftp;
+
+/// The server's settings (the `netboot serve` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The published root (`out/`).
+    pub root: PathBuf,
+    /// The inventory file.
+    pub inventory: PathBuf,
+    /// Where generated node identities are kept; none: nodes make their own at each boot.
+    pub state_dir: Option<PathBuf>,
+    /// The address the TFTP and HTTP servers listen on.
+    pub bind: Ipv4Addr,
+    /// The address nodes are told to use; defaults to `bind`.
+    pub advertise: Option<Ipv4Addr>,
+    /// HTTP port.
+    pub http_port: u16,
+    /// TFTP port.
+    pub tftp_port: u16,
+    /// Run proxyDHCP (ports 67 and 4011)?
+    pub dhcp: bool,
+    /// The DHCP server port (67; a test may use another).
+    pub dhcp_port: u16,
+    /// The PXE boot-server port (4011).
+    pub pxe_port: u16,
+    /// Only answer DHCP on this interface (`SO_BINDTODEVICE`).
+    pub interface: Option<String>,
+    /// TFTP tuning.
+    pub tftp: tftp::Config,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The root is missing or not a folder.
+    #[error(
+        "the root {0} is not a folder: build an image first (`cargo xtask build ci-node`) or pass --root"
+    )]
+    NoRoot(String),
+    /// The inventory is malformed.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::LoadError),
+    /// No address to give nodes.
+    #[error(
+        "--bind is 0.0.0.0, so pass --advertise with the address nodes reach this server at (e.g. --advertise 192.168.1.10)"
+    )]
+    NoAdvertise,
+    /// A socket could not be bound.
+    #[error("cannot listen on {what} {addr}: {source}{hint}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A server failed while running.
+    #[error("{what} stopped: {source}")]
+    Stopped {
+        /// Which server.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn bind_hint(e: &std::io::Error, port: u16) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if port < 1024 => {
+            " (ports under 1024 need root or CAP_NET_BIND_SERVICE; or use a high port flag)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            " (another server uses this port; stop it or pick another port)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " (no interface has this address; check --bind)",
+        _ => "",
+    }
+}
+
+/// A running server's addresses, for tests and logs.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The HTTP listener.
+    pub http: SocketAddr,
+    /// The TFTP listener.
+    pub tftp: SocketAddr,
+    /// The base URL nodes are given.
+    pub http_base: String,
+}
+
+/// Binds every socket, then serves until `shutdown` completes. `on_bound` is called once all
+/// sockets are listening.
+pub async fn run(
+    cfg: Config,
+    hub: Arc<Hub>,
+    on_bound: impl FnOnce(&Bound),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if !cfg.root.is_dir() {
+        return Err(ServeError::NoRoot(cfg.root.display().to_string()));
+    }
+    let root = crate::fsroot::canonical_root(&cfg.root)
+        .map_err(|_| ServeError::NoRoot(cfg.root.display().to_string()))?;
+    let advertise = match (cfg.advertise, cfg.bind.is_unspecified()) {
+        (Some(a), _) => a,
+        (None, false) => cfg.bind,
+        (None, true) => return Err(ServeError::NoAdvertise),
+    };
+    let nodes = Arc::new(Inventories::load(&cfg.inventory, cfg.state_dir.clone())?);
+    log_published(&root, &nodes);
+
+    let http_addr = SocketAddr::V4(SocketAddrV4::new(cfg.bind, cfg.http_port));
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: http_addr.to_string(),
+            hint: bind_hint(&source, cfg.http_port),
+            source,
+        })?;
+    let http_local = listener.local_addr().expect("bound");
+    let http_base = format!("http://{advertise}:{}", http_local.port());
+
+    let tftp_addr = SocketAddr::V4(SocketAddrV4::new(cfg.bind, cfg.tftp_port));
+    let tftp_sock = tokio::net::UdpSocket::bind(tftp_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "TFTP",
+            addr: tftp_addr.to_string(),
+            hint: bind_hint(&source, cfg.tftp_port),
+            source,
+        })?;
+    let tftp_local = tftp_sock.local_addr().expect("bound");
+
+    let dhcp_socks = if cfg.dhcp {
+        let bind = |port: u16, what: &'static str| {
+            let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+            bind_dhcp(addr, cfg.interface.as_deref()).map_err(|source| ServeError::Bind {
+                what,
+                addr: addr.to_string(),
+                hint: bind_hint(&source, port),
+                source,
+            })
+        };
+        Some((
+            bind(cfg.dhcp_port, "proxyDHCP")?,
+            bind(cfg.pxe_port, "PXE (4011)")?,
+        ))
+    } else {
+        None
+    };
+
+    let bound = Bound {
+        http: http_local,
+        tftp: tftp_local,
+        http_base: http_base.clone(),
+    };
+    tracing::info!(
+        http = %http_local,
+        tftp = %tftp_local,
+        dhcp = cfg.dhcp,
+        advertise = %advertise,
+        root = %root.display(),
+        inventory = %cfg.inventory.display(),
+        "netboot serving"
+    );
+    on_bound(&bound);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let state = crate::http::AppState::new(
+            root.clone(),
+            http_base.clone(),
+            Arc::clone(&nodes),
+            Arc::clone(&hub),
+        );
+        let app = crate::http::router(state);
+        tasks.spawn(async move {
+            let r = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+            ("HTTP", r)
+        });
+    }
+    {
+        let (root, hub, tcfg) = (root.clone(), Arc::clone(&hub), cfg.tftp.clone());
+        tasks.spawn(async move { ("TFTP", tftp::serve(tftp_sock, root, tcfg, hub).await) });
+    }
+    if let Some((s67, s4011)) = dhcp_socks {
+        let dcfg = dhcp::Config {
+            server_ip: advertise,
+            http_base: http_base.clone(),
+            boot_files: dhcp::BootFiles {
+                bios: "ipxe/current/undionly.kpxe".into(),
+                efi_x64: "ipxe/current/snponly.efi".into(),
+                efi_arm64: None,
+            },
+        };
+        let (dir, hub) = (nodes.directory(), Arc::clone(&hub));
+        tasks.spawn(async move {
+            (
+                "proxyDHCP",
+                dhcp::serve(Some(s67), s4011, dcfg, dir, hub).await,
+            )
+        });
+    }
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("netboot stopping");
+            tasks.abort_all();
+            Ok(())
+        }
+        Some(done) = tasks.join_next() => match done {
+            Ok((what, Err(source))) => Err(ServeError::Stopped { what, source }),
+            Ok((what, Ok(()))) => Err(ServeError::Stopped {
+                what,
+                source: std::io::Error::other("ended unexpectedly"),
+            }),
+            Err(e) => Err(ServeError::Stopped {
+                what: "a server task",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        },
+    }
+}
+
+/// A UDP socket for DHCP: address reuse (the router's DHCP may share the host), broadcast,
+/// and bound to one interface when one is named.
+fn bind_dhcp(
+    addr: SocketAddrV4,
+    interface: Option<&str>,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    if let Some(ifc) = interface {
+        s.bind_device(Some(ifc.as_bytes()))?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V4(addr).into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+fn log_published(root: &Path, nodes: &Inventories) {
+    match layout::list_published(root) {
+        Ok(list) => {
+            for r in list {
+                tracing::info!(
+                    recipe = %r.recipe,
+                    versions = r.versions.len(),
+                    current = r.current.as_deref().unwrap_or("-"),
+                    "published"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("reading the published root: {e}"),
+    }
+    if !root.join("ipxe").join("current").exists() {
+        tracing::warn!(
+            "no ipxe/current under {}: firmware PXE clients will get nothing over TFTP (a build publishes it)",
+            root.display()
+        );
+    }
+    let inv = nodes.get();
+    tracing::info!(
+        nodes = inv.nodes.len(),
+        default = inv
+            .defaults
+            .recipe
+            .as_deref()
+            .unwrap_or("(none: unknown machines are not booted)"),
+        "inventory"
+    );
+}
