@@ -3,7 +3,7 @@
 //! listens and the VMs' tap devices are plugged into one bridge.
 //!
 //! ```text
-//! netns ROUTER: eth0 10.33.0.254/24   busybox udhcpd: plain DHCP (10.33.0.100-199), no boot options
+//! netns ROUTER: eth0 10.33.0.254/24   dnsmasq: plain DHCP (10.33.0.100-199), no boot options
 //! netns LAN:    br0  10.33.0.1/24     the boot server (or a test's HTTP server) listens here
 //!               vr0 (veth peer of the router's eth0), tap0, tap1, ... are ports of br0
 //! ```
@@ -88,30 +88,34 @@ impl Lan {
         )?;
         ip(&router, &["link", "set", "eth0", "up"])?;
 
-        // The home router: busybox's udhcpd, a plain DHCP server.
-        let conf = dir.join("router-udhcpd.conf");
-        let leases = dir.join("router-udhcpd.leases");
-        std::fs::write(&leases, b"")?;
-        std::fs::write(
-            &conf,
-            format!(
-                "start 10.33.0.100\nend 10.33.0.199\ninterface eth0\nmax_leases 100\n\
-                 lease_file {}\noption subnet 255.255.255.0\noption router {ROUTER_IP}\n\
-                 option lease 3600\n",
-                leases.display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("router-udhcpd.log"))?;
+        // The home router: dnsmasq as a plain DHCP server (no DNS, no boot options), logging
+        // each DHCP exchange to a file of the test.
+        let leases = dir.join("router-dnsmasq.leases");
+        let log = std::fs::File::create(dir.join("router-dnsmasq.log"))?;
         let dhcpd = router
-            .command("busybox")
-            .arg("udhcpd")
-            .arg("-f")
-            .arg(&conf)
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                // No DNS server: this router only hands out addresses.
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--dhcp-range=10.33.0.100,10.33.0.199,1h",
+                &format!("--dhcp-option=option:router,{ROUTER_IP}"),
+                // No ICMP probe of an address before offering it: the LAN is ours alone.
+                "--no-ping",
+                "--log-dhcp",
+                "--log-facility=-",
+                "--user=root",
+                "--pid-file=",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting busybox udhcpd in the router namespace")?;
+            .context("starting dnsmasq (the LAN's router) in its namespace")?;
         Ok(Lan {
             ns,
             router,

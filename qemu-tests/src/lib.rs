@@ -5,11 +5,13 @@
 //! interfaces); guards remove VMs and namespaces even when a test panics.
 
 pub mod console;
+pub mod fixture;
 pub mod httpd;
 pub mod lan;
 pub mod netns;
 pub mod qemu;
 pub mod require;
+pub mod server;
 
 /// Named deadlines for waits, under TCG on two cores.
 pub mod deadline {
@@ -20,6 +22,8 @@ pub mod deadline {
     pub const READY: Duration = Duration::from_secs(240);
     /// From one failed fetch to the next attempt's message.
     pub const RETRY: Duration = Duration::from_secs(90);
+    /// From QEMU start to the ready line through firmware PXE (OVMF, iPXE over TFTP, HTTP).
+    pub const PXE_READY: Duration = Duration::from_secs(360);
     /// From the ready line to the ready report reaching the server.
     pub const REPORT: Duration = Duration::from_secs(30);
 }

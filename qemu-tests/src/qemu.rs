@@ -23,6 +23,25 @@ pub enum Boot {
         /// The kernel command line.
         append: String,
     },
+    /// UEFI network boot: OVMF's own PXE client on the VM's NIC, as a real machine does.
+    Pxe {
+        /// The firmware code (read-only), e.g. `/usr/share/OVMF/OVMF_CODE.fd`.
+        code: PathBuf,
+        /// The firmware variable store to copy for this VM, e.g. `/usr/share/OVMF/OVMF_VARS.fd`.
+        vars: PathBuf,
+    },
+}
+
+/// The UEFI firmware: from the environment (`IRONBAKE_OVMF_CODE`, `IRONBAKE_OVMF_VARS`), else
+/// Debian's `ovmf` package.
+pub fn ovmf() -> Boot {
+    let pick = |var: &str, default: &str| {
+        std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
+    };
+    Boot::Pxe {
+        code: pick("IRONBAKE_OVMF_CODE", "/usr/share/OVMF/OVMF_CODE.fd"),
+        vars: pick("IRONBAKE_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS.fd"),
+    }
 }
 
 /// A VM to start.
@@ -102,6 +121,22 @@ impl Vm {
                     .arg(initrd)
                     .arg("-append")
                     .arg(append);
+            }
+            Boot::Pxe { code, vars } => {
+                // Each VM writes its own copy of the variable store (boot order, PXE state).
+                let own_vars = dir.join(format!("{}.OVMF_VARS.fd", cfg.name));
+                std::fs::copy(vars, &own_vars)
+                    .with_context(|| format!("copying {}", vars.display()))?;
+                cmd.arg("-drive").arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    code.display()
+                ));
+                cmd.arg("-drive").arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    own_vars.display()
+                ));
+                // Boot from the network first, as a node set up for PXE does.
+                cmd.args(["-boot", "n"]);
             }
         }
         for (i, disk) in cfg.disks.iter().enumerate() {

@@ -2,10 +2,9 @@
 //! over HTTP from a server inside the test's network namespace.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use ironbake::cpio::{self, Body, Entry};
-use netboot::layout::{self, Manifest};
+use netboot::layout;
 use qemu_tests::deadline;
 use qemu_tests::httpd::{Behaviour, Httpd};
 use qemu_tests::lan::{self, Lan};
@@ -15,50 +14,7 @@ use qemu_tests::qemu::{Boot, Nic, Vm, VmConfig};
 /// The port the test server listens on inside each LAN.
 const PORT: u16 = 8080;
 
-struct Image {
-    out: PathBuf,
-    dir: PathBuf,
-    manifest: Manifest,
-}
-
-/// ci-node, built once per test run (the package layer is cached across runs).
-fn image() -> &'static Image {
-    static I: OnceLock<Image> = OnceLock::new();
-    I.get_or_init(|| {
-        let root = ironbake::cli::project_root();
-        let work = root.join("target").join("qemu-tests");
-        let paths = ironbake::pipeline::Paths {
-            project: root.clone(),
-            out: work.join("out"),
-            cache: work.join("cache"),
-            etc_apt: "/etc/apt".into(),
-        };
-        let built =
-            ironbake::pipeline::build(&paths, "ci-node", &ironbake::progress::Progress::new(false))
-                .expect("building ci-node");
-        Image {
-            out: paths.out.clone(),
-            dir: built.dir,
-            manifest: built.manifest,
-        }
-    })
-}
-
-/// One VM at a time: two TCG guests on two cores would only slow each other down.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn test_dir(name: &str) -> PathBuf {
-    let d = ironbake::cli::project_root()
-        .join("target")
-        .join("qemu-tests")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use qemu_tests::fixture::{Image, ci_node as image, one_at_a_time, test_dir};
 
 fn cmdline(img: &Image, node: &str) -> String {
     let url = format!("http://{}:{PORT}", lan::SERVER_IP);

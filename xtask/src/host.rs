@@ -24,13 +24,68 @@ pub const BUILD: &[Need] = &[
         tool: "mksquashfs",
         package: "squashfs-tools",
     },
+    // The first stage's userland.
+    Need {
+        tool: "/bin/busybox",
+        package: "busybox-static",
+    },
+    // iPXE for the boot server, published under out/ipxe/.
+    Need {
+        tool: "/usr/lib/ipxe/snponly.efi",
+        package: "ipxe",
+    },
+    Need {
+        tool: "dpkg-query",
+        package: "dpkg",
+    },
 ];
 
 /// What the tests need beyond `build`.
-pub const TEST: &[Need] = &[Need {
-    tool: "unsquashfs",
-    package: "squashfs-tools",
-}];
+pub const TEST: &[Need] = &[
+    Need {
+        tool: "unsquashfs",
+        package: "squashfs-tools",
+    },
+    // Real TFTP and HTTP clients for the boot server's interop tests.
+    Need {
+        tool: "atftp",
+        package: "atftp",
+    },
+    Need {
+        tool: "tftp",
+        package: "tftp-hpa",
+    },
+    Need {
+        tool: "curl",
+        package: "curl",
+    },
+    Need {
+        tool: "cpio",
+        package: "cpio",
+    },
+    // The VM tests: QEMU, UEFI firmware, network namespaces, GPT disks, and the home router
+    // of their LAN (plain DHCP).
+    Need {
+        tool: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+    },
+    Need {
+        tool: "/usr/share/OVMF/OVMF_CODE.fd",
+        package: "ovmf",
+    },
+    Need {
+        tool: "ip",
+        package: "iproute2",
+    },
+    Need {
+        tool: "sgdisk",
+        package: "gdisk",
+    },
+    Need {
+        tool: "dnsmasq",
+        package: "dnsmasq-base",
+    },
+];
 
 /// Is this process root?
 pub fn is_root() -> bool {

@@ -147,7 +147,7 @@ fn main() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "Machine: {}. QEMU {} with TCG (no KVM), 2 vCPUs, 1536 MiB, virtio-net on a tap device bridged, inside network namespaces, to the server and to a plain DHCP router (busybox udhcpd); {RUNS} boots of `ci-node@{}` ({} MB of layers), medians.\n",
+        "Machine: {}. QEMU {} with TCG (no KVM), 2 vCPUs, 1536 MiB, virtio-net on a tap device bridged, inside network namespaces, to the server and to a plain DHCP router (dnsmasq); {RUNS} boots of `ci-node@{}` ({} MB of layers), medians.\n",
         ironbake::bench::machine(),
         qemu_version(),
         m.version,

@@ -1,0 +1,58 @@
+//! The image the VM tests boot: `ci-node`, built once per test binary into the target folder
+//! (the package layer is cached across runs), and the per-test folders.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use netboot::layout::Manifest;
+
+/// A published `ci-node`.
+#[derive(Debug)]
+pub struct Image {
+    /// The published root (`out/`), with `ipxe/` beside the recipe.
+    pub out: PathBuf,
+    /// The version folder.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+/// `ci-node`, built on first use.
+pub fn ci_node() -> &'static Image {
+    static I: OnceLock<Image> = OnceLock::new();
+    I.get_or_init(|| {
+        let root = ironbake::cli::project_root();
+        let work = root.join("target").join("qemu-tests");
+        let paths = ironbake::pipeline::Paths {
+            project: root.clone(),
+            out: work.join("out"),
+            cache: work.join("cache"),
+            etc_apt: "/etc/apt".into(),
+        };
+        let built =
+            ironbake::pipeline::build(&paths, "ci-node", &ironbake::progress::Progress::new(false))
+                .expect("building ci-node");
+        Image {
+            out: paths.out.clone(),
+            dir: built.dir,
+            manifest: built.manifest,
+        }
+    })
+}
+
+/// One VM at a time in a test binary: two TCG guests on two cores only slow each other down.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh folder for a test's logs: `target/qemu-tests/NAME`.
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = ironbake::cli::project_root()
+        .join("target")
+        .join("qemu-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("creating the test folder");
+    d
+}

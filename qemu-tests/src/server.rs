@@ -1,0 +1,163 @@
+//! ironbake's own boot server (`netboot serve`), run in-process on a thread that has joined a
+//! LAN's namespace, with its log in a file of the test. Stopped on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use netboot::hub::Hub;
+
+use crate::lan::{Lan, SERVER_IP};
+use crate::netns::Netns;
+
+/// The HTTP port the server listens on in tests.
+pub const HTTP_PORT: u16 = 8080;
+
+/// A running boot server.
+pub struct Server {
+    /// Its shared state: boot progress, discovered machines, counters.
+    pub hub: Arc<Hub>,
+    /// Its log file.
+    pub log: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    ns_file: PathBuf,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("log", &self.log).finish()
+    }
+}
+
+impl Server {
+    /// Starts `netboot serve` for `root` and `inventory` on the LAN's server address, with
+    /// proxyDHCP on the bridge, TFTP on port 69 and HTTP on [`HTTP_PORT`]; returns once every
+    /// socket is bound.
+    pub fn start(lan: &Lan, root: &Path, inventory: &Path, dir: &Path) -> Result<Server> {
+        let cfg = netboot::serve::Config {
+            root: root.to_path_buf(),
+            inventory: inventory.to_path_buf(),
+            state_dir: Some(dir.join("netboot-state")),
+            bind: SERVER_IP.parse().expect("valid"),
+            advertise: None,
+            http_port: HTTP_PORT,
+            tftp_port: 69,
+            dhcp: true,
+            dhcp_port: 67,
+            pxe_port: 4011,
+            interface: Some("br0".into()),
+            tftp: netboot::tftp::Config::default(),
+        };
+        Self::start_with(&lan.ns, cfg, dir)
+    }
+
+    /// Starts the server with `cfg` inside `ns`.
+    pub fn start_with(ns: &Netns, cfg: netboot::serve::Config, dir: &Path) -> Result<Server> {
+        let log = dir.join("netboot.log");
+        let file = std::fs::File::create(&log)?;
+        let hub = Arc::new(Hub::new());
+        let ns_file = PathBuf::from(format!("/run/netns/{}", ns.name()));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let hub2 = Arc::clone(&hub);
+        let ns2 = ns_file.clone();
+        let thread = std::thread::spawn(move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(Mutex::new(file))
+                .with_ansi(false)
+                .with_target(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            let _guard = tracing::subscriber::set_default(subscriber);
+            let joined = std::fs::File::open(&ns2)
+                .context("opening the LAN namespace")
+                .and_then(|f| {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
+                });
+            if let Err(e) = joined {
+                let _ = bound_tx.send(Err(e));
+                return;
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let tx = bound_tx.clone();
+            let r = rt.block_on(netboot::serve::run(
+                cfg,
+                hub2,
+                move |_| {
+                    let _ = tx.send(Ok(()));
+                },
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            if let Err(e) = r {
+                tracing::error!("netboot stopped: {e}");
+                let _ = bound_tx.send(Err(anyhow::anyhow!("netboot serve: {e}")));
+            }
+        });
+        match bound_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("the server thread ended before binding"),
+        }
+        Ok(Server {
+            hub,
+            log,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            ns_file,
+        })
+    }
+
+    /// `GET path` from the server's own HTTP port, from inside its namespace.
+    pub fn get(&self, path: &str) -> Result<String> {
+        let ns = self.ns_file.clone();
+        let path = path.to_string();
+        std::thread::spawn(move || -> Result<String> {
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let mut s = TcpStream::connect((SERVER_IP, HTTP_PORT))?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            let body = out
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .context("no HTTP body")?;
+            Ok(body)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the GET thread panicked"))?
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
