@@ -4,6 +4,7 @@
 //! depends on the pipeline's code. The protocol servers (proxyDHCP, TFTP, HTTP) build on it.
 
 pub mod boot;
+pub mod cli;
 pub mod cpio;
 pub mod dhcp;
 pub mod diag;

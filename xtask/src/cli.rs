@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::pipeline::{self, Paths};
 use crate::progress::Progress;
-use crate::{bench, host, recipe};
+use crate::{bench, host, inventory, recipe};
 use netboot::layout;
 
 /// ironbake: golden images for immutable bare-metal nodes.
@@ -35,6 +35,36 @@ enum Command {
     Setup(Setup),
     Test(Test),
     Bench(Bench),
+    /// Run the boot server on what is published (the same as `netboot serve`; relative
+    /// --root and --inventory are taken from the project folder).
+    Serve(Box<netboot::cli::ServeArgs>),
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+}
+
+/// Edit the inventory (inventory.toml).
+#[derive(Debug, Subcommand)]
+enum InventoryCommand {
+    /// Make a machine a node: the boot server then boots it as NAME.
+    Add(InventoryAdd),
+}
+
+/// Add a node to inventory.toml (comments and layout are kept; the result is checked before
+/// it is written, and written by rename).
+#[derive(Debug, Args)]
+struct InventoryAdd {
+    /// Its MAC address (as the boot server's /api/v1/discovered lists it).
+    #[arg(value_name = "mac")]
+    mac: String,
+    /// Its name, which is also its hostname.
+    #[arg(value_name = "name")]
+    name: String,
+    /// The recipe it boots (default: the inventory's [defaults] recipe).
+    #[arg(long, value_name = "recipe")]
+    recipe: Option<String>,
+    /// The project folder (inventory.toml).
+    #[arg(long, value_name = "dir", env = "IRONBAKE_PROJECT", default_value_os_t = project_root())]
+    project: PathBuf,
 }
 
 /// Where the project, the published root and the caches are.
@@ -153,6 +183,11 @@ pub fn init_tracing(verbose: bool) {
 }
 
 impl Cli {
+    /// Does the command set up its own logging (the boot server's event log)?
+    pub fn logs_itself(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+
     /// Runs the chosen subcommand.
     pub fn run(self) -> Result<ExitCode> {
         match self.command {
@@ -166,6 +201,18 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Test(c) => c.run(),
+            Command::Serve(mut a) => {
+                let project = project_root();
+                if a.root.is_relative() {
+                    a.root = project.join(&a.root);
+                }
+                if a.inventory.is_relative() {
+                    a.inventory = project.join(&a.inventory);
+                }
+                a.run().map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Inventory(InventoryCommand::Add(a)) => a.run(),
             Command::Bench(c) => {
                 bench::run(c.what, &c.recipe, !c.no_record).map(|_| ExitCode::SUCCESS)
             }
@@ -335,5 +382,89 @@ impl Test {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl InventoryAdd {
+    fn run(self) -> Result<ExitCode> {
+        let path = self.project.join("inventory.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let new = inventory_with_node(&text, &self.mac, &self.name, self.recipe.as_deref())?;
+        let tmp = path.with_extension("toml.new");
+        std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        println!(
+            "inventory.toml: {} is now node {} (a running boot server picks this up at the machine's next request)",
+            self.mac, self.name
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `text` with a `[nodes.NAME]` table appended for `mac`; refused (with the reason) if the
+/// result is not a valid inventory: a name or MAC already used, a malformed MAC, no recipe.
+pub fn inventory_with_node(
+    text: &str,
+    mac: &str,
+    name: &str,
+    recipe: Option<&str>,
+) -> Result<String> {
+    let current = inventory::parse("inventory.toml", text)?;
+    let mac = netboot::hub::normalize_mac(mac)
+        .with_context(|| format!("{mac:?} is not a MAC address (like 52:54:00:12:34:56)"))?;
+    if current.nodes.contains_key(name) {
+        bail!("inventory.toml already has a node named {name}; pick another name");
+    }
+    if let Some((other, _)) = current.nodes.iter().find(|(_, n)| n.mac == mac) {
+        bail!("inventory.toml already has {mac} as node {other}");
+    }
+    let recipe = match recipe.or(current.defaults.recipe.as_deref()) {
+        Some(r) => r.to_string(),
+        None => bail!(
+            "say which recipe {name} boots: --recipe NAME (the inventory has no [defaults] recipe)"
+        ),
+    };
+    let mut new = text.to_string();
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&format!(
+        "\n[nodes.{name}]\nmac = \"{mac}\"\nrecipe = \"{recipe}\"\n"
+    ));
+    inventory::parse("inventory.toml", &new).context("the new inventory would not be valid")?;
+    Ok(new)
+}
+
+#[cfg(test)]
+mod inventory_add_tests {
+    use super::inventory_with_node;
+
+    #[test]
+    fn a_node_is_appended_and_mistakes_are_refused() {
+        let text = "# the lab\n[defaults]\nrecipe = \"ci-node\"\n\n[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"ci-node\"\n";
+        let new = inventory_with_node(text, "52-54-00-00-00-99", "b", None).unwrap();
+        assert!(new.starts_with(text), "comments and layout are kept");
+        assert!(
+            new.ends_with("\n[nodes.b]\nmac = \"52:54:00:00:00:99\"\nrecipe = \"ci-node\"\n"),
+            "{new}"
+        );
+        let err = |mac: &str, name: &str, recipe: Option<&str>, t: &str| {
+            format!(
+                "{:#}",
+                inventory_with_node(t, mac, name, recipe).unwrap_err()
+            )
+        };
+        assert!(err("52:54:00:00:00:02", "a", None, text).contains("already has a node named a"));
+        assert!(
+            err("52:54:00:00:00:01", "c", None, text)
+                .contains("already has 52:54:00:00:00:01 as node a")
+        );
+        assert!(err("nope", "c", None, text).contains("is not a MAC address"));
+        assert!(err("52:54:00:00:00:03", "c", None, "").contains("--recipe"));
+        assert!(err("52:54:00:00:00:03", "Bad_Name", Some("r"), "").contains("hostname"));
     }
 }

@@ -6,7 +6,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = ironbake::cli::Cli::parse();
-    ironbake::cli::init_tracing(cli.verbose);
+    if !cli.logs_itself() {
+        ironbake::cli::init_tracing(cli.verbose);
+    }
     match cli.run() {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,111 @@
+//! The `serve` command line, shared by `netboot serve` and `cargo xtask serve`.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
+/// ironbake's boot server: serves the images `cargo xtask build` published.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The published root, as `cargo xtask build` writes it.
+    #[arg(long, value_name = "dir", default_value = "out")]
+    pub root: PathBuf,
+    /// The inventory: which MAC boots what, per-node variables.
+    #[arg(long, value_name = "file", default_value = "inventory.toml")]
+    pub inventory: PathBuf,
+    /// Keep generated node identities (machine-id) here, so they survive reboots.
+    #[arg(long, value_name = "dir")]
+    pub state: Option<PathBuf>,
+    /// Address the TFTP and HTTP servers listen on.
+    #[arg(long, value_name = "ip", default_value = "0.0.0.0")]
+    pub bind: std::net::Ipv4Addr,
+    /// Address nodes reach this server at (default: --bind; needed when --bind is 0.0.0.0).
+    #[arg(long, value_name = "ip")]
+    pub advertise: Option<std::net::Ipv4Addr>,
+    /// HTTP port.
+    #[arg(long, value_name = "port", default_value_t = 80)]
+    pub http_port: u16,
+    /// TFTP port.
+    #[arg(long, value_name = "port", default_value_t = 69)]
+    pub tftp_port: u16,
+    /// Do not run proxyDHCP (the router itself points PXE clients at this server).
+    #[arg(long)]
+    pub no_dhcp: bool,
+    /// DHCP server port for proxyDHCP.
+    #[arg(long, value_name = "port", default_value_t = 67)]
+    pub dhcp_port: u16,
+    /// PXE boot-server port.
+    #[arg(long, value_name = "port", default_value_t = 4011)]
+    pub pxe_port: u16,
+    /// Answer DHCP only on this network interface.
+    #[arg(long, value_name = "name")]
+    pub interface: Option<String>,
+    /// Largest TFTP window granted (RFC 7440).
+    #[arg(long, value_name = "blocks", default_value_t = 16)]
+    pub tftp_max_window: u16,
+    /// Largest TFTP block size granted (RFC 2348).
+    #[arg(long, value_name = "bytes", default_value_t = 1468)]
+    pub tftp_max_blksize: u16,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The server settings these flags describe.
+    pub fn config(&self) -> crate::serve::Config {
+        crate::serve::Config {
+            root: self.root.clone(),
+            inventory: self.inventory.clone(),
+            state_dir: self.state.clone(),
+            bind: self.bind,
+            advertise: self.advertise,
+            http_port: self.http_port,
+            tftp_port: self.tftp_port,
+            dhcp: !self.no_dhcp,
+            dhcp_port: self.dhcp_port,
+            pxe_port: self.pxe_port,
+            interface: self.interface.clone(),
+            tftp: crate::tftp::Config {
+                max_window: self.tftp_max_window,
+                max_blksize: self.tftp_max_blksize,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Sets up logging and serves until Ctrl-C.
+    pub fn run(&self) -> Result<(), Box<dyn std::error::Error>> {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("NETBOOT_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // A caller that set up logging already keeps its own.
+        let _ = match self.log_format {
+            LogFormat::Text => tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(false)
+                .try_init(),
+            LogFormat::Json => tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .try_init(),
+        };
+        let cfg = self.config();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let hub = std::sync::Arc::new(crate::hub::Hub::new());
+        rt.block_on(crate::serve::run(cfg, hub, |_| {}, async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))?;
+        Ok(())
+    }
+}
