@@ -150,7 +150,7 @@ pub async fn run(
     let dhcp_socks = if cfg.dhcp {
         let bind = |port: u16, what: &'static str| {
             let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-            bind_dhcp(addr, cfg.interface.as_deref()).map_err(|source| ServeError::Bind {
+            dhcp::bind_port(addr, cfg.interface.as_deref()).map_err(|source| ServeError::Bind {
                 what,
                 addr: addr.to_string(),
                 hint: bind_hint(&source, port),
@@ -239,24 +239,6 @@ pub async fn run(
             }),
         },
     }
-}
-
-/// A UDP socket for DHCP: address reuse (the router's DHCP may share the host), broadcast,
-/// and bound to one interface when one is named.
-fn bind_dhcp(
-    addr: SocketAddrV4,
-    interface: Option<&str>,
-) -> std::io::Result<tokio::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_broadcast(true)?;
-    if let Some(ifc) = interface {
-        s.bind_device(Some(ifc.as_bytes()))?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::V4(addr).into())?;
-    tokio::net::UdpSocket::from_std(s.into())
 }
 
 fn log_published(root: &Path, nodes: &Inventories) {

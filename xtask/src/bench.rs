@@ -26,6 +26,8 @@ pub enum What {
     Build,
     /// initrd.img size vs Debian's mkinitramfs; kernel start to ready under QEMU, by stage.
     Initramfs,
+    /// The boot server: TFTP vs tftpd-hpa and dnsmasq, HTTP vs nginx, a 100-node boot storm.
+    Serve,
 }
 
 struct Row {
@@ -190,6 +192,32 @@ pub fn machine() -> String {
 
 /// Runs a benchmark, prints it, and appends it to BENCHMARKS.md if `record`.
 pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
+    if what == What::Serve {
+        let progress = Progress::new(false);
+        host::ensure(&[host::BUILD, host::TEST, host::BENCH_SERVE].concat(), &progress)?;
+        // The server is measured as users run it: a release build.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(&cargo)
+            .current_dir(project_root())
+            .args(["build", "--release", "--quiet", "-p", "netboot"])
+            .status()
+            .context("building netboot (release)")?;
+        if !status.success() {
+            bail!("building netboot (release) failed");
+        }
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(project_root()).args([
+            "run", "--quiet", "-p", "qemu-tests", "--bin", "serve-bench", "--",
+        ]);
+        if !record {
+            cmd.arg("--no-record");
+        }
+        let status = cmd.status().context("running the boot server benchmark")?;
+        if !status.success() {
+            bail!("the boot server benchmark failed");
+        }
+        return Ok(());
+    }
     if what == What::Initramfs {
         // The VM harness lives in qemu-tests, which depends on this crate: run its benchmark.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -87,6 +87,63 @@ pub const TEST: &[Need] = &[
     },
 ];
 
+/// `/usr/sbin/policy-rc.d` answering "never start" while it lives (unless one exists).
+struct NoDaemons(Option<&'static str>);
+
+impl NoDaemons {
+    fn new() -> NoDaemons {
+        const PATH: &str = "/usr/sbin/policy-rc.d";
+        if std::path::Path::new(PATH).exists() {
+            return NoDaemons(None);
+        }
+        let ok = std::fs::write(PATH, "#!/bin/sh\n# ironbake: no daemons start during install\nexit 101\n")
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    PATH,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+            })
+            .is_ok();
+        NoDaemons(ok.then_some(PATH))
+    }
+}
+
+impl Drop for NoDaemons {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// What `cargo xtask bench serve` runs its anchors with.
+pub const BENCH_SERVE: &[Need] = &[
+    Need {
+        tool: "/usr/sbin/in.tftpd",
+        package: "tftpd-hpa",
+    },
+    Need {
+        tool: "/usr/sbin/nginx",
+        package: "nginx-light",
+    },
+    Need {
+        tool: "dnsmasq",
+        package: "dnsmasq-base",
+    },
+    Need {
+        tool: "atftp",
+        package: "atftp",
+    },
+    Need {
+        tool: "curl",
+        package: "curl",
+    },
+    Need {
+        tool: "tc",
+        package: "iproute2",
+    },
+];
+
 /// Is this process root?
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
@@ -124,6 +181,10 @@ pub fn ensure(needs: &[Need], progress: &crate::progress::Progress) -> Result<()
     }
     let stage = progress.stage(&format!("apt-get install {}", pkgs.join(" ")));
     let sink = |l: &str| stage.line(l);
+    // Packages such as tftpd-hpa and nginx start a daemon on install; ironbake only runs them
+    // itself, inside its own network namespaces. policy-rc.d (Debian's mechanism for this)
+    // stops invoke-rc.d from starting anything while we install.
+    let _no_daemons = NoDaemons::new();
     Tool::new("apt-get")
         .arg("update")
         .env("DEBIAN_FRONTEND", "noninteractive")
