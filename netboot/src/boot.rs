@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(&a[..3], &[0, 0, 0]);
         assert_eq!(&a[3..9], b"070701");
         let text = String::from_utf8_lossy(&a);
-        assert!(text.contains(&format!("ironbake/node/etc/hostname\0")));
+        assert!(text.contains("ironbake/node/etc/hostname\0"));
         assert!(text.contains(&format!("ci0 {}\n", m.recipe)));
         assert!(text.contains("ironbake/node/etc/machine-id\0"));
         let b = settings_archive(&m, &t, node, &extra, 4000).unwrap();

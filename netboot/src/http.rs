@@ -394,6 +394,19 @@ fn stream_body(
         hub: Arc<Hub>,
         done: Option<Box<dyn FnOnce() + Send>>,
     }
+    impl St {
+        /// Calls `done` once the last byte is out: hyper stops polling a body whose
+        /// Content-Length has been sent, so the end of the stream may never be seen.
+        fn finish_if_done(&mut self) {
+            let left = self.pieces.iter().any(|p| match p {
+                Piece::Bytes(b) => !b.is_empty(),
+                Piece::File { len, .. } => *len > 0,
+            });
+            if !left && let Some(done) = self.done.take() {
+                done();
+            }
+        }
+    }
     let st = St {
         file,
         pieces,
@@ -414,6 +427,7 @@ fn stream_body(
                     let b = std::mem::take(b);
                     st.pieces.pop_front();
                     Metrics::add(&st.hub.metrics.http_bytes, b.len() as u64);
+                    st.finish_if_done();
                     return Some((Ok::<Bytes, std::io::Error>(b), st));
                 }
                 Piece::File { start, len } => {
@@ -443,6 +457,7 @@ fn stream_body(
                             *len -= n as u64;
                             st.pos = Some(*start);
                             Metrics::add(&st.hub.metrics.http_bytes, n as u64);
+                            st.finish_if_done();
                             return Some((Ok(Bytes::from(buf)), st));
                         }
                         Err(e) => return Some((Err(e), st)),

@@ -268,7 +268,11 @@ impl Hub {
         if let Some(m) = self.board().ips.get(&ip) {
             return Some(m.clone());
         }
-        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        // thread-self: the table of this thread's network namespace (`/proc/net` follows the
+        // process's main thread, which may live in another one).
+        let table = std::fs::read_to_string("/proc/thread-self/net/arp")
+            .or_else(|_| std::fs::read_to_string("/proc/net/arp"))
+            .ok()?;
         let mac = mac_from_arp_table(&table, ip)?;
         self.learn_ip(ip, &mac);
         Some(mac)

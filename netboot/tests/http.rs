@@ -187,7 +187,7 @@ fn boot_scripts_and_settings_come_from_the_inventory() {
         &format!("{}/nodes/52:54:00:00:00:01/settings.img", f.base),
     );
     assert_eq!(st, 200);
-    assert_eq!(&a[..9], b"\0\0\0070701");
+    assert_eq!(&a[..9], b"\x00\x00\x00070701");
     let text = String::from_utf8_lossy(&a).into_owned();
     assert!(text.contains("ironbake/node/etc/hostname\0"), "{text:?}");
     assert!(text.contains("ci0 lab r1\n"), "{text:?}");
@@ -236,6 +236,9 @@ fn files_have_ranges_etags_and_cache_headers() {
     .unwrap();
     let (sha, _) = layout::sha256_reader(&data[..]).unwrap();
 
+    // The script request tells the server which MAC this address is; a layer sent in full
+    // then counts as the node's image stage.
+    curl(&[], &format!("{}/boot.ipxe?mac=52:54:00:00:00:01", f.base));
     let (st, h, body) = curl(&[], &vpath);
     assert_eq!(st, 200);
     assert_eq!(body, data);
@@ -345,6 +348,7 @@ fn files_have_ranges_etags_and_cache_headers() {
         nodes.contains("\"stage\": \"ready\"") && nodes.contains("52:54:00:00:00:01"),
         "{nodes}"
     );
+    assert!(nodes.contains("\"stage\": \"image\""), "{nodes}");
     let (_, _, m) = curl(&[], &format!("{}/metrics", f.base));
     let m = String::from_utf8_lossy(&m);
     assert!(

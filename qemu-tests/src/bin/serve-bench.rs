@@ -273,7 +273,8 @@ fn main() -> Result<()> {
             "69".into(),
         ]
     };
-    let tftp_servers: Vec<(&'static str, Box<dyn Fn() -> Result<Daemon>>)> = vec![
+    type Start<'a> = Box<dyn Fn() -> Result<Daemon> + 'a>;
+    let tftp_servers: Vec<(&'static str, Start)> = vec![
         (
             "ironbake netboot",
             Box::new(|| {
