@@ -238,6 +238,71 @@ impl Inventories {
         Ok(Some(id))
     }
 
+    /// The node's SSH host key (ed25519): made once, kept in the state folder, so the node
+    /// keeps its SSH identity across boots and versions. `(private, public)` in OpenSSH form.
+    fn host_key(&self, name: &str) -> Result<Option<(String, String)>, TargetError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(None);
+        };
+        let io = |what: &str| {
+            let what = format!("{what} in {}", dir.display());
+            move |source| TargetError::Io { what, source }
+        };
+        let path = dir.join("ssh").join(name).join("ssh_host_ed25519_key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => ssh_key::PrivateKey::from_openssh(&text).map_err(|e| TargetError::Io {
+                what: format!("reading {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+            Err(_) => {
+                let key = ssh_key::PrivateKey::random(
+                    &mut ssh_key::rand_core::OsRng,
+                    ssh_key::Algorithm::Ed25519,
+                )
+                .map_err(|e| TargetError::Io {
+                    what: "making an SSH host key".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                let text =
+                    key.to_openssh(ssh_key::LineEnding::LF)
+                        .map_err(|e| TargetError::Io {
+                            what: "encoding an SSH host key".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                std::fs::create_dir_all(path.parent().expect("has parent"))
+                    .map_err(io("creating the state folder"))?;
+                let tmp = path.with_extension("tmp");
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                        .map_err(io("writing an SSH host key"))?;
+                    std::io::Write::write_all(&mut f, text.as_bytes())
+                        .map_err(io("writing an SSH host key"))?;
+                }
+                std::fs::rename(&tmp, &path).map_err(io("writing an SSH host key"))?;
+                tracing::info!(node = name, "new SSH host key kept in {}", path.display());
+                key
+            }
+        };
+        let private = key
+            .to_openssh(ssh_key::LineEnding::LF)
+            .map_err(|e| TargetError::Io {
+                what: "encoding an SSH host key".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .to_string();
+        let public = key.public_key().to_openssh().map_err(|e| TargetError::Io {
+            what: "encoding an SSH host key".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Some((private, format!("{public} root@{name}\n"))))
+    }
+
     /// The node's settings archive, ready to follow the version's initramfs.
     pub fn settings(&self, _root: &Path, t: &Target) -> Result<Vec<u8>, TargetError> {
         let templates = {
@@ -267,6 +332,18 @@ impl Inventories {
                 dest: "/etc/machine-id".into(),
                 data: format!("{id}\n").into_bytes(),
                 mode: 0o444,
+            });
+        }
+        if let Some((private, public)) = self.host_key(&t.name)? {
+            extra.push(ExtraFile {
+                dest: "/etc/ssh/ssh_host_ed25519_key".into(),
+                data: private.into_bytes(),
+                mode: 0o600,
+            });
+            extra.push(ExtraFile {
+                dest: "/etc/ssh/ssh_host_ed25519_key.pub".into(),
+                data: public.into_bytes(),
+                mode: 0o644,
             });
         }
         let initrd_len = std::fs::metadata(t.version_dir.join(boot::INITRD)).map_or(0, |m| m.len());

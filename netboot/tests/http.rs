@@ -204,6 +204,27 @@ fn boot_scripts_and_settings_come_from_the_inventory() {
         &format!("{}/nodes/52:54:00:00:00:01/settings.img", f.base),
     );
     assert_eq!(id_of(&text), id_of(&String::from_utf8_lossy(&b)));
+    // Its SSH host key: private (mode 0600 in the archive), and the same at every boot.
+    let key_of = |t: &str| {
+        let name = "ironbake/node/etc/ssh/ssh_host_ed25519_key\0";
+        let at = t.find(name).expect("a host key in the archive");
+        let mode = &t[at - 110 + 14..at - 110 + 22];
+        let key: String = t[at + name.len()..]
+            .trim_start_matches('\0')
+            .split('\0')
+            .next()
+            .unwrap()
+            .to_string();
+        (mode.to_string(), key)
+    };
+    let (mode, key) = key_of(&text);
+    assert_eq!(mode, "00008180", "mode 0100600");
+    assert!(
+        key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "{key}"
+    );
+    assert_eq!(key_of(&String::from_utf8_lossy(&b)).1, key);
+    assert!(text.contains("ironbake/node/etc/ssh/ssh_host_ed25519_key.pub\0"));
 
     // An inventory edit is picked up without a restart; a broken edit keeps the last good one.
     std::thread::sleep(std::time::Duration::from_millis(20));
