@@ -145,6 +145,23 @@ impl Server {
         .map_err(|_| anyhow::anyhow!("the GET thread panicked"))?
     }
 
+    /// The first line a TCP service at `addr` sends (an SSH banner), read from inside the
+    /// server's namespace.
+    pub fn banner(&self, addr: std::net::SocketAddr) -> Result<String> {
+        let ns = self.ns_file.clone();
+        std::thread::spawn(move || -> Result<String> {
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line)?;
+            Ok(line.trim_end().to_string())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

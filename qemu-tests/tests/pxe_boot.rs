@@ -67,6 +67,7 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
     // The server saw every stage of this boot, in order, and says so at /api/v1/nodes.
     let report = deadline::REPORT;
     let start = std::time::Instant::now();
+    let mut ip: Option<String>;
     let stages = loop {
         let nodes = server.get("/api/v1/nodes").unwrap();
         let v: serde_json::Value = serde_json::from_str(&nodes).unwrap();
@@ -87,6 +88,9 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
                     .collect()
             })
             .unwrap_or_default();
+        ip = node
+            .as_ref()
+            .and_then(|n| n["ip"].as_str().map(str::to_string));
         if stages.last().map(String::as_str) == Some("ready") || start.elapsed() > report {
             eprintln!("{nodes}");
             break stages;
@@ -107,6 +111,11 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
         "server log:\n{}",
         tail(&server.log_text(), 40)
     );
+    // sshd runs: it starts only with a host key, and the image has none; this one came in the
+    // node's settings.
+    let ip: std::net::IpAddr = ip.expect("the node's address").parse().unwrap();
+    let banner = server.banner((ip, 22).into()).unwrap();
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner}");
     let metrics = server.get("/metrics").unwrap();
     assert!(metrics.contains("ironbake_dhcp_replies_total"), "{metrics}");
     assert!(
