@@ -35,11 +35,67 @@ enum Command {
     Setup(Setup),
     Test(Test),
     Bench(Bench),
+    Boot(BootVms),
     /// Run the boot server on what is published (the same as `netboot serve`; relative
     /// --root and --inventory are taken from the project folder).
     Serve(Box<netboot::cli::ServeArgs>),
     #[command(subcommand)]
     Inventory(InventoryCommand),
+}
+
+/// Build a recipe if needed and PXE-boot its inventory nodes in QEMU VMs on a virtual LAN
+/// (a router with plain DHCP, the boot server, a bridge), streaming their consoles.
+#[derive(Debug, Args)]
+struct BootVms {
+    /// The recipe (its nodes in inventory.toml are booted).
+    #[arg(value_name = "recipe")]
+    recipe: String,
+    /// How many of the recipe's inventory nodes to boot at once.
+    #[arg(long, value_name = "n", default_value_t = 1)]
+    nodes: usize,
+    /// Exit 0 once every node is ready, non-zero with its last console lines on timeout.
+    #[arg(long)]
+    check: bool,
+    /// With --check: how long to wait for every ready line.
+    #[arg(long, value_name = "seconds", default_value_t = 600)]
+    timeout: u64,
+    /// Boot the recipe's disk image instead of PXE.
+    #[arg(long)]
+    disk: bool,
+}
+
+impl BootVms {
+    fn run(self) -> Result<ExitCode> {
+        host::ensure(&[host::BUILD, host::TEST].concat(), &Progress::new(false))?;
+        // The VM harness lives in qemu-tests, which depends on this crate: run its binary.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(project_root())
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "qemu-tests",
+                "--bin",
+                "vm-boot",
+                "--",
+            ])
+            .arg(&self.recipe)
+            .args(["--nodes", &self.nodes.to_string()])
+            .args(["--timeout", &self.timeout.to_string()]);
+        if self.check {
+            cmd.arg("--check");
+        }
+        if self.disk {
+            cmd.arg("--disk");
+        }
+        let status = cmd.status().context("running the VM harness")?;
+        Ok(match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+            None => ExitCode::FAILURE,
+        })
+    }
 }
 
 /// Edit the inventory (inventory.toml).
@@ -213,6 +269,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Inventory(InventoryCommand::Add(a)) => a.run(),
+            Command::Boot(b) => b.run(),
             Command::Bench(c) => {
                 bench::run(c.what, &c.recipe, !c.no_record).map(|_| ExitCode::SUCCESS)
             }

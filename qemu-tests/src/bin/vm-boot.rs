@@ -1,0 +1,294 @@
+//! `cargo xtask boot RECIPE`: the whole system in VMs. Builds the recipe if needed, makes a
+//! virtual LAN (a dnsmasq router with plain DHCP, `netboot serve` with proxyDHCP, TFTP and
+//! HTTP, a bridge), and PXE-boots the inventory's nodes for the recipe under QEMU (q35, OVMF,
+//! TCG), streaming each console with the node's name as prefix and the server's log.
+//!
+//! `--check` exits 0 once every node printed its ready line, non-zero with the last console
+//! lines on timeout. Without it the VMs keep running until Ctrl-C. Ctrl-C or any failure tears
+//! down every VM and namespace.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ironbake::pipeline::{self, Paths};
+use ironbake::progress::Progress;
+use qemu_tests::lan::Lan;
+use qemu_tests::qemu::{Nic, Vm, VmConfig, ovmf};
+use qemu_tests::server::Server;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+struct Args {
+    recipe: String,
+    nodes: usize,
+    check: bool,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        recipe: String::new(),
+        nodes: 1,
+        check: false,
+        timeout: Duration::from_secs(600),
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--nodes" => {
+                a.nodes = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n >= 1)
+                    .context("--nodes takes a number, 1 or more")?;
+            }
+            "--check" => a.check = true,
+            "--timeout" => {
+                a.timeout = Duration::from_secs(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .context("--timeout takes seconds")?,
+                );
+            }
+            "--disk" => bail!(
+                "--disk boots a recipe's disk image; disk images are not built yet (see the status in README.md)"
+            ),
+            r if !r.starts_with('-') && a.recipe.is_empty() => a.recipe = r.to_string(),
+            other => bail!(
+                "unknown argument {other:?}; usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS]"
+            ),
+        }
+    }
+    if a.recipe.is_empty() {
+        bail!("usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS]");
+    }
+    Ok(a)
+}
+
+/// A log being followed: new complete lines are printed with a prefix.
+struct Follow {
+    prefix: String,
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+    filter: fn(&str) -> bool,
+}
+
+impl Follow {
+    fn pump(&mut self) {
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return;
+        }
+        self.offset += buf.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        while let Some(i) = self.partial.find(['\n', '\r']) {
+            let line: String = self.partial.drain(..=i).collect();
+            // Strip terminal escapes the firmware and systemd print.
+            let clean = strip_escapes(line.trim_end());
+            if !clean.trim().is_empty() && (self.filter)(&clean) {
+                println!("{} {clean}", self.prefix);
+            }
+        }
+    }
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<std::process::ExitCode> {
+    let args = parse_args()?;
+    if !qemu_tests::require::vm_tests() {
+        bail!("cannot boot VMs here (see above)");
+    }
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            nix::sys::signal::sigaction(sig, &action).context("installing the Ctrl-C handler")?;
+        }
+    }
+
+    let project = ironbake::cli::project_root();
+    let paths = Paths {
+        project: project.clone(),
+        out: project.join("out"),
+        cache: project.join(".cache"),
+        etc_apt: "/etc/apt".into(),
+    };
+    pipeline::require_root()?;
+    let built = pipeline::build(&paths, &args.recipe, &Progress::new(false))?;
+    let m = &built.manifest;
+    println!(
+        "booting {}@{} from {}",
+        m.recipe,
+        m.version,
+        paths.out.display()
+    );
+
+    let inventory_path = project.join("inventory.toml");
+    let inv = ironbake::inventory::load(&project)?;
+    let nodes: Vec<(String, String)> = inv
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.recipe == args.recipe)
+        .map(|(name, n)| (name.clone(), n.mac.clone()))
+        .take(args.nodes)
+        .collect();
+    if nodes.len() < args.nodes {
+        bail!(
+            "inventory.toml has {} node(s) for {} and --nodes asks for {}; add some with `cargo xtask inventory add MAC NAME --recipe {}` (QEMU MACs start with 52:54:00)",
+            nodes.len(),
+            args.recipe,
+            args.nodes,
+            args.recipe
+        );
+    }
+
+    let dir = project.join("target").join("boot").join(&args.recipe);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let lan = Lan::new("boot", &dir)?;
+    let server = Server::start(&lan, &paths.out, &inventory_path, &dir)?;
+    println!(
+        "LAN: namespace {} (router {} with plain DHCP); boot server at http://{}:{}; logs in {}",
+        lan.ns.name(),
+        lan.router_name(),
+        qemu_tests::lan::SERVER_IP,
+        qemu_tests::server::HTTP_PORT,
+        dir.display()
+    );
+    let mut follows = vec![Follow {
+        prefix: "[netboot]".into(),
+        path: server.log.clone(),
+        offset: 0,
+        partial: String::new(),
+        filter: |l| !l.contains(" DEBUG "),
+    }];
+    let mut vms = Vec::new();
+    for (name, mac) in &nodes {
+        let cfg = VmConfig {
+            name: name.clone(),
+            boot: ovmf(),
+            mem_mib: 1536,
+            nic: Some(Nic {
+                mac: mac.clone(),
+                tap: lan.tap()?,
+            }),
+            disks: vec![],
+        };
+        let vm = Vm::start(&lan.ns, &cfg, &dir)?;
+        follows.push(Follow {
+            prefix: format!("[{name}]"),
+            path: vm.log.clone(),
+            offset: 0,
+            partial: String::new(),
+            filter: |_| true,
+        });
+        vms.push((name.clone(), vm));
+    }
+
+    let start = Instant::now();
+    let mut ready = vec![false; vms.len()];
+    let mut announced = false;
+    loop {
+        for f in &mut follows {
+            f.pump();
+        }
+        for (i, (name, vm)) in vms.iter_mut().enumerate() {
+            if !ready[i] {
+                let needle = format!("ironbake: {name} ready {}@", m.recipe);
+                ready[i] = vm.console.text().contains(&needle);
+            }
+            if !vm.alive() {
+                bail!(
+                    "VM {name} stopped; last console lines:\n{}",
+                    vm.console.tail(30)
+                );
+            }
+        }
+        if ready.iter().all(|r| *r) && !announced {
+            announced = true;
+            println!(
+                "all {} node(s) ready after {:.0} s{}",
+                vms.len(),
+                start.elapsed().as_secs_f64(),
+                if args.check {
+                    ""
+                } else {
+                    "; Ctrl-C stops them"
+                }
+            );
+            if args.check {
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+        }
+        if args.check && start.elapsed() > args.timeout {
+            for (i, (name, vm)) in vms.iter().enumerate() {
+                if !ready[i] {
+                    eprintln!(
+                        "{name}: no ready line after {} s; last console lines:\n{}",
+                        args.timeout.as_secs(),
+                        vm.console.tail(30)
+                    );
+                }
+            }
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+        if STOP.load(Ordering::SeqCst) {
+            println!("stopping: every VM, the boot server and the LAN are removed");
+            return Ok(std::process::ExitCode::from(130));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
