@@ -128,3 +128,209 @@ fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A VM on `lan` that PXE-boots with `mac`.
+fn pxe_vm(lan: &Lan, name: &str, mac: &str) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        boot: ovmf(),
+        mem_mib: 1536,
+        nic: Some(Nic {
+            mac: mac.into(),
+            tap: lan.tap().unwrap(),
+        }),
+        disks: vec![],
+    }
+}
+
+/// Waits for `node`'s ready line and returns the version it names.
+fn ready_version(vm: &mut Vm, server: &Server, node: &str) -> String {
+    let needle = format!("ironbake: {node} ready ci-node@");
+    match vm.wait_line("the ready line", &needle, deadline::PXE_READY, 0) {
+        Ok((line, _)) => line
+            .split("ci-node@")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_string(),
+        Err(e) => panic!(
+            "{e:#}\n--- server log (last 40 lines) ---\n{}",
+            tail(&server.log_text(), 40)
+        ),
+    }
+}
+
+fn discovered(server: &Server, mac: &str) -> Option<serde_json::Value> {
+    let text = server.get("/api/v1/discovered").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["mac"] == mac)
+        .cloned()
+}
+
+#[test]
+fn two_nodes_boot_at_once_each_with_its_own_name_and_settings() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = ci_node();
+    let _one = one_at_a_time();
+    let dir = test_dir("pxe-two-nodes");
+    let lan = Lan::new("pxe2", &dir).unwrap();
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        "[nodes.ci0]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"ci-node\"\n\
+         [nodes.ci1]\nmac = \"52:54:00:00:00:02\"\nrecipe = \"ci-node\"\n",
+    )
+    .unwrap();
+    let server = Server::start(&lan, &img.out, &inventory, &dir).unwrap();
+    let mut a = Vm::start(&lan.ns, &pxe_vm(&lan, "ci0", "52:54:00:00:00:01"), &dir).unwrap();
+    let mut b = Vm::start(&lan.ns, &pxe_vm(&lan, "ci1", "52:54:00:00:00:02"), &dir).unwrap();
+    assert_eq!(ready_version(&mut a, &server, "ci0"), img.manifest.version);
+    assert_eq!(ready_version(&mut b, &server, "ci1"), img.manifest.version);
+    // Each got its own settings: its own machine-id and host key, kept by the server.
+    let state = dir.join("netboot-state");
+    let id0 = std::fs::read_to_string(state.join("machine-id/ci0")).unwrap();
+    let id1 = std::fs::read_to_string(state.join("machine-id/ci1")).unwrap();
+    assert!(id0.trim().len() == 32 && id0 != id1, "{id0} {id1}");
+    let k0 = std::fs::read(state.join("ssh/ci0/ssh_host_ed25519_key")).unwrap();
+    let k1 = std::fs::read(state.join("ssh/ci1/ssh_host_ed25519_key")).unwrap();
+    assert_ne!(k0, k1);
+}
+
+#[test]
+fn an_unknown_machine_is_discovered_and_boots_the_inventorys_default() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = ci_node();
+    let _one = one_at_a_time();
+    let dir = test_dir("pxe-unknown");
+    let lan = Lan::new("pxeu", &dir).unwrap();
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(&inventory, "[defaults]\nrecipe = \"ci-node\"\n").unwrap();
+    let server = Server::start(&lan, &img.out, &inventory, &dir).unwrap();
+    let mac = "52:54:00:00:00:99";
+    let mut vm = Vm::start(&lan.ns, &pxe_vm(&lan, "unknown", mac), &dir).unwrap();
+    assert_eq!(
+        ready_version(&mut vm, &server, "node-525400000099"),
+        img.manifest.version
+    );
+    let d = discovered(&server, mac).expect("the machine is listed as discovered");
+    assert_eq!(d["arch"], "x64 UEFI", "{d}");
+    assert!(
+        d["vendor_class"].as_str().unwrap().starts_with("PXEClient"),
+        "{d}"
+    );
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("unknown machine").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+#[test]
+fn an_unknown_machine_is_left_alone_until_the_inventory_names_it() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = ci_node();
+    let _one = one_at_a_time();
+    let dir = test_dir("pxe-left-alone");
+    let lan = Lan::new("pxel", &dir).unwrap();
+    let inventory = dir.join("inventory.toml");
+    // No [defaults] recipe: unknown machines get no answer at all.
+    std::fs::write(&inventory, "# the lab\n").unwrap();
+    let server = Server::start(&lan, &img.out, &inventory, &dir).unwrap();
+    let mac = "52:54:00:00:00:98";
+    let mut vm = Vm::start(&lan.ns, &pxe_vm(&lan, "late0", mac), &dir).unwrap();
+    let start = std::time::Instant::now();
+    while discovered(&server, mac).is_none() {
+        assert!(
+            start.elapsed() < deadline::FIRST_STAGE,
+            "the machine never asked; console:\n{}",
+            vm.console.tail(20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        server.hub.boots().iter().all(|b| b.mac != mac),
+        "an unknown machine got an answer"
+    );
+    // `cargo xtask inventory add` while the firmware is still asking: the server reloads the
+    // inventory and the machine boots as the new node.
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    let new = ironbake::cli::inventory_with_node(&text, mac, "late0", Some("ci-node")).unwrap();
+    std::fs::write(&inventory, new).unwrap();
+    assert_eq!(
+        ready_version(&mut vm, &server, "late0"),
+        img.manifest.version
+    );
+}
+
+#[test]
+fn upgrade_and_rollback_by_moving_current() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let _one = one_at_a_time();
+    let dir = test_dir("pxe-upgrade");
+    // Two versions of ci-node in a root of this test's own: the project's, then one with an
+    // overlay edited (the package layer comes from the shared cache).
+    let root = ironbake::cli::project_root();
+    let out = dir.join("out");
+    let cache = root.join("target").join("qemu-tests").join("cache");
+    let p = ironbake::progress::Progress::new(false);
+    let paths = |project: std::path::PathBuf| ironbake::pipeline::Paths {
+        project,
+        out: out.clone(),
+        cache: cache.clone(),
+        etc_apt: "/etc/apt".into(),
+    };
+    let v1 = ironbake::pipeline::build(&paths(root.clone()), "ci-node", &p)
+        .unwrap()
+        .manifest
+        .version;
+    let copy = dir.join("project");
+    ironbake::bench::copy_project(&copy).unwrap();
+    std::fs::write(
+        copy.join("overlays/base/files/etc/ironbake-upgrade-test"),
+        "the second version\n",
+    )
+    .unwrap();
+    let v2 = ironbake::pipeline::build(&paths(copy), "ci-node", &p)
+        .unwrap()
+        .manifest
+        .version;
+    assert_ne!(v1, v2);
+
+    let lan = Lan::new("pxeup", &dir).unwrap();
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        "[nodes.up0]\nmac = \"52:54:00:00:00:31\"\nrecipe = \"ci-node\"\n",
+    )
+    .unwrap();
+    let server = Server::start(&lan, &out, &inventory, &dir).unwrap();
+    let cfg = pxe_vm(&lan, "up0", "52:54:00:00:00:31");
+    {
+        let mut vm = Vm::start(&lan.ns, &cfg, &dir).unwrap();
+        assert_eq!(
+            ready_version(&mut vm, &server, "up0"),
+            v2,
+            "current is the new version"
+        );
+    }
+    // Roll back: point current at the old version, power-cycle the node.
+    ironbake::publish::set_current(&out, "ci-node", &v1).unwrap();
+    let mut vm = Vm::start(&lan.ns, &cfg, &dir).unwrap();
+    assert_eq!(
+        ready_version(&mut vm, &server, "up0"),
+        v1,
+        "after the rollback"
+    );
+}

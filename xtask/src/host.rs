@@ -63,6 +63,11 @@ pub const TEST: &[Need] = &[
         tool: "cpio",
         package: "cpio",
     },
+    // libFuzzer (the fuzz targets' engine) is C++, compiled by the libfuzzer-sys crate.
+    Need {
+        tool: "c++",
+        package: "g++",
+    },
     // The VM tests: QEMU, UEFI firmware, network namespaces, GPT disks, and the home router
     // of their LAN (plain DHCP).
     Need {
