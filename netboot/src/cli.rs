@@ -99,7 +99,10 @@ impl ServeArgs {
                 .try_init(),
         };
         let cfg = self.config();
+        // File reads run on tokio's blocking pool; a few threads keep up with the network, and
+        // a hundred (tokio's default cap is 512) would each cost memory.
         let rt = tokio::runtime::Builder::new_multi_thread()
+            .max_blocking_threads(16)
             .enable_all()
             .build()?;
         let hub = std::sync::Arc::new(crate::hub::Hub::new());

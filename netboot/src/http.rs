@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::boot;
 use crate::fsroot::{self, PathError};
@@ -82,6 +81,44 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(file)
         .with_state(state)
+}
+
+/// How much response data hyper buffers per connection before it stops pulling the body: with
+/// hyper's default (about 400 KiB), a hundred nodes fetching at once would hold 40 MB here.
+/// A body chunk ([`CHUNK`]) is still written whole.
+const MAX_BUF: usize = 8 * 1024;
+
+/// Serves `app` on `listener`: HTTP/1.1 with keep-alive (what iPXE and the first stage speak),
+/// each connection's peer address given to the handlers as `ConnectInfo`.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of file descriptors and the like: wait a little, keep serving the others.
+            Err(e) => {
+                tracing::warn!("HTTP accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(req.map(Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_BUF)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "HTTP connection: {e}");
+            }
+        });
+    }
 }
 
 fn count(hub: &Hub, status: StatusCode) {
@@ -379,18 +416,17 @@ enum Piece {
     File { start: u64, len: u64 },
 }
 
-/// A body that streams `pieces`, reading file ranges in 256 KiB chunks, counting bytes, and
+/// A body that streams `pieces`, reading file ranges in [`CHUNK`]-byte chunks, counting bytes, and
 /// calling `done` when the last byte has been handed to hyper.
 fn stream_body(
-    file: tokio::fs::File,
+    file: std::fs::File,
     pieces: VecDeque<Piece>,
     hub: Arc<Hub>,
     done: Option<Box<dyn FnOnce() + Send>>,
 ) -> Body {
     struct St {
-        file: tokio::fs::File,
+        file: std::fs::File,
         pieces: VecDeque<Piece>,
-        pos: Option<u64>,
         hub: Arc<Hub>,
         done: Option<Box<dyn FnOnce() + Send>>,
     }
@@ -410,7 +446,6 @@ fn stream_body(
     let st = St {
         file,
         pieces,
-        pos: None,
         hub,
         done,
     };
@@ -435,15 +470,20 @@ fn stream_body(
                         st.pieces.pop_front();
                         continue;
                     }
-                    if st.pos != Some(*start) {
-                        if let Err(e) = st.file.seek(std::io::SeekFrom::Start(*start)).await {
-                            return Some((Err(e), st));
-                        }
-                        st.pos = Some(*start);
-                    }
-                    let want = (*len).min(256 * 1024) as usize;
-                    let mut buf = vec![0u8; want];
-                    match st.file.read(&mut buf).await {
+                    let want = (*len).min(CHUNK);
+                    // A read on this task, as nginx does: boot artifacts are read again and
+                    // again and sit in the page cache, where a read is a copy; a hop to a
+                    // thread pool per chunk cost more than the copy (measured). The buffer is
+                    // not zeroed first: the read fills it.
+                    let mut buf = Vec::with_capacity(want as usize);
+                    let read = std::io::Seek::seek(&mut st.file, std::io::SeekFrom::Start(*start))
+                        .and_then(|_| {
+                            std::io::Read::read_to_end(
+                                &mut std::io::Read::take(&st.file, want),
+                                &mut buf,
+                            )
+                        });
+                    match read {
                         Ok(0) => {
                             let e = std::io::Error::new(
                                 std::io::ErrorKind::UnexpectedEof,
@@ -452,10 +492,8 @@ fn stream_body(
                             return Some((Err(e), st));
                         }
                         Ok(n) => {
-                            buf.truncate(n);
                             *start += n as u64;
                             *len -= n as u64;
-                            st.pos = Some(*start);
                             Metrics::add(&st.hub.metrics.http_bytes, n as u64);
                             st.finish_if_done();
                             return Some((Ok(Bytes::from(buf)), st));
@@ -468,6 +506,10 @@ fn stream_body(
     });
     Body::from_stream(stream)
 }
+
+/// How much of a file one read takes: large enough that the hop to tokio's blocking pool is
+/// paid rarely, small enough that a hundred nodes fetching at once stay within a few MB.
+const CHUNK: u64 = 128 * 1024;
 
 /// How many ranges one request may ask for; more and the Range header is ignored (a full 200).
 const MAX_RANGES: usize = 16;
@@ -645,7 +687,7 @@ async fn file(
     if method == Method::HEAD {
         return (status, base, Body::empty()).into_response();
     }
-    let f = match tokio::fs::File::open(&real).await {
+    let f = match std::fs::File::open(&real) {
         Ok(f) => f,
         Err(e) => return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };

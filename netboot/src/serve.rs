@@ -190,14 +190,7 @@ pub async fn run(
             Arc::clone(&hub),
         );
         let app = crate::http::router(state);
-        tasks.spawn(async move {
-            let r = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await;
-            ("HTTP", r)
-        });
+        tasks.spawn(async move { ("HTTP", crate::http::serve(listener, app).await) });
     }
     {
         let (root, hub, tcfg) = (root.clone(), Arc::clone(&hub), cfg.tftp.clone());
