@@ -141,6 +141,9 @@ pub struct BootRecord {
     pub started_unix: u64,
     /// The stages seen so far, in order.
     pub stages: Vec<StageRecord>,
+    /// Wall-clock start of this boot, to the nanosecond (for benchmarks; not in the JSON).
+    #[serde(skip)]
+    pub started_wall: Option<SystemTime>,
     #[serde(skip)]
     started: Option<Instant>,
 }
@@ -229,6 +232,7 @@ impl Hub {
                     ip,
                     started_unix: unix_now(),
                     stages: Vec::new(),
+                    started_wall: Some(SystemTime::now()),
                     started: Some(now),
                 },
             );

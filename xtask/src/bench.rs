@@ -28,6 +28,8 @@ pub enum What {
     Initramfs,
     /// The boot server: TFTP vs tftpd-hpa and dnsmasq, HTTP vs nginx, a 100-node boot storm.
     Serve,
+    /// Power-on to ready for ci-node through the whole PXE chain under QEMU, by stage.
+    Boot,
 }
 
 struct Row {
@@ -194,7 +196,10 @@ pub fn machine() -> String {
 pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     if what == What::Serve {
         let progress = Progress::new(false);
-        host::ensure(&[host::BUILD, host::TEST, host::BENCH_SERVE].concat(), &progress)?;
+        host::ensure(
+            &[host::BUILD, host::TEST, host::BENCH_SERVE].concat(),
+            &progress,
+        )?;
         // The server is measured as users run it: a release build.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(&cargo)
@@ -207,7 +212,13 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
         }
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(project_root()).args([
-            "run", "--quiet", "-p", "qemu-tests", "--bin", "serve-bench", "--",
+            "run",
+            "--quiet",
+            "-p",
+            "qemu-tests",
+            "--bin",
+            "serve-bench",
+            "--",
         ]);
         if !record {
             cmd.arg("--no-record");
@@ -218,7 +229,7 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
         }
         return Ok(());
     }
-    if what == What::Initramfs {
+    if what == What::Initramfs || what == What::Boot {
         // The VM harness lives in qemu-tests, which depends on this crate: run its benchmark.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
@@ -230,7 +241,11 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
             "--bin",
             "vm-bench",
             "--",
-            "initramfs",
+            if what == What::Boot {
+                "boot"
+            } else {
+                "initramfs"
+            },
         ]);
         if !record {
             cmd.arg("--no-record");

@@ -37,10 +37,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("initramfs") {
-        bail!("usage: vm-bench initramfs [--no-record]");
-    }
     let record = !args.iter().any(|a| a == "--no-record");
+    match args.first().map(String::as_str) {
+        Some("initramfs") => {}
+        Some("boot") => return bench_boot(record),
+        _ => bail!("usage: vm-bench initramfs|boot [--no-record]"),
+    }
     if !qemu_tests::require::vm_tests() {
         bail!("the VM benchmark cannot run here");
     }
@@ -208,4 +210,167 @@ fn qemu_version() -> String {
                 .map(|l| l.trim_start_matches("QEMU emulator version ").to_string())
         })
         .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch, with fractions.
+fn unix_s(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `cargo xtask bench boot`: power-on to ready for `ci-node` through the whole PXE chain, by
+/// stage. Host-side stages come from the boot server's records (its clock); guest-side ones
+/// from the first stage's uptime lines; the two are joined at the kernel's start, which is
+/// the moment the ready line appeared on the console minus the uptime it gives.
+fn bench_boot(record: bool) -> Result<()> {
+    use qemu_tests::lan::Lan;
+    use qemu_tests::qemu::ovmf;
+    use qemu_tests::server::Server;
+    if !qemu_tests::require::vm_tests() {
+        bail!("the VM benchmark cannot run here");
+    }
+    let root = ironbake::cli::project_root();
+    let work = root.join("target").join("bench-boot");
+    let paths = Paths {
+        project: root.clone(),
+        out: work.join("out"),
+        cache: root.join("target").join("qemu-tests").join("cache"),
+        etc_apt: "/etc/apt".into(),
+    };
+    let built = pipeline::build(&paths, "ci-node", &Progress::new(false))?;
+    let m = &built.manifest;
+    const NAMES: [&str; 9] = [
+        "firmware: power-on to its PXE request answered",
+        "DHCP answer to iPXE loaded (TFTP)",
+        "iPXE: its DHCP, the node's script",
+        "kernel, initramfs and settings over HTTP",
+        "kernel starts (EFI stub, decompression)",
+        "first stage: drivers and DHCP",
+        "image fetch + verify (sha256)",
+        "mount, switch_root",
+        "systemd to the ready line",
+    ];
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); NAMES.len()];
+    let mut totals = Vec::new();
+    for run in 0..RUNS {
+        let dir = work.join(format!("run{run}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let lan = Lan::new("bboot", &dir)?;
+        let inventory = dir.join("inventory.toml");
+        std::fs::write(
+            &inventory,
+            "[nodes.bench0]\nmac = \"52:54:00:00:00:41\"\nrecipe = \"ci-node\"\n",
+        )?;
+        let server = Server::start(&lan, &paths.out, &inventory, &dir)?;
+        let cfg = VmConfig {
+            name: "bench0".into(),
+            boot: ovmf(),
+            mem_mib: 1536,
+            nic: Some(Nic {
+                mac: "52:54:00:00:00:41".into(),
+                tap: lan.tap()?,
+            }),
+            disks: vec![],
+        };
+        let power_on = std::time::SystemTime::now();
+        let mut vm = Vm::start(&lan.ns, &cfg, &dir)?;
+        // Poll often: the moment the ready line appears is a measurement.
+        let needle = "ironbake: bench0 ready ci-node@";
+        let deadline = std::time::Instant::now() + qemu_tests::deadline::PXE_READY;
+        let (ready_line, seen) = loop {
+            let text = vm.console.text();
+            if let Some(l) = qemu_tests::console::lines(&text)
+                .into_iter()
+                .find(|l| l.contains(needle))
+            {
+                break (l.to_string(), std::time::SystemTime::now());
+            }
+            if std::time::Instant::now() > deadline || !vm.alive() {
+                bail!(
+                    "no ready line; last console lines:\n{}",
+                    vm.console.tail(30)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let uptime: f64 = ready_line
+            .rsplit(" in ")
+            .next()
+            .and_then(|s| s.trim_end_matches(" s").parse().ok())
+            .context("reading the ready line")?;
+        let boot = server
+            .hub
+            .boots()
+            .into_iter()
+            .find(|b| b.mac == "52:54:00:00:00:41")
+            .context("the server has no record of the boot")?;
+        let start = unix_s(boot.started_wall.context("no start time")?);
+        let at = |stage: &str| {
+            boot.stages
+                .iter()
+                .find(|s| s.stage.name() == stage)
+                .map(|s| start + s.at_s)
+                .with_context(|| format!("no {stage} stage in the server's record"))
+        };
+        let t0 = unix_s(power_on);
+        let kernel = unix_s(seen) - uptime;
+        let text = vm.console.text();
+        let lines = qemu_tests::console::lines(&text);
+        let up = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with("ironbake: [") && l.contains(needle))
+                .and_then(|l| uptime_of(l))
+                .with_context(|| format!("no {needle:?} line"))
+        };
+        let marks = [
+            t0,
+            at("dhcp")?,
+            at("bootloader")?,
+            at("script")?,
+            at("initrd")?,
+            kernel,
+            kernel + up("] network: ")?,
+            kernel + up("] fetched overlay.squashfs")?,
+            kernel + up("] root ready")?,
+            kernel + uptime,
+        ];
+        for i in 0..NAMES.len() {
+            per[i].push(marks[i + 1] - marks[i]);
+        }
+        totals.push(marks[NAMES.len()] - t0);
+        eprintln!(
+            "run {}: power-on to ready {:.1} s",
+            run + 1,
+            marks[NAMES.len()] - t0
+        );
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n### boot, {} (`cargo xtask bench boot`)\n",
+        ironbake::bench::today()
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {}. QEMU {} with TCG (no KVM), q35, OVMF (Debian's ovmf), 2 vCPUs, 1536 MiB, virtio-net on a tap bridged to the boot server and a dnsmasq router inside network namespaces; `netboot serve` (debug build, in-process); {RUNS} power-on-to-ready boots of `ci-node@{}`, medians per stage.\n",
+        ironbake::bench::machine(),
+        qemu_version(),
+        m.version
+    );
+    let _ = writeln!(md, "| stage | seconds |");
+    let _ = writeln!(md, "| --- | ---: |");
+    for (i, name) in NAMES.iter().enumerate() {
+        let _ = writeln!(md, "| {name} | {:.1} |", median(&mut per[i]));
+    }
+    let _ = writeln!(
+        md,
+        "| **power-on to ready** (goal: under 45 s; the seed's Debian installer: 5 to 10 min) | **{:.1}** |",
+        median(&mut totals)
+    );
+    print!("{md}");
+    if record {
+        ironbake::bench::append_record(&md)?;
+    }
+    Ok(())
 }
