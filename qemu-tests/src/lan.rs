@@ -3,7 +3,8 @@
 //! listens and the VMs' tap devices are plugged into one bridge.
 //!
 //! ```text
-//! netns ROUTER: eth0 10.33.0.254/24   dnsmasq: plain DHCP (10.33.0.100-199), no boot options
+//! netns ROUTER: eth0 10.33.0.254/24   dnsmasq: plain DHCP (10.33.0.100-199), no boot options,
+//!               fd00:33::254/64      and IPv6 router advertisements (SLAAC), as home routers do
 //! netns LAN:    br0  10.33.0.1/24     the boot server (or a test's HTTP server) listens here
 //!               vr0 (veth peer of the router's eth0), tap0, tap1, ... are ports of br0
 //! ```
@@ -86,6 +87,18 @@ impl Lan {
             &router,
             &["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"],
         )?;
+        ip(
+            &router,
+            &[
+                "-6",
+                "addr",
+                "add",
+                "fd00:33::254/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
         ip(&router, &["link", "set", "eth0", "up"])?;
 
         // The home router: dnsmasq as a plain DHCP server (no DNS, no boot options), logging
@@ -103,6 +116,10 @@ impl Lan {
                 "--bind-interfaces",
                 "--dhcp-range=10.33.0.100,10.33.0.199,1h",
                 &format!("--dhcp-option=option:router,{ROUTER_IP}"),
+                // IPv6 router advertisements, as home routers send: without one, iPXE waits
+                // about 15 s for IPv6 autoconfiguration before it goes on.
+                "--enable-ra",
+                "--dhcp-range=fd00:33::,ra-only",
                 // No ICMP probe of an address before offering it: the LAN is ours alone.
                 "--no-ping",
                 "--log-dhcp",
