@@ -101,14 +101,14 @@ impl NoDaemons {
         if std::path::Path::new(PATH).exists() {
             return NoDaemons(None);
         }
-        let ok = std::fs::write(PATH, "#!/bin/sh\n# ironbake: no daemons start during install\nexit 101\n")
-            .and_then(|()| {
-                std::fs::set_permissions(
-                    PATH,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
-                )
-            })
-            .is_ok();
+        let ok = std::fs::write(
+            PATH,
+            "#!/bin/sh\n# ironbake: no daemons start during install\nexit 101\n",
+        )
+        .and_then(|()| {
+            std::fs::set_permissions(PATH, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        })
+        .is_ok();
         NoDaemons(ok.then_some(PATH))
     }
 }
