@@ -192,6 +192,24 @@ pub fn machine() -> String {
     format!("{cpus} cores ({model}), {mem} GiB")
 }
 
+/// Runs a benchmark binary of qemu-tests (the VM harness depends on this crate, so it cannot
+/// be called directly), with `--no-record` unless `record`.
+fn run_harness(bin: &str, args: &[&str], record: bool) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(project_root())
+        .args(["run", "--quiet", "-p", "qemu-tests", "--bin", bin, "--"])
+        .args(args);
+    if !record {
+        cmd.arg("--no-record");
+    }
+    let status = cmd.status().with_context(|| format!("running {bin}"))?;
+    if !status.success() {
+        bail!("{bin} failed");
+    }
+    Ok(())
+}
+
 /// Runs a benchmark, prints it, and appends it to BENCHMARKS.md if `record`.
 pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     if what == What::Serve {
@@ -210,51 +228,15 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
         if !status.success() {
             bail!("building netboot (release) failed");
         }
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(project_root()).args([
-            "run",
-            "--quiet",
-            "-p",
-            "qemu-tests",
-            "--bin",
-            "serve-bench",
-            "--",
-        ]);
-        if !record {
-            cmd.arg("--no-record");
-        }
-        let status = cmd.status().context("running the boot server benchmark")?;
-        if !status.success() {
-            bail!("the boot server benchmark failed");
-        }
-        return Ok(());
+        return run_harness("serve-bench", &[], record);
     }
     if what == What::Initramfs || what == What::Boot {
-        // The VM harness lives in qemu-tests, which depends on this crate: run its benchmark.
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(project_root()).args([
-            "run",
-            "--quiet",
-            "-p",
-            "qemu-tests",
-            "--bin",
-            "vm-bench",
-            "--",
-            if what == What::Boot {
-                "boot"
-            } else {
-                "initramfs"
-            },
-        ]);
-        if !record {
-            cmd.arg("--no-record");
-        }
-        let status = cmd.status().context("running the VM benchmark")?;
-        if !status.success() {
-            bail!("the VM benchmark failed");
-        }
-        return Ok(());
+        let mode = if what == What::Boot {
+            "boot"
+        } else {
+            "initramfs"
+        };
+        return run_harness("vm-bench", &[mode], record);
     }
     let progress = Progress::new(false);
     host::ensure(host::BUILD, &progress)?;
