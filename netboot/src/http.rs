@@ -248,7 +248,7 @@ async fn settings(
             return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
         }
     };
-    match s.nodes.settings(&s.root, &t) {
+    match s.nodes.settings(&t) {
         Ok(bytes) => {
             count(&s.hub, StatusCode::OK);
             Metrics::add(&s.hub.metrics.http_bytes, bytes.len() as u64);

@@ -304,7 +304,7 @@ impl Inventories {
     }
 
     /// The node's settings archive, ready to follow the version's initramfs.
-    pub fn settings(&self, _root: &Path, t: &Target) -> Result<Vec<u8>, TargetError> {
+    pub fn settings(&self, t: &Target) -> Result<Vec<u8>, TargetError> {
         let templates = {
             let mut cache = self.templates.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get(&t.version_dir) {
