@@ -24,6 +24,9 @@ pub mod deadline {
     pub const RETRY: Duration = Duration::from_secs(90);
     /// From QEMU start to the ready line through firmware PXE (OVMF, iPXE over TFTP, HTTP).
     pub const PXE_READY: Duration = Duration::from_secs(360);
+    /// One pass of a retrying firmware over its boot options with no boot server (OVMF: IPv4
+    /// PXE, IPv4 HTTP boot, its shell's countdown, a reset).
+    pub const FIRMWARE_PASS: Duration = Duration::from_secs(240);
     /// From the ready line to the ready report reaching the server.
     pub const REPORT: Duration = Duration::from_secs(30);
 }

@@ -29,6 +29,9 @@ pub enum Boot {
         code: PathBuf,
         /// The firmware variable store to copy for this VM, e.g. `/usr/share/OVMF/OVMF_VARS.fd`.
         vars: PathBuf,
+        /// Retry the boot order for ever, as many PC firmwares do (or can be set to) when no
+        /// boot option worked; see [`ovmf_retrying`].
+        retry: bool,
     },
 }
 
@@ -41,8 +44,28 @@ pub fn ovmf() -> Boot {
     Boot::Pxe {
         code: pick("IRONBAKE_OVMF_CODE", "/usr/share/OVMF/OVMF_CODE.fd"),
         vars: pick("IRONBAKE_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS.fd"),
+        retry: false,
     }
 }
+
+/// [`ovmf`], retrying its boot order for ever, the way the NUC-class firmware of a power-on
+/// storm keeps asking until the boot server answers. OVMF itself tries each boot option once
+/// and then starts its UEFI shell; the VM gets a small read-only FAT disk whose `startup.nsh`
+/// makes that shell reset the machine, so the firmware starts over. Its IPv6 boot options are
+/// turned off (the LAN boots over IPv4), which keeps one pass to IPv4 PXE and IPv4 HTTP boot.
+pub fn ovmf_retrying() -> Boot {
+    match ovmf() {
+        Boot::Pxe { code, vars, .. } => Boot::Pxe {
+            code,
+            vars,
+            retry: true,
+        },
+        kernel => kernel,
+    }
+}
+
+/// The line the retrying firmware's shell prints before it resets the machine.
+pub const FIRMWARE_RETRY_LINE: &str = "firmware: no boot option worked, starting over";
 
 /// A VM to start.
 #[derive(Debug, Clone)]
@@ -102,13 +125,15 @@ impl Vm {
             "-nodefaults",
             "-display",
             "none",
-            // A reboot ends the run instead of looping.
-            "-no-reboot",
             // Needed by the RNG-hungry early userspace (sshd key checks, systemd).
             "-device",
             "virtio-rng-pci",
         ]);
         cmd.arg("-serial").arg(format!("file:{}", log.display()));
+        if !matches!(cfg.boot, Boot::Pxe { retry: true, .. }) {
+            // A reboot ends the run instead of looping.
+            cmd.arg("-no-reboot");
+        }
         match &cfg.boot {
             Boot::Kernel {
                 kernel,
@@ -122,7 +147,7 @@ impl Vm {
                     .arg("-append")
                     .arg(append);
             }
-            Boot::Pxe { code, vars } => {
+            Boot::Pxe { code, vars, retry } => {
                 // Each VM writes its own copy of the variable store (boot order, PXE state).
                 let own_vars = dir.join(format!("{}.OVMF_VARS.fd", cfg.name));
                 std::fs::copy(vars, &own_vars)
@@ -137,6 +162,25 @@ impl Vm {
                 ));
                 // Boot from the network first, as a node set up for PXE does.
                 cmd.args(["-boot", "n"]);
+                if *retry {
+                    let esp = dir.join(format!("{}.retry", cfg.name));
+                    std::fs::create_dir_all(&esp)?;
+                    std::fs::write(
+                        esp.join("startup.nsh"),
+                        format!("echo {FIRMWARE_RETRY_LINE}\r\nreset\r\n"),
+                    )?;
+                    // QEMU's virtual FAT of that folder, read-only: the shell's FS0:.
+                    cmd.arg("-drive").arg(format!(
+                        "file=fat:ro:{},format=raw,if=none,id=retry,readonly=on",
+                        esp.display()
+                    ));
+                    cmd.args(["-device", "virtio-blk-pci,drive=retry"]);
+                    // No IPv6 PXE or HTTP boot: the LAN's boot service is IPv4.
+                    for knob in ["IPv6PXESupport", "IPv6Support"] {
+                        cmd.arg("-fw_cfg")
+                            .arg(format!("name=opt/org.tianocore/{knob},string=no"));
+                    }
+                }
             }
         }
         for (i, disk) in cfg.disks.iter().enumerate() {

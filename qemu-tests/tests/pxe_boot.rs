@@ -6,7 +6,7 @@
 use qemu_tests::deadline;
 use qemu_tests::fixture::{ci_node, one_at_a_time, test_dir};
 use qemu_tests::lan::Lan;
-use qemu_tests::qemu::{Nic, Vm, VmConfig, ovmf};
+use qemu_tests::qemu::{FIRMWARE_RETRY_LINE, Nic, Vm, VmConfig, ovmf, ovmf_retrying};
 use qemu_tests::server::Server;
 
 #[test]
@@ -333,4 +333,82 @@ fn upgrade_and_rollback_by_moving_current() {
         v1,
         "after the rollback"
     );
+}
+
+#[test]
+fn a_node_powered_on_before_the_server_keeps_trying_and_boots_when_it_starts() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = ci_node();
+    let _one = one_at_a_time();
+    let dir = test_dir("pxe-server-late");
+    let lan = Lan::new("pxelate", &dir).unwrap();
+    let inventory = dir.join("inventory.toml");
+    let mac = "52:54:00:00:00:41";
+    std::fs::write(
+        &inventory,
+        format!("[nodes.late1]\nmac = \"{mac}\"\nrecipe = \"ci-node\"\n"),
+    )
+    .unwrap();
+    // The power comes back: the router and the node start, the boot server is not up yet.
+    let cfg = VmConfig {
+        boot: ovmf_retrying(),
+        ..pxe_vm(&lan, "late1", mac)
+    };
+    let mut vm = Vm::start(&lan.ns, &cfg, &dir).unwrap();
+    // The firmware asks, the router gives it an address but nobody a boot file ...
+    let (_, no_offer) = vm
+        .wait_line(
+            "the firmware's PXE failing",
+            "PXE-E16",
+            deadline::FIRMWARE_PASS,
+            0,
+        )
+        .unwrap();
+    // ... it goes through its other boot options and starts over.
+    let (_, retried) = vm
+        .wait_line(
+            "the firmware starting over",
+            FIRMWARE_RETRY_LINE,
+            deadline::FIRMWARE_PASS,
+            no_offer,
+        )
+        .unwrap();
+    let router = std::fs::read_to_string(dir.join("router-dnsmasq.log")).unwrap();
+    assert!(
+        router
+            .lines()
+            .any(|l| l.contains("DHCPOFFER(eth0) ") && l.contains(mac)),
+        "the router offered the node an address while the server was down:\n{router}"
+    );
+    // The boot server comes up now; the node's next pass finds it.
+    let server = Server::start(&lan, &img.out, &inventory, &dir).unwrap();
+    let (line, _) = vm
+        .wait_line(
+            "the ready line",
+            "ironbake: late1 ready ci-node@",
+            deadline::FIRMWARE_PASS + deadline::PXE_READY,
+            retried,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\n--- server log (last 40 lines) ---\n{}",
+                tail(&server.log_text(), 40)
+            )
+        });
+    assert!(line.contains(&img.manifest.version), "{line}");
+    let start = std::time::Instant::now();
+    while !server.hub.boots().iter().any(|b| {
+        b.mac == mac
+            && b.stages
+                .iter()
+                .any(|s| s.stage == netboot::hub::Stage::Ready)
+    }) {
+        assert!(
+            start.elapsed() < deadline::REPORT,
+            "the server never heard the ready report"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
