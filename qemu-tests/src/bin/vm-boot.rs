@@ -196,7 +196,16 @@ fn run() -> Result<std::process::ExitCode> {
     }
 
     let dir = project.join("target").join("boot").join(&args.recipe);
-    let _ = std::fs::remove_dir_all(&dir);
+    // A fresh folder for this run's logs, but the server's state stays: each node keeps its
+    // machine-id and SSH host key from one run to the next, as on a real LAN.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name() != "netboot-state" {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+    }
     std::fs::create_dir_all(&dir)?;
     let lan = Lan::new("boot", &dir)?;
     let server = Server::start(&lan, &paths.out, &inventory_path, &dir)?;
