@@ -28,7 +28,7 @@ pub struct ServeArgs {
     /// Address the TFTP and HTTP servers listen on.
     #[arg(long, value_name = "ip", default_value = "0.0.0.0")]
     pub bind: std::net::Ipv4Addr,
-    /// Address nodes reach this server at (default: --bind; needed when --bind is 0.0.0.0).
+    /// Address nodes reach this server at (default: --bind, else the inventory's [server] address).
     #[arg(long, value_name = "ip")]
     pub advertise: Option<std::net::Ipv4Addr>,
     /// HTTP port.

@@ -44,6 +44,31 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// An error about `needle`, located at its first occurrence after the first occurrence of
+/// `anchor` (a section header, say), else at its first occurrence anywhere.
+pub fn locate_after(
+    file: &str,
+    text: &str,
+    anchor: &str,
+    needle: &str,
+    message: String,
+) -> Located {
+    let found = text
+        .find(anchor)
+        .and_then(|a| text[a..].find(needle).map(|n| a + n))
+        .or_else(|| text.find(needle))
+        .unwrap_or(0);
+    let (line, column) = line_col(text, found);
+    let source_line = text.lines().nth(line - 1).unwrap_or("").to_string();
+    Located {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+        source_line,
+    }
+}
+
 /// An error about `needle`, located at its first occurrence in `text` (or at the top): for
 /// checks made after parsing, when only the offending value is known.
 pub fn locate(file: &str, text: &str, needle: &str, message: String) -> Located {

@@ -7,12 +7,22 @@
 //! [defaults]
 //! recipe = "ci-node"        # what unknown machines boot; leave out to boot them nothing
 //!
+//! [server]                  # the machine running `netboot serve`
+//! name = "raspi"
+//! address = "192.168.88.2"  # its default --advertise
+//!
 //! [nodes.machine0]
 //! mac = "52:54:00:12:34:01"
 //! recipe = "core-node"
 //! version = "1.2.0-0123456789"  # optional: pin a published version (default: current)
 //! [nodes.machine0.vars]     # seen by node templates as node.NAME
-//! mesh_ip = "192.168.1.1/30"
+//! port_type = "eth"
+//! [[nodes.machine0.vars.mesh]] # point-to-point links, checked as a whole: see crate::mesh
+//! interface = "enp1s0"
+//! address = "192.168.1.1/30"
+//! peer = "machine1"
+//! peer-interface = "enp1s0"
+//! peer-address = "192.168.1.2/30"
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,9 +40,28 @@ pub struct Inventory {
     /// Settings for machines that are not listed.
     #[serde(default)]
     pub defaults: Defaults,
+    /// The machine that runs the boot server, for people and as `netboot serve`'s default
+    /// `--advertise`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerInfo>,
     /// The nodes by name (the name is also the node's hostname).
     #[serde(default)]
     pub nodes: BTreeMap<String, Node>,
+}
+
+/// The boot server's machine (`[server]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerInfo {
+    /// Its hostname.
+    pub name: String,
+    /// The address nodes reach it at; `netboot serve` advertises it unless `--advertise` or
+    /// a specific `--bind` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// What it is, for people.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// Settings for machines the inventory does not list.
@@ -110,6 +139,15 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
             }
         }
     }
+    crate::mesh::check(&inv).map_err(|e| {
+        diag::locate_after(
+            file,
+            text,
+            &format!("nodes.{}", e.node),
+            &e.needle,
+            e.message,
+        )
+    })?;
     Ok(inv)
 }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod hub;
 pub mod inventory;
 pub mod layout;
+pub mod mesh;
 pub mod nodes;
 pub mod serve;
 pub mod template;

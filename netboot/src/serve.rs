@@ -54,7 +54,7 @@ pub enum ServeError {
     Inventory(#[from] crate::inventory::LoadError),
     /// No address to give nodes.
     #[error(
-        "--bind is 0.0.0.0, so pass --advertise with the address nodes reach this server at (e.g. --advertise 192.168.1.10)"
+        "--bind is 0.0.0.0, so pass --advertise with the address nodes reach this server at (e.g. --advertise 192.168.1.10), or set address under [server] in the inventory"
     )]
     NoAdvertise,
     /// A socket could not be bound.
@@ -116,12 +116,14 @@ pub async fn run(
     }
     let root = crate::fsroot::canonical_root(&cfg.root)
         .map_err(|_| ServeError::NoRoot(cfg.root.display().to_string()))?;
-    let advertise = match (cfg.advertise, cfg.bind.is_unspecified()) {
-        (Some(a), _) => a,
-        (None, false) => cfg.bind,
-        (None, true) => return Err(ServeError::NoAdvertise),
-    };
     let nodes = Arc::new(Inventories::load(&cfg.inventory, cfg.state_dir.clone())?);
+    let listed = nodes.get().server.as_ref().and_then(|s| s.address);
+    let advertise = match (cfg.advertise, cfg.bind.is_unspecified(), listed) {
+        (Some(a), _, _) => a,
+        (None, false, _) => cfg.bind,
+        (None, true, Some(a)) => a,
+        (None, true, None) => return Err(ServeError::NoAdvertise),
+    };
     log_published(&root, &nodes);
 
     let http_addr = SocketAddr::V4(SocketAddrV4::new(cfg.bind, cfg.http_port));
