@@ -120,6 +120,12 @@ else
         countdown "$(backoff "$attempt")" "no DHCP lease on${links:- (no wired links)} (attempt $attempt)"
     done
     say "network: $(cat /run/ironbake/lease)"
+    # The other links go down again, so that udev can give them the image's names (a link
+    # that is up cannot be renamed) and systemd-networkd configures them from scratch.
+    read -r lease_link _ </run/ironbake/lease
+    for ifc in $links; do
+        [ "$ifc" = "$lease_link" ] || ip link set "$ifc" down
+    done
 
     # 3. Fetch each layer, resuming broken transfers, and verify it before use.
     for spec in $(echo "$LAYERS" | tr ',' ' '); do
