@@ -1,4 +1,4 @@
-//! The image the VM tests boot: `ci-node`, built once per test binary into the target folder
+//! The images the VM tests boot (`ci-node`, `core-node`), built once per test binary into the target folder
 //! (the package layer is cached across runs), and the per-test folders.
 
 use std::path::PathBuf;
@@ -20,24 +20,32 @@ pub struct Image {
 /// `ci-node`, built on first use.
 pub fn ci_node() -> &'static Image {
     static I: OnceLock<Image> = OnceLock::new();
-    I.get_or_init(|| {
-        let root = ironbake::cli::project_root();
-        let work = root.join("target").join("qemu-tests");
-        let paths = ironbake::pipeline::Paths {
-            project: root.clone(),
-            out: work.join("out"),
-            cache: work.join("cache"),
-            etc_apt: "/etc/apt".into(),
-        };
-        let built =
-            ironbake::pipeline::build(&paths, "ci-node", &ironbake::progress::Progress::new(false))
-                .expect("building ci-node");
-        Image {
-            out: paths.out.clone(),
-            dir: built.dir,
-            manifest: built.manifest,
-        }
-    })
+    I.get_or_init(|| build("ci-node"))
+}
+
+/// `core-node` (the homelab's core nodes), built on first use.
+pub fn core_node() -> &'static Image {
+    static I: OnceLock<Image> = OnceLock::new();
+    I.get_or_init(|| build("core-node"))
+}
+
+fn build(recipe: &str) -> Image {
+    let root = ironbake::cli::project_root();
+    let work = root.join("target").join("qemu-tests");
+    let paths = ironbake::pipeline::Paths {
+        project: root.clone(),
+        out: work.join("out"),
+        cache: work.join("cache"),
+        etc_apt: "/etc/apt".into(),
+    };
+    let built =
+        ironbake::pipeline::build(&paths, recipe, &ironbake::progress::Progress::new(false))
+            .unwrap_or_else(|e| panic!("building {recipe}: {e:#}"));
+    Image {
+        out: paths.out.clone(),
+        dir: built.dir,
+        manifest: built.manifest,
+    }
 }
 
 /// One VM at a time in a test binary: two TCG guests on two cores only slow each other down.

@@ -27,6 +27,10 @@ pub mod deadline {
     /// One pass of a retrying firmware over its boot options with no boot server (OVMF: IPv4
     /// PXE, IPv4 HTTP boot, its shell's countdown, a reset).
     pub const FIRMWARE_PASS: Duration = Duration::from_secs(240);
+    /// From QEMU start to the ready line for three VMs PXE-booting at once on two cores.
+    pub const MESH_READY: Duration = Duration::from_secs(720);
+    /// From the ready line to a node's report of its mesh (each peer is tried for 120 s).
+    pub const MESH_REPORT: Duration = Duration::from_secs(300);
     /// From the ready line to the ready report reaching the server.
     pub const REPORT: Duration = Duration::from_secs(30);
 }

@@ -80,6 +80,20 @@ pub struct VmConfig {
     pub nic: Option<Nic>,
     /// Raw disk images, attached as virtio disks in order.
     pub disks: Vec<PathBuf>,
+    /// Point-to-point links to other VMs (cables between two NICs), after the LAN NIC.
+    pub links: Vec<Cable>,
+}
+
+/// One end of a cable between two VMs: a NIC whose frames go, as UDP datagrams on the
+/// namespace's loopback, to the NIC at the other end. Both ends name each other's port.
+#[derive(Debug, Clone)]
+pub struct Cable {
+    /// This NIC's MAC address.
+    pub mac: String,
+    /// The UDP port this end receives on.
+    pub port: u16,
+    /// The UDP port the other end receives on.
+    pub peer_port: u16,
 }
 
 /// A VM's network card, plugged into a tap device of a [`crate::lan::Lan`].
@@ -202,6 +216,16 @@ impl Vm {
             // iPXE option ROM out, so the firmware's PXE (or the kernel) is what runs.
             cmd.arg("-device")
                 .arg(format!("virtio-net-pci,netdev=n0,mac={},romfile=", nic.mac));
+        }
+        for (i, c) in cfg.links.iter().enumerate() {
+            // A socket netdev: each frame is one UDP datagram between the two QEMUs, on the
+            // namespace's loopback; nothing else sees it, as with a cable.
+            cmd.arg("-netdev").arg(format!(
+                "socket,id=c{i},udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                c.peer_port, c.port
+            ));
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=c{i},mac={},romfile=", c.mac));
         }
         cmd.stdin(Stdio::null())
             .stdout(File::create(&qemu_log)?)

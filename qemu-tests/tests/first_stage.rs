@@ -70,6 +70,7 @@ fn vm(lan: &Lan, img: &Image, name: &str, initrd: PathBuf, node: &str) -> VmConf
             tap: lan.tap().unwrap(),
         }),
         disks: vec![],
+        links: vec![],
     }
 }
 
@@ -331,6 +332,7 @@ fn local_mode_boots_the_layers_from_gpt_partitions_with_no_network() {
         mem_mib: 1024,
         nic: None,
         disks: vec![disk],
+        links: vec![],
     };
     let mut vm = Vm::start(&ns, &cfg, &dir).unwrap();
     let expected = format!(

@@ -34,6 +34,7 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
             tap: lan.tap().unwrap(),
         }),
         disks: vec![],
+        links: vec![],
     };
     let mut vm = Vm::start(&lan.ns, &cfg, &dir).unwrap();
     let expected = format!(
@@ -140,6 +141,7 @@ fn pxe_vm(lan: &Lan, name: &str, mac: &str) -> VmConfig {
             tap: lan.tap().unwrap(),
         }),
         disks: vec![],
+        links: vec![],
     }
 }
 

@@ -111,6 +111,7 @@ fn main() -> Result<()> {
                 tap: lan.tap()?,
             }),
             disks: vec![],
+            links: vec![],
         };
         let mut vm = Vm::start(&lan.ns, &cfg, &dir)?;
         let (line, _) = vm.wait_line(
@@ -271,6 +272,7 @@ fn bench_boot(record: bool) -> Result<()> {
                 tap: lan.tap()?,
             }),
             disks: vec![],
+            links: vec![],
         };
         let power_on = std::time::SystemTime::now();
         let mut vm = Vm::start(&lan.ns, &cfg, &dir)?;

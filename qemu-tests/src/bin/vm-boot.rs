@@ -235,6 +235,7 @@ fn run() -> Result<std::process::ExitCode> {
                 tap: lan.tap()?,
             }),
             disks: vec![],
+            links: vec![],
         };
         let vm = Vm::start(&lan.ns, &cfg, &dir)?;
         follows.push(Follow {
