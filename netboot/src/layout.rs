@@ -56,6 +56,9 @@ pub struct Manifest {
     pub recipe_file: FileDigest,
     /// The Debian base: suite, variant, apt sources with the digest of their signed index.
     pub debian: DebianInputs,
+    /// Overlays the recipe names that this build left out, as asked (`--without`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     /// The overlays in the order they were applied, each with a digest of its whole folder.
     pub overlays: Vec<OverlayInput>,
     /// Pinned artifacts placed into the image.

@@ -23,13 +23,19 @@ pub fn ci_node() -> &'static Image {
     I.get_or_init(|| build("ci-node"))
 }
 
-/// `core-node` (the homelab's core nodes), built on first use.
+/// `core-node` (the homelab's core nodes), built on first use with Debian's kernel: the
+/// test LAN cannot reach Proxmox's repository, so the proxmox-kernel overlay is left out, as a
+/// user without it would ask.
 pub fn core_node() -> &'static Image {
     static I: OnceLock<Image> = OnceLock::new();
-    I.get_or_init(|| build("core-node"))
+    I.get_or_init(|| build_without("core-node", &["proxmox-kernel"]))
 }
 
 fn build(recipe: &str) -> Image {
+    build_without(recipe, &[])
+}
+
+fn build_without(recipe: &str, without: &[&str]) -> Image {
     let root = ironbake::cli::project_root();
     let work = root.join("target").join("qemu-tests");
     let paths = ironbake::pipeline::Paths {
@@ -38,9 +44,16 @@ fn build(recipe: &str) -> Image {
         cache: work.join("cache"),
         etc_apt: "/etc/apt".into(),
     };
-    let built =
-        ironbake::pipeline::build(&paths, recipe, &ironbake::progress::Progress::new(false))
-            .unwrap_or_else(|e| panic!("building {recipe}: {e:#}"));
+    let options = ironbake::pipeline::BuildOptions {
+        without: without.iter().map(|s| s.to_string()).collect(),
+    };
+    let built = ironbake::pipeline::build_with(
+        &paths,
+        recipe,
+        &options,
+        &ironbake::progress::Progress::new(false),
+    )
+    .unwrap_or_else(|e| panic!("building {recipe}: {e:#}"));
     Image {
         out: paths.out.clone(),
         dir: built.dir,

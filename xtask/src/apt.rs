@@ -140,8 +140,9 @@ pub fn host_sources(etc_apt: &Path, suite: &str, components: &[String]) -> Resul
 /// How long one fetch of an index file may take before the source counts as unreachable.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Fetches `URI/dists/SUITE/InRelease` (or `Release`) and returns its bytes.
-pub fn fetch_release(source: &Source) -> Result<Vec<u8>> {
+/// Fetches `URI/dists/SUITE/InRelease` (or `Release`) and returns its bytes. `recipe` names
+/// the build in the message that says how to get past an unreachable source.
+pub fn fetch_release(source: &Source, recipe: &str) -> Result<Vec<u8>> {
     let mut last_err = None;
     for name in ["InRelease", "Release"] {
         let url = format!("{}/dists/{}/{}", source.uri, source.suite, name);
@@ -154,20 +155,178 @@ pub fn fetch_release(source: &Source) -> Result<Vec<u8>> {
     bail!(
         "apt source {:?} ({} {}, from {}) cannot be reached: {err:#}\n  \
          to get past it: point it at a reachable or local mirror (a `file://` URI works), \
-         or build without {}",
+         or {}",
         source.uri,
         source.suite,
         source.components.join(" "),
         source.origin,
-        if source.origin == "host" || source.origin == "recipe" {
-            "network access by setting `mirror` under [debian] to a local mirror".to_string()
-        } else {
-            format!(
-                "the overlay {:?} (remove it from the recipe's overlays)",
-                source.origin
-            )
-        }
+        way_past(&source.origin, recipe)
     )
+}
+
+/// The second way past an unreachable source, by where it was declared.
+fn way_past(origin: &str, recipe: &str) -> String {
+    if origin == "host" || origin == "recipe" {
+        "build without network access by setting `mirror` under [debian] to a local mirror"
+            .to_string()
+    } else {
+        format!(
+            "leave the overlay {origin:?} out of this build, knowingly: \
+             `cargo xtask build {recipe} --without {origin}` (the manifest records it)"
+        )
+    }
+}
+
+/// Returns the signing key of an overlay's apt source as a file: the overlay's own, or a
+/// download checked against its pinned digest and cached by that digest.
+pub fn resolve_key(
+    recipe: &str,
+    overlay: &str,
+    overlay_dir: &Path,
+    source: &crate::overlay::AptSource,
+    cache: &Path,
+) -> Result<std::path::PathBuf> {
+    use crate::overlay::KeySource;
+    use sha2::Sha512;
+    match source.key_source() {
+        KeySource::File(rel) => Ok(overlay_dir.join(rel)),
+        KeySource::Url {
+            url,
+            algorithm,
+            digest,
+        } => {
+            let dir = cache.join("keys").join(algorithm);
+            let path = dir.join(format!("{digest}.{}", source.key_extension()));
+            if path.is_file() {
+                return Ok(path);
+            }
+            let bytes = fetch_small(&url).with_context(|| {
+                format!(
+                    "the signing key of apt source {:?} (overlay {overlay:?}) cannot be fetched \
+                     from {url}\n  to get past it: download it where you can and give it as \
+                     `key = \"keys/NAME.gpg\"` in overlays/{overlay}/overlay.toml, or {}",
+                    source.name,
+                    way_past(overlay, recipe)
+                )
+            })?;
+            let actual = match algorithm {
+                "sha512" => hex::encode(Sha512::digest(&bytes)),
+                _ => sha256_hex(&bytes),
+            };
+            if actual != digest {
+                bail!(
+                    "the signing key of apt source {:?} (overlay {overlay:?}) from {url} does \
+                     not match its pinned digest\n  expected {algorithm} {digest}\n  actual   \
+                     {algorithm} {actual}\n  nothing was built; check the key's publisher for \
+                     its current digest before changing overlays/{overlay}/overlay.toml",
+                    source.name
+                );
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(path)
+        }
+    }
+}
+
+/// An OpenPGP key in binary form: armored (`.asc`) keys are decoded.
+pub fn dearmor(bytes: &[u8]) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(bytes);
+    if !text
+        .trim_start()
+        .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    {
+        return Ok(bytes.to_vec());
+    }
+    let mut body = String::new();
+    let mut in_body = false;
+    let mut headers_done = false;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if line.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+            in_body = true;
+            continue;
+        }
+        if line.starts_with("-----END PGP PUBLIC KEY BLOCK-----") {
+            break;
+        }
+        if !in_body {
+            continue;
+        }
+        if !headers_done {
+            // Armor headers ("Comment: ...") end at the first empty line.
+            if line.is_empty() {
+                headers_done = true;
+            } else if !line.contains(": ") {
+                headers_done = true;
+                body.push_str(line);
+            }
+            continue;
+        }
+        if line.starts_with('=') {
+            break; // the CRC-24 line
+        }
+        body.push_str(line);
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .context("the armored key's body is not valid base64")
+}
+
+/// Checks that `release` (an `InRelease` file, or a `Release` file with its detached
+/// `Release.gpg` fetched beside it) is signed by the key in `key_path`, with gpgv.
+pub fn verify_release(source: &Source, release: &[u8], key_path: &Path) -> Result<()> {
+    let tmp = tempfile::tempdir().context("making a folder for gpgv")?;
+    let keyring = tmp.path().join("keyring.gpg");
+    let key = std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    std::fs::write(&keyring, dearmor(&key)?)?;
+    let inline = release.starts_with(b"-----BEGIN PGP SIGNED MESSAGE-----");
+    let data = tmp
+        .path()
+        .join(if inline { "InRelease" } else { "Release" });
+    std::fs::write(&data, release)?;
+    let mut files = Vec::new();
+    if !inline {
+        let url = format!("{}/dists/{}/Release.gpg", source.uri, source.suite);
+        let sig = fetch_small(&url).with_context(|| {
+            format!(
+                "apt source {:?} (from {}) has no InRelease, and its Release.gpg cannot be \
+                 fetched: a source with a key must be signed",
+                source.uri, source.origin
+            )
+        })?;
+        let sig_path = tmp.path().join("Release.gpg");
+        std::fs::write(&sig_path, sig)?;
+        files.push(sig_path);
+    }
+    files.push(data);
+    let out = std::process::Command::new("gpgv")
+        .arg("--homedir")
+        .arg(tmp.path())
+        .arg("--keyring")
+        .arg(&keyring)
+        .args(&files)
+        .output()
+        .context("running gpgv (Debian package gpgv)")?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "apt source {:?} ({} {}, from {}): its {} is not signed by the key {}\n  \
+             gpgv said: {}\n  nothing was built; if the repository changed its key, \
+             get the new one from its publisher and update the overlay",
+            source.uri,
+            source.suite,
+            source.components.join(" "),
+            source.origin,
+            if inline { "InRelease" } else { "Release" },
+            key_path.display(),
+            said.trim().replace('\n', "\n    ")
+        );
+    }
+    Ok(())
 }
 
 /// Fetches a small file (an index, a checksum list) over http(s) or from a `file://` URL.
@@ -309,10 +468,24 @@ mod tests {
             suite: "bookworm".into(),
             components: vec!["main".into()],
         };
-        let msg = format!("{:#}", fetch_release(&s).unwrap_err());
+        let msg = format!("{:#}", fetch_release(&s, "demo").unwrap_err());
         assert!(
-            msg.contains("cannot be reached") && msg.contains("overlay \"extra\""),
+            msg.contains("cannot be reached")
+                && msg.contains("cargo xtask build demo --without extra"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn armored_keys_are_decoded_and_binary_keys_kept() {
+        let armored = "-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: test\n\nmDMEaWly\nb25iYWtl\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----\n";
+        assert_eq!(
+            dearmor(armored.as_bytes()).unwrap(),
+            b"\x98\x33\x04\x69ironbake"
+        );
+        assert_eq!(dearmor(b"\x99\x01binary").unwrap(), b"\x99\x01binary");
+        let bad =
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!\n-----END PGP PUBLIC KEY BLOCK-----\n";
+        assert!(dearmor(bad.as_bytes()).is_err());
     }
 }

@@ -387,9 +387,14 @@ pub fn mmdebstrap_command(
             Some((name, _)) => format!("[signed-by={}/etc/apt/keyrings/{name}] ", rootfs.display()),
             None => String::new(),
         };
+        // apt's file method hands dpkg the packages where they lie, outside the chroot that
+        // dpkg runs in; its copy method copies them into the image's archive first.
+        let uri = match s.uri.strip_prefix("file://") {
+            Some(path) => format!("copy://{path}"),
+            None => s.uri.clone(),
+        };
         cmd = cmd.arg(format!(
-            "deb {opts}{} {} {}",
-            s.uri,
+            "deb {opts}{uri} {} {}",
             s.suite,
             s.components.join(" ")
         ));

@@ -69,7 +69,7 @@ pub fn copy_project(to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
+fn bench_recipe(work: &Path, name: &str, without: &[String], progress: &Progress) -> Result<Row> {
     let project = work.join(format!("{name}-project"));
     copy_project(&project)?;
     let paths = Paths {
@@ -81,7 +81,16 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
 
     // Cold build first: it resolves the same BaseSpec the anchor then runs by hand.
     let t = Instant::now();
-    let built = pipeline::build(&paths, name, progress)?;
+    // An overlay left out of every build is left out only where the recipe has it.
+    let (recipe, _) = recipe::load(&project, name)?;
+    let options = pipeline::BuildOptions {
+        without: without
+            .iter()
+            .filter(|w| recipe.overlays.contains(w))
+            .cloned()
+            .collect(),
+    };
+    let built = pipeline::build_with(&paths, name, &options, progress)?;
     let cold_s = t.elapsed().as_secs_f64();
     if built.base_cached {
         bail!("the cold build found a cached base: the cache was not empty");
@@ -133,7 +142,7 @@ fn bench_recipe(work: &Path, name: &str, progress: &Progress) -> Result<Row> {
     text.push_str("\n# edited by cargo xtask bench build\n");
     fs::write(victim.path(), text)?;
     let t = Instant::now();
-    let rebuilt = pipeline::build(&paths, name, progress)?;
+    let rebuilt = pipeline::build_with(&paths, name, &options, progress)?;
     let rebuild_s = t.elapsed().as_secs_f64();
     if !rebuilt.base_cached || rebuilt.already_published {
         bail!("the rebuild did not reuse the package layer, or built nothing");
@@ -211,7 +220,7 @@ fn run_harness(bin: &str, args: &[&str], record: bool) -> Result<()> {
 }
 
 /// Runs a benchmark, prints it, and appends it to BENCHMARKS.md if `record`.
-pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
+pub fn run(what: What, recipes: &[String], without: &[String], record: bool) -> Result<()> {
     if what == What::Serve {
         let progress = Progress::new(false);
         host::ensure(
@@ -256,7 +265,7 @@ pub fn run(what: What, recipes: &[String], record: bool) -> Result<()> {
     fs::create_dir_all(&work)?;
     let mut rows = Vec::new();
     for r in &recipes {
-        rows.push(bench_recipe(&work, r, &progress)?);
+        rows.push(bench_recipe(&work, r, without, &progress)?);
     }
     let _ = fs::remove_dir_all(&work);
     let mut md = String::new();

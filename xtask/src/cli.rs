@@ -62,6 +62,9 @@ struct BootVms {
     /// Boot the recipe's disk image instead of PXE.
     #[arg(long)]
     disk: bool,
+    /// Leave one of the recipe's overlays out of the build (as `build --without`).
+    #[arg(long, value_name = "overlay")]
+    without: Vec<String>,
 }
 
 impl BootVms {
@@ -88,6 +91,9 @@ impl BootVms {
         }
         if self.disk {
             cmd.arg("--disk");
+        }
+        for w in &self.without {
+            cmd.args(["--without", w]);
         }
         let status = cmd.status().context("running the VM harness")?;
         Ok(match status.code() {
@@ -177,6 +183,10 @@ struct Build {
     recipe: String,
     #[command(flatten)]
     at: Locations,
+    /// Leave one of the recipe's overlays out of this build (repeatable), for example one
+    /// whose repository cannot be reached from here. The version and manifest record it.
+    #[arg(long, value_name = "overlay")]
+    without: Vec<String>,
     /// Print no progress, only the result.
     #[arg(long, short)]
     quiet: bool,
@@ -220,6 +230,9 @@ struct Bench {
     /// Recipes to measure (default: ci-node and core-node).
     #[arg(long, value_name = "recipe")]
     recipe: Vec<String>,
+    /// Leave an overlay out of the measured builds (as `build --without`).
+    #[arg(long, value_name = "overlay")]
+    without: Vec<String>,
     /// Do not append to BENCHMARKS.md.
     #[arg(long)]
     no_record: bool,
@@ -271,7 +284,7 @@ impl Cli {
             Command::Inventory(InventoryCommand::Add(a)) => a.run(),
             Command::Boot(b) => b.run(),
             Command::Bench(c) => {
-                bench::run(c.what, &c.recipe, !c.no_record).map(|_| ExitCode::SUCCESS)
+                bench::run(c.what, &c.recipe, &c.without, !c.no_record).map(|_| ExitCode::SUCCESS)
             }
         }
     }
@@ -287,7 +300,10 @@ impl Build {
         host::ensure(host::BUILD, &progress)?;
         pipeline::require_root()?;
         let paths = self.at.paths();
-        let built = pipeline::build(&paths, &self.recipe, &progress)?;
+        let options = pipeline::BuildOptions {
+            without: self.without.clone(),
+        };
+        let built = pipeline::build_with(&paths, &self.recipe, &options, &progress)?;
         let m = &built.manifest;
         if built.already_published {
             println!(
@@ -319,11 +335,18 @@ impl Build {
             .filter(|o| o.path.starts_with("node-templates/"))
             .count();
         println!(
-            "  {} node templates, {} packages, kernel {}",
+            "  {} node templates, {} packages, kernel {} ({})",
             nt,
             m.packages.len(),
-            m.kernel.release
+            m.kernel.release,
+            m.kernel.package
         );
+        if !m.left_out.is_empty() {
+            println!(
+                "  left out, as asked: {} (the recipe's other overlays are in)",
+                m.left_out.join(", ")
+            );
+        }
         println!("  time per stage:");
         for (stage, t) in progress.times() {
             println!("    {:>6.1} s  {stage}", t.as_secs_f64());

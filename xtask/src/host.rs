@@ -38,6 +38,11 @@ pub const BUILD: &[Need] = &[
         tool: "dpkg-query",
         package: "dpkg",
     },
+    // Checks that an overlay's apt source is signed by its key before anything is built.
+    Need {
+        tool: "gpgv",
+        package: "gpgv",
+    },
 ];
 
 /// What the tests need beyond `build`.
@@ -62,6 +67,15 @@ pub const TEST: &[Need] = &[
     Need {
         tool: "cpio",
         package: "cpio",
+    },
+    // The signed apt repository that the overlay-source tests make for themselves.
+    Need {
+        tool: "gpg",
+        package: "gpg",
+    },
+    Need {
+        tool: "dpkg-deb",
+        package: "dpkg",
     },
     // libFuzzer (the fuzz targets' engine) is C++, compiled by the libfuzzer-sys crate.
     Need {

@@ -22,13 +22,17 @@
 //! mask = ["apt-daily.timer"]        # units that must never run (linked to /dev/null)
 //! modules = ["mlx4_ib"]             # kernel modules loaded at boot (modules-load.d)
 //! cmdline = ["rdblacklist=x"]       # appended to the recipe's kernel command line
+//! kernel = "proxmox-default-kernel" # installed instead of the recipe's [kernel] package
+//!                                   # (one overlay at most)
 //!
 //! [[apt-sources]]                   # extra repositories for `packages`
 //! name = "pve"
 //! uri = "http://repo.example/pve"
 //! suite = "bookworm"
 //! components = ["pve-no-subscription"]
-//! key = "keys/pve.gpg"              # signing key, a path inside the overlay folder
+//! key = "keys/pve.gpg"              # signing key, a path inside the overlay folder, or:
+//! # key-url = "https://example.org/release.gpg"   # fetched at build time, and pinned by
+//! # key-sha512 = "..."                            # its digest (or key-sha256)
 //!
 //! [[artifacts]]                     # pinned downloads, cached by digest
 //! name = "k3s"
@@ -80,6 +84,9 @@ pub struct Spec {
     /// Kernel command-line additions.
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// A kernel package that replaces the recipe's.
+    #[serde(default)]
+    pub kernel: Option<String>,
     /// Extra apt sources.
     #[serde(default)]
     pub apt_sources: Vec<AptSource>,
@@ -107,7 +114,65 @@ pub struct AptSource {
     /// Components.
     pub components: Vec<String>,
     /// The signing key (armored `.asc` or binary `.gpg`), relative to the overlay folder.
-    pub key: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Or: where to fetch the signing key from at build time.
+    #[serde(default)]
+    pub key_url: Option<String>,
+    /// The fetched key's sha512 (lowercase hex), as its publisher gives it.
+    #[serde(default)]
+    pub key_sha512: Option<String>,
+    /// Or its sha256.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+}
+
+/// Where an apt source's signing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file in the overlay folder (relative path).
+    File(String),
+    /// A download pinned by a digest: (url, algorithm, hex digest).
+    Url {
+        /// The URL.
+        url: String,
+        /// `sha512` or `sha256`.
+        algorithm: &'static str,
+        /// Lowercase hex.
+        digest: String,
+    },
+}
+
+impl AptSource {
+    /// Where the key comes from (valid after [`parse_spec`]).
+    pub fn key_source(&self) -> KeySource {
+        match (&self.key, &self.key_url) {
+            (Some(k), _) => KeySource::File(k.clone()),
+            (None, Some(url)) => {
+                let (algorithm, digest) = match (&self.key_sha512, &self.key_sha256) {
+                    (Some(d), _) => ("sha512", d.clone()),
+                    (None, Some(d)) => ("sha256", d.clone()),
+                    (None, None) => unreachable!("validated when parsed"),
+                };
+                KeySource::Url {
+                    url: url.clone(),
+                    algorithm,
+                    digest,
+                }
+            }
+            (None, None) => unreachable!("validated when parsed"),
+        }
+    }
+
+    /// The key's file extension: `asc` for armored keys, `gpg` for binary ones.
+    pub fn key_extension(&self) -> &'static str {
+        let name = self
+            .key
+            .as_deref()
+            .or(self.key_url.as_deref())
+            .unwrap_or("");
+        if name.ends_with(".asc") { "asc" } else { "gpg" }
+    }
 }
 
 /// A pinned download.
@@ -284,18 +349,79 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, Located> {
                 ),
             ));
         }
-        if !(s.key.ends_with(".asc") || s.key.ends_with(".gpg"))
-            || s.key.starts_with('/')
-            || s.key.split('/').any(|c| c == "..")
-        {
-            return Err(at(
-                &s.key,
-                format!(
-                    "key {:?} must be a .asc or .gpg file inside the overlay folder",
-                    s.key
-                ),
-            ));
+        let hex_ok = |d: &str, len: usize| {
+            d.len() == len
+                && d.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        };
+        match (&s.key, &s.key_url, &s.key_sha512, &s.key_sha256) {
+            (Some(key), None, None, None) => {
+                if !(key.ends_with(".asc") || key.ends_with(".gpg"))
+                    || key.starts_with('/')
+                    || key.split('/').any(|c| c == "..")
+                {
+                    return Err(at(
+                        key,
+                        format!(
+                            "key {key:?} must be a .asc or .gpg file inside the overlay folder"
+                        ),
+                    ));
+                }
+            }
+            (None, Some(url), sha512, sha256) => {
+                if !(url.starts_with("http://")
+                    || url.starts_with("https://")
+                    || url.starts_with("file://"))
+                {
+                    return Err(at(
+                        url,
+                        format!("key-url {url:?} must be an http://, https:// or file:// URL"),
+                    ));
+                }
+                match (sha512, sha256) {
+                    (Some(d), None) if hex_ok(d, 128) => {}
+                    (None, Some(d)) if hex_ok(d, 64) => {}
+                    (Some(d), None) | (None, Some(d)) => {
+                        return Err(at(
+                            d,
+                            format!(
+                                "apt source {:?}: the key digest must be lowercase hex \
+                                 (128 digits for key-sha512, 64 for key-sha256)",
+                                s.name
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(at(
+                            url,
+                            format!(
+                                "apt source {:?}: key-url needs exactly one of key-sha512 or \
+                                 key-sha256, so the key is pinned",
+                                s.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(at(
+                    &s.name,
+                    format!(
+                        "apt source {:?}: give its signing key as `key` (a file in the overlay) \
+                         or as `key-url` with `key-sha512` or `key-sha256`",
+                        s.name
+                    ),
+                ));
+            }
         }
+    }
+    if let Some(k) = &spec.kernel
+        && !valid_package(k)
+    {
+        return Err(at(
+            k,
+            format!("kernel {k:?} is not a valid Debian package name"),
+        ));
     }
     let mut names = Vec::new();
     for a in &spec.artifacts {
@@ -412,11 +538,12 @@ pub fn load(project: &Path, name: &str) -> Result<Overlay> {
         .with_context(|| format!("reading {spec_rel} (every overlay needs one, even if empty)"))?;
     let spec = parse_spec(&spec_rel, &text)?;
     for s in &spec.apt_sources {
-        if !dir.join(&s.key).is_file() {
+        if let Some(key) = &s.key
+            && !dir.join(key).is_file()
+        {
             bail!(
-                "{spec_rel}: apt source {:?}: key {rel}/{} does not exist",
-                s.name,
-                s.key
+                "{spec_rel}: apt source {:?}: key {rel}/{key} does not exist",
+                s.name
             );
         }
     }
@@ -584,6 +711,26 @@ mod tests {
             ),
             ("[[users]]\nname = \"root\"\nuid = 0\n", "uid 0", 2),
             ("colour = 1\n", "unknown field `colour`", 1),
+            (
+                "[[apt-sources]]\nname = \"pve\"\nuri = \"http://r.example/pve\"\nsuite = \"bookworm\"\ncomponents = [\"c\"]\nkey-url = \"https://r.example/k.gpg\"\n",
+                "needs exactly one of key-sha512 or key-sha256",
+                6,
+            ),
+            (
+                "[[apt-sources]]\nname = \"pve\"\nuri = \"http://r.example/pve\"\nsuite = \"bookworm\"\ncomponents = [\"c\"]\nkey-url = \"https://r.example/k.gpg\"\nkey-sha512 = \"abc\"\n",
+                "128 digits for key-sha512",
+                7,
+            ),
+            (
+                "[[apt-sources]]\nname = \"pve\"\nuri = \"http://r.example/pve\"\nsuite = \"bookworm\"\ncomponents = [\"c\"]\n",
+                "give its signing key",
+                2,
+            ),
+            (
+                "kernel = \"Bad Name\"\n",
+                "not a valid Debian package name",
+                1,
+            ),
         ];
         for (text, needle, line) in cases {
             let err = parse_spec("o.toml", text).unwrap_err();

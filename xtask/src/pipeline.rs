@@ -59,6 +59,9 @@ pub const INITRAMFS: &str = "initrd.img";
 #[derive(Serialize)]
 struct InputsDigest<'a> {
     builder: &'a str,
+    /// Overlays the recipe names that this build leaves out (`--without`).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    left_out: &'a [String],
     recipe: &'a str,
     recipe_sha256: &'a str,
     base: String,
@@ -123,14 +126,14 @@ fn check_node_templates(
     Ok(n)
 }
 
-/// An overlay's apt source with its key file and the key's name in the image.
-type KeyedSource = (Source, PathBuf, String);
+/// An overlay's apt source as declared, with its overlay.
+type OverlaySource<'a> = (Source, &'a Overlay, &'a overlay::AptSource);
 
-fn resolve_sources(
+fn resolve_sources<'a>(
     paths: &Paths,
     recipe: &Recipe,
-    overlays: &[Overlay],
-) -> Result<(Vec<Source>, Vec<KeyedSource>)> {
+    overlays: &'a [Overlay],
+) -> Result<(Vec<Source>, Vec<OverlaySource<'a>>)> {
     let d = &recipe.debian;
     let mut main = match &d.mirror {
         Some(m) => {
@@ -156,11 +159,6 @@ fn resolve_sources(
     let mut extra = Vec::new();
     for ov in overlays {
         for s in &ov.spec.apt_sources {
-            let ext = if s.key.ends_with(".asc") {
-                "asc"
-            } else {
-                "gpg"
-            };
             extra.push((
                 Source {
                     origin: ov.name.clone(),
@@ -168,12 +166,60 @@ fn resolve_sources(
                     suite: s.suite.clone(),
                     components: s.components.clone(),
                 },
-                ov.dir.join(&s.key),
-                format!("{}-{}.{ext}", ov.name, s.name),
+                ov,
+                s,
             ));
         }
     }
     Ok((main, extra))
+}
+
+/// Choices made when a build is started.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Overlays of the recipe to leave out of this build (`--without`), for example one whose
+    /// repository cannot be reached from here. Recorded in the manifest.
+    pub without: Vec<String>,
+}
+
+/// The overlays of `recipe` less those in `without`, each of which must be one of them.
+pub fn kept_overlays(
+    recipe_name: &str,
+    overlays: &[String],
+    without: &[String],
+) -> Result<Vec<String>> {
+    for w in without {
+        if !overlays.contains(w) {
+            bail!(
+                "--without {w}: the recipe {recipe_name} has no overlay {w:?} (its overlays: {})",
+                overlays.join(", ")
+            );
+        }
+    }
+    Ok(overlays
+        .iter()
+        .filter(|o| !without.contains(o))
+        .cloned()
+        .collect())
+}
+
+/// The kernel package: the recipe's, unless one overlay replaces it.
+pub fn kernel_package(recipe: &Recipe, overlays: &[Overlay]) -> Result<String> {
+    let replacing: Vec<&Overlay> = overlays
+        .iter()
+        .filter(|o| o.spec.kernel.is_some())
+        .collect();
+    match replacing.as_slice() {
+        [] => Ok(recipe.kernel.package.clone()),
+        [one] => Ok(one.spec.kernel.clone().expect("filtered")),
+        many => bail!(
+            "overlays {} each replace the kernel; a recipe can use one of them",
+            many.iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+    }
 }
 
 /// Everything a build is made from, resolved and pinned, before anything is built.
@@ -196,20 +242,40 @@ pub struct Prepared {
     pub inputs_sha256: String,
     /// The version to publish.
     pub version: String,
+    /// The kernel package installed.
+    pub kernel_package: String,
+    /// The recipe's overlays that this build leaves out.
+    pub left_out: Vec<String>,
 }
 
 /// Resolves and pins every input of `name`: recipe, overlays, apt sources, artifacts, version.
-pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepared> {
+pub fn prepare(
+    paths: &Paths,
+    name: &str,
+    options: &BuildOptions,
+    progress: &Progress,
+) -> Result<Prepared> {
     let stage = progress.stage("resolve recipe and overlays");
     let (recipe, recipe_text) = recipe::load(&paths.project, name)?;
     let recipe_sha = apt::sha256_hex(recipe_text.as_bytes());
-    let overlays = recipe
-        .overlays
+    let mut left_out = options.without.clone();
+    left_out.sort();
+    left_out.dedup();
+    let overlays = kept_overlays(name, &recipe.overlays, &left_out)?
         .iter()
         .map(|o| overlay::load(&paths.project, o))
         .collect::<Result<Vec<_>>>()?;
     let inv = inventory::load(&paths.project)?;
-    stage.done(&format!("{} overlays", overlays.len()));
+    let kernel_package = kernel_package(&recipe, &overlays)?;
+    if left_out.is_empty() {
+        stage.done(&format!("{} overlays", overlays.len()));
+    } else {
+        stage.done(&format!(
+            "{} overlays; left out as asked: {}",
+            overlays.len(),
+            left_out.join(", ")
+        ));
+    }
 
     let stage = progress.stage("pin apt sources");
     let (main_sources, extra_sources) = resolve_sources(paths, &recipe, &overlays)?;
@@ -217,7 +283,7 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     let mut keys = Vec::new();
     let mut first_release = None;
     for s in &main_sources {
-        let rel = apt::fetch_release(s)?;
+        let rel = apt::fetch_release(s, name)?;
         first_release.get_or_insert_with(|| rel.clone());
         uses.push(SourceUse {
             origin: s.origin.clone(),
@@ -228,10 +294,13 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
             key: None,
         });
     }
-    for (s, key_path, key_name) in &extra_sources {
-        let rel = apt::fetch_release(s)?;
+    for (s, ov, declared) in &extra_sources {
+        let rel = apt::fetch_release(s, name)?;
+        let key_path = apt::resolve_key(name, &ov.name, &ov.dir, declared, &paths.cache)?;
+        apt::verify_release(s, &rel, &key_path)?;
+        let key_name = format!("{}-{}.{}", ov.name, declared.name, declared.key_extension());
         let key_bytes =
-            fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
+            fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
         uses.push(SourceUse {
             origin: s.origin.clone(),
             uri: s.uri.clone(),
@@ -240,7 +309,7 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
             release_sha256: apt::sha256_hex(&rel),
             key: Some((key_name.clone(), apt::sha256_hex(&key_bytes))),
         });
-        keys.push((key_name.clone(), key_path.clone()));
+        keys.push((key_name, key_path));
     }
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v.trim().parse::<u64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
@@ -271,7 +340,7 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     }
 
     let mut packages: Vec<String> = recipe.debian.packages.clone();
-    packages.push(recipe.kernel.package.clone());
+    packages.push(kernel_package.clone());
     if recipe.outputs.contains(&Output::Initramfs) {
         packages.push(initramfs::BUSYBOX_PACKAGE.into());
     }
@@ -294,6 +363,7 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
     };
     let digest_input = InputsDigest {
         builder: env!("CARGO_PKG_VERSION"),
+        left_out: &left_out,
         recipe: name,
         recipe_sha256: &recipe_sha,
         base: base_spec.key(),
@@ -356,11 +426,23 @@ pub fn prepare(paths: &Paths, name: &str, progress: &Progress) -> Result<Prepare
         epoch,
         inputs_sha256,
         version,
+        kernel_package,
+        left_out,
     })
 }
 
-/// Builds and publishes `name`.
+/// Builds and publishes `name` with every overlay of its recipe.
 pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
+    build_with(paths, name, &BuildOptions::default(), progress)
+}
+
+/// Builds and publishes `name`.
+pub fn build_with(
+    paths: &Paths,
+    name: &str,
+    options: &BuildOptions,
+    progress: &Progress,
+) -> Result<Built> {
     let Prepared {
         recipe,
         recipe_sha,
@@ -371,7 +453,9 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
         epoch,
         inputs_sha256,
         version,
-    } = prepare(paths, name, progress)?;
+        kernel_package,
+        left_out,
+    } = prepare(paths, name, options, progress)?;
     let existing = paths.out.join(name).join(&version);
     if existing.is_dir() {
         let manifest = layout::load_manifest(&existing)?;
@@ -507,6 +591,7 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
                 })
                 .collect(),
         },
+        left_out,
         overlays: overlays
             .iter()
             .map(|o| layout::OverlayInput {
@@ -526,7 +611,7 @@ pub fn build(paths: &Paths, name: &str, progress: &Progress) -> Result<Built> {
             })
             .collect(),
         kernel: layout::KernelRecord {
-            package: recipe.kernel.package.clone(),
+            package: kernel_package,
             release: base.info.kernel_release.clone(),
             cmdline: plan.cmdline.clone(),
         },
@@ -620,4 +705,55 @@ pub fn require_root() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_leaves_out_only_overlays_the_recipe_has() {
+        let all: Vec<String> = ["base", "infiniband", "proxmox-kernel"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            kept_overlays("core-node", &all, &["proxmox-kernel".into()]).unwrap(),
+            ["base", "infiniband"]
+        );
+        assert_eq!(kept_overlays("core-node", &all, &[]).unwrap(), all);
+        let err = kept_overlays("core-node", &all, &["k3s".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--without k3s: the recipe core-node has no overlay \"k3s\" \
+             (its overlays: base, infiniband, proxmox-kernel)"
+        );
+    }
+
+    #[test]
+    fn one_overlay_at_most_replaces_the_kernel() {
+        let (recipe, _) = recipe::load(&crate::cli::project_root(), "core-node").unwrap();
+        let root = crate::cli::project_root();
+        let overlays: Vec<Overlay> = ["base", "infiniband", "proxmox-kernel"]
+            .iter()
+            .map(|o| overlay::load(&root, o).unwrap())
+            .collect();
+        assert_eq!(
+            kernel_package(&recipe, &overlays).unwrap(),
+            "proxmox-default-kernel"
+        );
+        assert_eq!(
+            kernel_package(&recipe, &overlays[..2]).unwrap(),
+            "linux-image-amd64",
+            "without the overlay, the recipe's kernel"
+        );
+        let mut twice = overlays.clone();
+        let mut other = overlays[2].clone();
+        other.name = "other-kernel".into();
+        twice.push(other);
+        let err = kernel_package(&recipe, &twice).unwrap_err().to_string();
+        assert!(
+            err.contains("proxmox-kernel and other-kernel each replace the kernel"),
+            "{err}"
+        );
+    }
 }

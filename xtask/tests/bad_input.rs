@@ -258,7 +258,7 @@ fn an_unreachable_apt_source_is_named_with_a_way_past_it() {
         &[
             "apt source \"http://127.0.0.1:9/debian\"",
             "cannot be reached",
-            "build without the overlay \"extra\"",
+            "cargo xtask build ci-node --without extra",
         ],
     );
 }

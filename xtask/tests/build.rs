@@ -4,11 +4,11 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{project, require, scratch, xtask};
+use common::{entry, project, require, scratch, unsquashfs_cat, unsquashfs_list, xtask};
 use netboot::layout;
 
 const TOOLS: &[&str] = &["mmdebstrap", "mksquashfs", "unsquashfs"];
@@ -41,44 +41,6 @@ fn fixture() -> &'static Fixture {
             version,
         }
     })
-}
-
-fn unsquashfs_list(image: &Path) -> String {
-    let o = Command::new("unsquashfs")
-        .arg("-lln")
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "unsquashfs -lln {}: {}",
-        image.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn unsquashfs_cat(image: &Path, path: &str) -> String {
-    let o = Command::new("unsquashfs")
-        .arg("-cat")
-        .arg(image)
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "unsquashfs -cat {path}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The listing line of `path` (as `squashfs-root/PATH`) in an `unsquashfs -lln` listing.
-fn entry<'a>(listing: &'a str, path: &str) -> Option<&'a str> {
-    let want = format!("squashfs-root{path}");
-    listing
-        .lines()
-        .find(|l| l.split_whitespace().nth(5) == Some(want.as_str()))
 }
 
 #[test]

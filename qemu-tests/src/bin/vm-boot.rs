@@ -30,6 +30,7 @@ struct Args {
     nodes: usize,
     check: bool,
     timeout: Duration,
+    without: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,6 +40,7 @@ fn parse_args() -> Result<Args> {
         nodes: 1,
         check: false,
         timeout: Duration::from_secs(600),
+        without: Vec::new(),
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -50,6 +52,9 @@ fn parse_args() -> Result<Args> {
                     .context("--nodes takes a number, 1 or more")?;
             }
             "--check" => a.check = true,
+            "--without" => a
+                .without
+                .push(it.next().context("--without takes an overlay name")?),
             "--timeout" => {
                 a.timeout = Duration::from_secs(
                     it.next()
@@ -62,12 +67,12 @@ fn parse_args() -> Result<Args> {
             ),
             r if !r.starts_with('-') && a.recipe.is_empty() => a.recipe = r.to_string(),
             other => bail!(
-                "unknown argument {other:?}; usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS]"
+                "unknown argument {other:?}; usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS] [--without OVERLAY]"
             ),
         }
     }
     if a.recipe.is_empty() {
-        bail!("usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS]");
+        bail!("usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS] [--without OVERLAY]");
     }
     Ok(a)
 }
@@ -167,7 +172,10 @@ fn run() -> Result<std::process::ExitCode> {
         etc_apt: "/etc/apt".into(),
     };
     pipeline::require_root()?;
-    let built = pipeline::build(&paths, &args.recipe, &Progress::new(false))?;
+    let options = pipeline::BuildOptions {
+        without: args.without.clone(),
+    };
+    let built = pipeline::build_with(&paths, &args.recipe, &options, &Progress::new(false))?;
     let m = &built.manifest;
     println!(
         "booting {}@{} from {}",

@@ -127,3 +127,43 @@ pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
     v.sort();
     v
 }
+
+/// `unsquashfs -lln` of an image: one line per path, numeric owners.
+pub fn unsquashfs_list(image: &Path) -> String {
+    let o = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "unsquashfs -lln {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// One file of an image, as text.
+pub fn unsquashfs_cat(image: &Path, path: &str) -> String {
+    let o = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(image)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "unsquashfs -cat {path}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The listing line of `path` (as `squashfs-root/PATH`) in an `unsquashfs -lln` listing.
+pub fn entry<'a>(listing: &'a str, path: &str) -> Option<&'a str> {
+    let want = format!("squashfs-root{path}");
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().nth(5) == Some(want.as_str()))
+}
