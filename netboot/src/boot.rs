@@ -88,8 +88,12 @@ pub fn ipxe_refusal(mac: &str, why: &str) -> String {
     format!("#!ipxe\necho ironbake: not booting {mac}: {why}\nsleep 5\nexit 1\n")
 }
 
-/// Reads a published version's node templates (`node-templates/**.j2`).
-pub fn load_node_templates(version_dir: &Path) -> std::io::Result<Vec<TemplateSource>> {
+/// Reads a published version's node templates (`node-templates/**.j2`), with the modes its
+/// manifest gives them (0644 when it names none).
+pub fn load_node_templates(
+    version_dir: &Path,
+    manifest: &Manifest,
+) -> std::io::Result<Vec<TemplateSource>> {
     let root = version_dir.join(NODE_TEMPLATES);
     let mut out = Vec::new();
     if !root.is_dir() {
@@ -112,11 +116,17 @@ pub fn load_node_templates(version_dir: &Path) -> std::io::Result<Vec<TemplateSo
             let Some(dest) = rel.strip_suffix(".j2") else {
                 continue;
             };
+            let dest = format!("/{dest}");
+            let mode = manifest
+                .node_template_modes
+                .get(&dest)
+                .and_then(|m| u32::from_str_radix(m, 8).ok())
+                .unwrap_or(0o644);
             out.push(TemplateSource {
                 file: format!("{NODE_TEMPLATES}/{rel}"),
-                dest: format!("/{dest}"),
+                dest,
                 text: std::fs::read_to_string(&p)?,
-                mode: 0o644,
+                mode,
             });
         }
     }

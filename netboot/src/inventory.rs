@@ -137,6 +137,15 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
                     ),
                 ));
             }
+            if key == "secrets" {
+                return Err(at(
+                    key,
+                    format!(
+                        "node {name}: variable \"secrets\" is reserved: node.secrets comes from \
+                         secrets.toml beside the inventory, which stays out of git"
+                    ),
+                ));
+            }
         }
     }
     crate::mesh::check(&inv).map_err(|e| {
@@ -165,6 +174,9 @@ pub enum LoadError {
     /// The file is not a valid inventory.
     #[error(transparent)]
     Invalid(#[from] Located),
+    /// The secrets file beside it cannot be used.
+    #[error(transparent)]
+    Secrets(crate::secrets::SecretsError),
 }
 
 /// Reads `inventory.toml` under `project`; a missing file is an empty inventory.

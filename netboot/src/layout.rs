@@ -71,6 +71,9 @@ pub struct Manifest {
     pub packages: Vec<PackageRecord>,
     /// Every published file but `manifest.json` and `SHA256SUMS`, sorted by path.
     pub outputs: Vec<OutputRecord>,
+    /// Node templates whose rendered file is not mode 0644, by image path ("0600").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_template_modes: BTreeMap<String, String>,
     /// The recipe's `[variables]`, which node templates see beside `node.*` when the boot
     /// server renders them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

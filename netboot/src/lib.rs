@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod layout;
 pub mod mesh;
 pub mod nodes;
+pub mod secrets;
 pub mod serve;
 pub mod template;
 pub mod tftp;

@@ -11,6 +11,7 @@ use crate::boot::{self, ExtraFile};
 use crate::hub::{Directory, Lookup};
 use crate::inventory::{self, Inventory, LoadError};
 use crate::layout::{self, LayoutError, Manifest};
+use crate::secrets::{self, Secrets};
 use crate::template::{TemplateError, TemplateSource};
 
 /// Why a machine cannot be booted, in words for logs and for the iPXE console.
@@ -32,6 +33,21 @@ pub enum TargetError {
     /// A node template failed for this node.
     #[error("{0}")]
     Template(#[from] TemplateError),
+    /// A node template reads a secret that secrets.toml does not give this node.
+    #[error(
+        "{file} uses node.secrets.{secret}, which {secrets_file} does not give node {node}: \
+         add it under [nodes.{node}] there"
+    )]
+    MissingSecret {
+        /// The node.
+        node: String,
+        /// The template.
+        file: String,
+        /// The secret's name.
+        secret: String,
+        /// The secrets file.
+        secrets_file: String,
+    },
     /// Reading node templates or the state folder failed.
     #[error("{what}: {source}")]
     Io {
@@ -61,6 +77,8 @@ pub struct Target {
 struct Loaded {
     mtime: Option<SystemTime>,
     inventory: Arc<Inventory>,
+    secrets_mtime: Option<SystemTime>,
+    secrets: Arc<Secrets>,
 }
 
 /// The inventory, reloaded on change; see the module doc.
@@ -68,6 +86,7 @@ struct Loaded {
 pub struct Inventories {
     path: PathBuf,
     shown: String,
+    secrets_path: PathBuf,
     state_dir: Option<PathBuf>,
     loaded: Mutex<Loaded>,
     manifests: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
@@ -81,17 +100,31 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 impl Inventories {
     /// Loads `path` (a missing file is an empty inventory: every machine is unknown); a
     /// malformed one is refused with its file:line. `state_dir`, when given, keeps each
-    /// node's generated identity (its machine-id) across boots.
+    /// node's generated identity (its machine-id) across boots. The nodes' secrets are read
+    /// from `secrets.toml` beside the inventory (see [`crate::secrets`]).
     pub fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Inventories, LoadError> {
         let shown = path.display().to_string();
         let inv = inventory::load_file(path, &shown)?;
+        let secrets_path = path.with_file_name(secrets::FILE);
+        let secrets = secrets::load_file(&secrets_path).map_err(LoadError::Secrets)?;
+        for node in secrets.nodes.keys() {
+            if !inv.nodes.contains_key(node) {
+                tracing::warn!(
+                    "{}: secrets for {node}, which {shown} does not list",
+                    secrets_path.display()
+                );
+            }
+        }
         Ok(Inventories {
             path: path.to_path_buf(),
             shown,
+            secrets_path: secrets_path.clone(),
             state_dir,
             loaded: Mutex::new(Loaded {
                 mtime: mtime(path),
                 inventory: Arc::new(inv),
+                secrets_mtime: mtime(&secrets_path),
+                secrets: Arc::new(secrets),
             }),
             manifests: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
@@ -117,6 +150,27 @@ impl Inventories {
             }
         }
         Arc::clone(&l.inventory)
+    }
+
+    /// The nodes' secrets, reloaded first if the file changed.
+    fn secrets(&self) -> Arc<Secrets> {
+        let mut l = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let now = mtime(&self.secrets_path);
+        if now != l.secrets_mtime {
+            l.secrets_mtime = now;
+            match secrets::load_file(&self.secrets_path) {
+                Ok(s) => {
+                    tracing::info!(
+                        nodes = s.nodes.len(),
+                        "secrets reloaded from {}",
+                        self.secrets_path.display()
+                    );
+                    l.secrets = Arc::new(s);
+                }
+                Err(e) => tracing::error!("secrets not reloaded, keeping the last good ones: {e}"),
+            }
+        }
+        Arc::clone(&l.secrets)
     }
 
     /// What the inventory says about `mac`.
@@ -198,8 +252,10 @@ impl Inventories {
             version: None,
             vars: BTreeMap::new(),
         });
+        let mut node_vars = inventory::node_context(&name, &node);
+        node_vars.insert("secrets".into(), self.secrets().of(&name));
         Ok(Some(Target {
-            node_vars: inventory::node_context(&name, &node),
+            node_vars,
             name,
             mac: mac.to_string(),
             manifest,
@@ -310,22 +366,36 @@ impl Inventories {
             match cache.get(&t.version_dir) {
                 Some(v) => Arc::clone(v),
                 None => {
-                    let v =
-                        Arc::new(boot::load_node_templates(&t.version_dir).map_err(|source| {
-                            TargetError::Io {
+                    let v = Arc::new(
+                        boot::load_node_templates(&t.version_dir, &t.manifest).map_err(
+                            |source| TargetError::Io {
                                 what: format!(
                                     "reading {}/{}",
                                     t.version_dir.display(),
                                     boot::NODE_TEMPLATES
                                 ),
                                 source,
-                            }
-                        })?);
+                            },
+                        )?,
+                    );
                     cache.insert(t.version_dir.clone(), Arc::clone(&v));
                     v
                 }
             }
         };
+        let given = t.node_vars.get("secrets").and_then(|s| s.as_table());
+        for tpl in templates.iter() {
+            for secret in secrets::referenced(&tpl.text) {
+                if !given.is_some_and(|g| g.contains_key(&secret)) {
+                    return Err(TargetError::MissingSecret {
+                        node: t.name.clone(),
+                        file: tpl.file.clone(),
+                        secret,
+                        secrets_file: self.secrets_path.display().to_string(),
+                    });
+                }
+            }
+        }
         let mut extra = Vec::new();
         if let Some(id) = self.machine_id(&t.name)? {
             extra.push(ExtraFile {

@@ -28,6 +28,13 @@ pub fn environment() -> Environment<'static> {
             .expect("default delimiters are valid"),
     );
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    // `{{ fail("why") }}` stops a rendering with a message: templates check their variables.
+    env.add_function("fail", |why: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            why,
+        ))
+    });
     env
 }
 
@@ -154,6 +161,22 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("ironbake.recipe, who"), "{shown}");
+    }
+
+    #[test]
+    fn a_template_can_refuse_a_value_with_fail() {
+        let t = tpl(
+            "{% if role not in [\"server\", \"agent\"] %}{{ fail(\"role must be server or agent, not \" ~ role) }}{% endif %}ok\n",
+        );
+        let ok = render(&t, &serde_json::json!({ "role": "agent" })).unwrap();
+        assert_eq!(ok, "ok\n");
+        let err = render(&t, &serde_json::json!({ "role": "master" })).unwrap_err();
+        assert!(
+            err.message
+                .contains("role must be server or agent, not master"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

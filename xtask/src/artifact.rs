@@ -68,14 +68,33 @@ pub fn cache_path(cache: &Path, sha256: &str) -> PathBuf {
     cache.join("artifacts").join("sha256").join(sha256)
 }
 
-/// Resolves, fetches (if not cached) and verifies one artifact.
-pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<FetchedArtifact> {
+/// What to do when an artifact cannot be downloaded from here.
+fn way_past(recipe: &str, overlay: &str) -> String {
+    format!(
+        "\n  to get past it: download the file (and its checksum file) where you can, point \
+         `url` (and `sha256-url`) at file:// copies in overlays/{overlay}/overlay.toml, or \
+         leave the overlay out of this build, knowingly: \
+         `cargo xtask build {recipe} --without {overlay}`"
+    )
+}
+
+/// Resolves, fetches (if not cached) and verifies one artifact for `recipe`'s build.
+pub fn fetch(
+    recipe: &str,
+    overlay: &str,
+    spec: &ArtifactSpec,
+    cache: &Path,
+) -> Result<FetchedArtifact> {
     let what = format!("artifact {:?} of overlay {overlay:?}", spec.name);
     let expected = match (&spec.sha256, &spec.sha256_url) {
         (Some(d), _) => d.clone(),
         (None, Some(sums_url)) => {
-            let text = crate::apt::fetch_small(sums_url)
-                .with_context(|| format!("{what}: fetching its checksum file"))?;
+            let text = crate::apt::fetch_small(sums_url).map_err(|e| {
+                anyhow::anyhow!(
+                    "{what}: fetching its checksum file: {e:#}{}",
+                    way_past(recipe, overlay)
+                )
+            })?;
             let text = String::from_utf8_lossy(&text);
             let name = basename(&spec.url);
             digest_from_sums(&text, name).with_context(|| {
@@ -118,7 +137,11 @@ pub fn fetch(overlay: &str, spec: &ArtifactSpec, cache: &Path) -> Result<Fetched
         Ok(d) => d,
         Err(e) => {
             let _ = fs::remove_file(&tmp);
-            return Err(e.context(format!("{what}: fetching {}", spec.url)));
+            return Err(anyhow::anyhow!(
+                "{what}: fetching {}: {e:#}{}",
+                spec.url,
+                way_past(recipe, overlay)
+            ));
         }
     };
     if actual != expected {
@@ -183,17 +206,18 @@ mod tests {
         fs::write(&src, "abc").unwrap();
         let cache = d.path().join("cache");
         let url = format!("file://{}", src.display());
-        let got = fetch("o", &spec(url.clone(), Some(D1.into()), None), &cache).unwrap();
+        let got = fetch("r", "o", &spec(url.clone(), Some(D1.into()), None), &cache).unwrap();
         assert_eq!(got.sha256, D1);
         assert_eq!(fs::read(&got.path).unwrap(), b"abc");
         // Cached: the source can go away.
         fs::remove_file(&src).unwrap();
-        assert!(fetch("o", &spec(url.clone(), Some(D1.into()), None), &cache).is_ok());
+        assert!(fetch("r", "o", &spec(url.clone(), Some(D1.into()), None), &cache).is_ok());
         // A checksum file resolves the digest.
         fs::write(&src, "abc").unwrap();
         let sums = d.path().join("sha256sum.txt");
         fs::write(&sums, format!("{D1}  tool\n")).unwrap();
         let got = fetch(
+            "r",
             "o",
             &spec(url, None, Some(format!("file://{}", sums.display()))),
             &cache,
@@ -209,6 +233,7 @@ mod tests {
         fs::write(&src, "abd").unwrap();
         let cache = d.path().join("cache");
         let err = fetch(
+            "r",
             "o",
             &spec(format!("file://{}", src.display()), Some(D1.into()), None),
             &cache,
@@ -230,6 +255,7 @@ mod tests {
             "no temporary left behind"
         );
         let missing = fetch(
+            "r",
             "o",
             &spec("file:///nonexistent/tool".into(), Some(D1.into()), None),
             &cache,

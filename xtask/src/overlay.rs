@@ -49,6 +49,8 @@
 //!
 //! [permissions]                     # mode and owner of paths this overlay provides
 //! "/home/admin/.ssh" = { mode = "0700", owner = "admin", group = "admin" }
+//! "/etc/app/token" = { mode = "0600" }  # a node template: its mode in each node's settings
+//!                                   # (required for templates that use node.secrets)
 //! ```
 
 use std::collections::BTreeMap;
@@ -549,10 +551,26 @@ pub fn load(project: &Path, name: &str) -> Result<Overlay> {
     }
     let files = walk_files(&dir.join("files"), &format!("{rel}/files"))?;
     let templates = walk_templates(&dir.join("templates"), &format!("{rel}/templates"))?;
-    let node_templates = walk_templates(
+    let mut node_templates = walk_templates(
         &dir.join("node-templates"),
         &format!("{rel}/node-templates"),
     )?;
+    // [permissions] of a node template: its mode in every node's settings. The boot server
+    // writes settings as root, so a node template has no other owner.
+    for t in &mut node_templates {
+        if let Some(perm) = spec.permissions.get(&t.dest) {
+            if perm.owner.is_some() || perm.group.is_some() {
+                bail!(
+                    "{spec_rel}: [permissions] {}: a node template's file belongs to root; \
+                     only its mode can be set",
+                    t.dest
+                );
+            }
+            if let Some(m) = &perm.mode {
+                t.mode = parse_mode(m).expect("validated when parsed");
+            }
+        }
+    }
     let sha256 = tree_digest(&dir)?;
     Ok(Overlay {
         name: name.to_string(),

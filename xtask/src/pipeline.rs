@@ -100,6 +100,14 @@ fn check_node_templates(
             },
         ));
     }
+    // Secrets stay with the boot server: the build renders with a stand-in for each one a
+    // template names, so everything else in the template is checked.
+    let mut stand_ins = toml::Table::new();
+    for t in templates.values() {
+        for s in netboot::secrets::referenced(&t.text) {
+            stand_ins.insert(s.clone(), toml::Value::String(format!("<secret {s}>")));
+        }
+    }
     for (name, node) in &nodes {
         #[derive(Serialize)]
         struct Ctx<'a> {
@@ -108,13 +116,15 @@ fn check_node_templates(
             ironbake: plan::ImageInfo,
             node: BTreeMap<String, toml::Value>,
         }
+        let mut node_ctx = inventory::node_context(name, node);
+        node_ctx.insert("secrets".into(), toml::Value::Table(stand_ins.clone()));
         let ctx = Ctx {
             vars: &recipe.variables,
             ironbake: plan::ImageInfo {
                 recipe: recipe_name.into(),
                 version: version.into(),
             },
-            node: inventory::node_context(name, node),
+            node: node_ctx,
         };
         for t in templates.values() {
             template::render(t, &ctx)
@@ -333,7 +343,7 @@ pub fn prepare(
         for ov in &overlays {
             for a in &ov.spec.artifacts {
                 stage.line(&format!("{} ({})", a.name, a.url));
-                fetched.push(artifact::fetch(&ov.name, a, &paths.cache)?);
+                fetched.push(artifact::fetch(name, &ov.name, a, &paths.cache)?);
             }
         }
         stage.done(&format!("{n_artifacts} verified"));
@@ -407,6 +417,17 @@ pub fn prepare(
         }
         for t in &ov.node_templates {
             template::check_syntax(t)?;
+            if netboot::secrets::uses_secrets(&t.text) && t.mode & 0o077 != 0 {
+                bail!(
+                    "{}: uses node.secrets but its file would be mode {:04o} in every node's \
+                     settings; give it a mode only root can read: [permissions] \"{}\" = \
+                     {{ mode = \"0600\" }} in overlays/{}/overlay.toml",
+                    t.file,
+                    t.mode,
+                    t.dest,
+                    ov.name
+                );
+            }
             node_templates.insert(t.dest.clone(), t.clone());
         }
     }
@@ -622,6 +643,12 @@ pub fn build_with(
         },
         packages: base.info.packages.clone(),
         outputs,
+        node_template_modes: plan
+            .node_templates
+            .values()
+            .filter(|t| t.mode != 0o644)
+            .map(|t| (t.dest.clone(), format!("{:04o}", t.mode)))
+            .collect(),
         variables: recipe
             .variables
             .iter()

@@ -519,6 +519,9 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
 
     for ov in inp.overlays {
         for (path, perm) in &ov.spec.permissions {
+            if ov.node_templates.iter().any(|t| &t.dest == path) {
+                continue; // applied when the overlay was loaded
+            }
             let Some(e) = b.entries.get_mut(path) else {
                 bail!(
                     "overlays/{}/overlay.toml: [permissions] names {path}, which no overlay provides",

@@ -120,7 +120,10 @@ fn an_unknown_recipe_lists_the_known_ones() {
     refused(
         "no-such-recipe",
         |_| {},
-        &["no recipe \"no-such-recipe\"", "ci-node, core-node"],
+        &[
+            "no recipe \"no-such-recipe\"",
+            "ci-node, core-node, k3s-node",
+        ],
     );
 }
 
@@ -191,8 +194,49 @@ fn a_missing_artifact_is_named() {
         &[
             "artifact \"tool\" of overlay \"base\"",
             "/nonexistent/ironbake/tool",
+            "cargo xtask build ci-node --without base",
         ],
     );
+}
+
+#[test]
+fn a_node_template_with_a_secret_must_be_root_only() {
+    refused(
+        "ci-node",
+        |p| {
+            write(
+                &p.join("overlays/base/node-templates/etc/app/token.j2"),
+                "token = {{ node.secrets.app_token }}\n",
+            )
+        },
+        &[
+            "overlays/base/node-templates/etc/app/token.j2: uses node.secrets",
+            "mode 0644",
+            "[permissions] \"/etc/app/token\" = { mode = \"0600\" }",
+        ],
+    );
+}
+
+#[test]
+fn without_an_overlay_the_recipe_lacks_is_refused() {
+    let dir = scratch("bad-without");
+    let project = project(dir.path());
+    let out = dir.path().join("out");
+    let r = xtask(
+        &project,
+        &out,
+        &dir.path().join("cache"),
+        &["build", "ci-node", "--without", "proxmox-kernel"],
+    );
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(
+            "--without proxmox-kernel: the recipe ci-node has no overlay \"proxmox-kernel\" (its overlays: base)"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "out/ was created");
 }
 
 #[test]

@@ -167,3 +167,47 @@ pub fn entry<'a>(listing: &'a str, path: &str) -> Option<&'a str> {
         .lines()
         .find(|l| l.split_whitespace().nth(5) == Some(want.as_str()))
 }
+
+/// Serves the files of `dir` over HTTP/1.0 on a loopback port, for as long as the test runs:
+/// `GET /NAME` gives the file or 404. Returns the base URL (`http://127.0.0.1:PORT`).
+pub fn serve_dir(dir: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            // Skip the headers up to the empty line.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let name = path.trim_start_matches('/');
+            let file = (!name.contains("..") && !name.is_empty())
+                .then(|| std::fs::read(dir.join(name)).ok())
+                .flatten();
+            let _ = match file {
+                Some(body) => conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|_| conn.write_all(&body)),
+                None => conn.write_all(
+                    b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    base
+}
