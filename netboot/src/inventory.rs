@@ -15,8 +15,9 @@
 //! mac = "52:54:00:12:34:01"
 //! recipe = "core-node"
 //! version = "1.2.0-0123456789"  # optional: pin a published version (default: current)
-//! [nodes.machine0.vars]     # seen by node templates as node.NAME
-//! port_type = "eth"
+//! [nodes.machine0.vars]     # seen by node templates as node.NAME (name, mac, recipe and
+//! port_type = "eth"         # secrets are reserved: node.secrets comes from secrets.toml,
+//!                           # see crate::secrets)
 //! [[nodes.machine0.vars.mesh]] # point-to-point links, checked as a whole: see crate::mesh
 //! interface = "enp1s0"
 //! address = "192.168.1.1/30"

@@ -303,27 +303,24 @@ pub fn verify_release(source: &Source, release: &[u8], key_path: &Path) -> Resul
         files.push(sig_path);
     }
     files.push(data);
-    let out = std::process::Command::new("gpgv")
+    let checked = crate::exec::Tool::new("gpgv")
         .arg("--homedir")
         .arg(tmp.path())
         .arg("--keyring")
         .arg(&keyring)
         .args(&files)
-        .output()
-        .context("running gpgv (Debian package gpgv)")?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
+        .run(None);
+    if let Err(e) = checked {
         bail!(
-            "apt source {:?} ({} {}, from {}): its {} is not signed by the key {}\n  \
-             gpgv said: {}\n  nothing was built; if the repository changed its key, \
-             get the new one from its publisher and update the overlay",
+            "apt source {:?} ({} {}, from {}): its {} is not signed by the key {}\n  {e:#}\n  \
+             nothing was built; if the repository changed its key, get the new one from its \
+             publisher and update the overlay",
             source.uri,
             source.suite,
             source.components.join(" "),
             source.origin,
             if inline { "InRelease" } else { "Release" },
             key_path.display(),
-            said.trim().replace('\n', "\n    ")
         );
     }
     Ok(())

@@ -192,7 +192,7 @@ fn an_overlay_repository_is_used_only_when_its_key_signed_it() {
     for needle in [
         "its InRelease is not signed by the key",
         "from proxmox-kernel",
-        "gpgv said",
+        "gpgv failed",
     ] {
         assert!(
             r.stderr.contains(needle),
