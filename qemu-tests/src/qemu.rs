@@ -33,6 +33,14 @@ pub enum Boot {
         /// boot option worked; see [`ovmf_retrying`].
         retry: bool,
     },
+    /// UEFI boot from the VM's first disk (no network needed): OVMF finds the disk's ESP and
+    /// runs its removable-media boot path, as a machine with an installed disk does.
+    Disk {
+        /// The firmware code (read-only).
+        code: PathBuf,
+        /// The firmware variable store to copy for this VM.
+        vars: PathBuf,
+    },
 }
 
 /// The UEFI firmware: from the environment (`IRONBAKE_OVMF_CODE`, `IRONBAKE_OVMF_VARS`), else
@@ -62,6 +70,36 @@ pub fn ovmf_retrying() -> Boot {
         },
         kernel => kernel,
     }
+}
+
+/// [`ovmf`], booting from disk.
+pub fn ovmf_disk() -> Boot {
+    match ovmf() {
+        Boot::Pxe { code, vars, .. } => Boot::Disk { code, vars },
+        other => other,
+    }
+}
+
+/// Gives the VM OVMF with its own copy of the variable store.
+fn firmware(
+    cmd: &mut std::process::Command,
+    name: &str,
+    dir: &Path,
+    code: &Path,
+    vars: &Path,
+) -> Result<()> {
+    // Each VM writes its own copy of the variable store (boot order, PXE state).
+    let own_vars = dir.join(format!("{name}.OVMF_VARS.fd"));
+    std::fs::copy(vars, &own_vars).with_context(|| format!("copying {}", vars.display()))?;
+    cmd.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        code.display()
+    ));
+    cmd.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        own_vars.display()
+    ));
+    Ok(())
 }
 
 /// The line the retrying firmware's shell prints before it resets the machine.
@@ -161,19 +199,13 @@ impl Vm {
                     .arg("-append")
                     .arg(append);
             }
+            Boot::Disk { code, vars } => {
+                firmware(&mut cmd, &cfg.name, dir, code, vars)?;
+                // Boot from the first disk.
+                cmd.args(["-boot", "c"]);
+            }
             Boot::Pxe { code, vars, retry } => {
-                // Each VM writes its own copy of the variable store (boot order, PXE state).
-                let own_vars = dir.join(format!("{}.OVMF_VARS.fd", cfg.name));
-                std::fs::copy(vars, &own_vars)
-                    .with_context(|| format!("copying {}", vars.display()))?;
-                cmd.arg("-drive").arg(format!(
-                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                    code.display()
-                ));
-                cmd.arg("-drive").arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    own_vars.display()
-                ));
+                firmware(&mut cmd, &cfg.name, dir, code, vars)?;
                 // Boot from the network first, as a node set up for PXE does.
                 cmd.args(["-boot", "n"]);
                 if *retry {

@@ -12,6 +12,12 @@ pub fn vm_tests() -> bool {
         ("sgdisk", "gdisk"),
         ("mmdebstrap", "mmdebstrap"),
         ("mksquashfs", "squashfs-tools"),
+        ("fsck.fat", "dosfstools"),
+        ("objdump", "binutils"),
+        (
+            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            "systemd-boot-efi",
+        ),
     ] {
         if !ironbake::exec::have_tool(tool) {
             missing.push(format!("{tool} (apt-get install {package})"));

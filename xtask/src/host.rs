@@ -38,6 +38,11 @@ pub const BUILD: &[Need] = &[
         tool: "dpkg-query",
         package: "dpkg",
     },
+    // The EFI stub and boot manager of disk images.
+    Need {
+        tool: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        package: "systemd-boot-efi",
+    },
     // Checks that an overlay's apt source is signed by its key before anything is built.
     Need {
         tool: "gpgv",
@@ -67,6 +72,15 @@ pub const TEST: &[Need] = &[
     Need {
         tool: "cpio",
         package: "cpio",
+    },
+    // Disk images read back with tools that are not ironbake's.
+    Need {
+        tool: "fsck.fat",
+        package: "dosfstools",
+    },
+    Need {
+        tool: "objdump",
+        package: "binutils",
     },
     // The signed apt repository that the overlay-source tests make for themselves.
     Need {

@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod base;
 pub mod bench;
 pub mod cli;
+pub mod disk;
 pub mod exec;
 pub mod host;
 pub mod initramfs;
@@ -21,6 +22,7 @@ pub mod plan;
 pub mod progress;
 pub mod publish;
 pub mod recipe;
+pub mod uki;
 pub mod users;
 
 #[cfg(test)]

@@ -20,7 +20,15 @@ use crate::plan::{self, Data, Kind, Plan};
 use crate::progress::Progress;
 use crate::publish::{self, Staging};
 use crate::recipe::{self, Output, Recipe};
-use crate::{artifact, initramfs, inventory, ipxe, template};
+use crate::{artifact, disk, initramfs, inventory, ipxe, template, uki};
+
+/// Where the disk image's pieces come from.
+pub mod disk_image {
+    /// systemd-boot (Debian package `systemd-boot-efi`), the disk's boot manager.
+    pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    /// The disk image in a version folder.
+    pub const FILE: &str = "disk.img";
+}
 use netboot::layout::{self, Manifest};
 
 /// Where a build reads and writes.
@@ -70,6 +78,9 @@ struct InputsDigest<'a> {
     outputs: &'a [Output],
     /// The first stage's scripts: a change to them is a new version.
     initramfs: String,
+    /// The build host's EFI binaries a disk image carries, by path, with their sha256.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    efi: &'a BTreeMap<String, String>,
 }
 
 /// Renders each node template for each inventory node that boots `recipe_name`, so a missing
@@ -371,6 +382,15 @@ pub fn prepare(
         epoch,
         squashfs: recipe.squashfs.clone(),
     };
+    let mut efi = BTreeMap::new();
+    if recipe.outputs.contains(&Output::Disk) {
+        for p in [uki::STUB, disk_image::SYSTEMD_BOOT] {
+            let (sha, _) = layout::sha256_file(Path::new(p)).with_context(|| {
+                format!("reading {p} for the disk image (Debian package systemd-boot-efi)")
+            })?;
+            efi.insert(p.to_string(), sha);
+        }
+    }
     let digest_input = InputsDigest {
         builder: env!("CARGO_PKG_VERSION"),
         left_out: &left_out,
@@ -397,6 +417,7 @@ pub fn prepare(
         initramfs: apt::sha256_hex(
             format!("{}{}", initramfs::INIT, initramfs::UDHCPC_SCRIPT).as_bytes(),
         ),
+        efi: &efi,
     };
     let inputs_sha256 = apt::sha256_hex(&serde_json::to_vec(&digest_input)?);
     let version = format!("{}-{}", recipe.version, &inputs_sha256[..10]);
@@ -575,6 +596,21 @@ pub fn build_with(
         )?;
     }
 
+    if recipe.outputs.contains(&Output::Disk) {
+        let stage = progress.stage("disk image");
+        let d = write_disk(
+            &recipe,
+            name,
+            &version,
+            &inputs_sha256,
+            epoch,
+            &plan.cmdline,
+            &base.info.kernel_release,
+            &vdir,
+        )?;
+        stage.done(&d);
+    }
+
     let stage = progress.stage("manifest");
     let mut outputs = Vec::new();
     for path in layout::list_files(&vdir)? {
@@ -676,6 +712,92 @@ pub fn build_with(
         already_published: false,
         base_cached: base.cached,
     })
+}
+
+/// The os-release a UKI carries: the image's name and version, so systemd-boot lists it and
+/// orders two versions.
+fn uki_osrel(recipe: &str, version: &str, slot: char) -> String {
+    format!(
+        "ID=debian\nNAME=\"ironbake {recipe}\"\nIMAGE_ID={recipe}\nIMAGE_VERSION={version}\n\
+         VERSION_ID={version}\nPRETTY_NAME=\"{recipe} {version} (slot {slot})\"\n"
+    )
+}
+
+/// Builds `disk.img` in the version folder from its kernel, initramfs and layers.
+#[allow(clippy::too_many_arguments)]
+fn write_disk(
+    recipe: &Recipe,
+    name: &str,
+    version: &str,
+    seed: &str,
+    epoch: u64,
+    cmdline: &str,
+    kernel_release: &str,
+    vdir: &Path,
+) -> Result<String> {
+    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let base_len = fs::metadata(vdir.join(BASE_LAYER))?.len();
+    let sizes = disk::Sizes {
+        esp_mib: recipe.disk.esp_mib,
+        base_mib: recipe
+            .disk
+            .base_mib
+            .unwrap_or_else(|| disk::roomy_mib(base_len)),
+        overlay_mib: recipe.disk.overlay_mib,
+        data_mib: recipe.disk.data_mib,
+    };
+    let layout = disk::layout(&sizes, seed)?;
+    let slot = 'a';
+    let root = format!(
+        "partlabel:{},partlabel:{}",
+        disk::slot_label("base", slot),
+        disk::slot_label("overlay", slot)
+    );
+    let cmdline = format!("{cmdline} ironbake.root={root} ironbake.slot={slot}");
+    let osrel = uki_osrel(name, version, slot);
+    let stub = read(Path::new(uki::STUB))?;
+    let image = uki::assemble(
+        &stub,
+        &uki::Parts {
+            osrel: osrel.as_bytes(),
+            cmdline: cmdline.as_bytes(),
+            uname: kernel_release.as_bytes(),
+            initrd: &read(&vdir.join(INITRAMFS))?,
+            linux: &read(&vdir.join("vmlinuz"))?,
+        },
+    )
+    .context("assembling the unified kernel image")?;
+    let esp = [
+        disk::EspFile {
+            path: "EFI/BOOT/BOOTX64.EFI".into(),
+            data: read(Path::new(disk_image::SYSTEMD_BOOT))?,
+        },
+        disk::EspFile {
+            path: format!("EFI/Linux/{name}-{version}-{slot}.efi"),
+            data: image,
+        },
+        disk::EspFile {
+            path: "loader/loader.conf".into(),
+            data: b"timeout 0\neditor no\n".to_vec(),
+        },
+    ];
+    let dest = vdir.join(disk_image::FILE);
+    disk::write(
+        &dest,
+        &layout,
+        &disk::Contents {
+            esp: &esp,
+            slot_a: (&vdir.join(BASE_LAYER), &vdir.join(OVERLAY_LAYER)),
+            copy_to_b: recipe.disk.slot_b == recipe::SlotB::Copy,
+            epoch,
+            seed,
+        },
+    )?;
+    Ok(format!(
+        "{} MiB, {} partitions, slot {slot} booting",
+        layout.size >> 20,
+        layout.parts.len()
+    ))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

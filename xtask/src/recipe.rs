@@ -9,7 +9,7 @@
 //! version = "0.3.0"                 # required; the published version is "0.3.0-<digest>"
 //! description = "Proxmox core node" # optional, shown by `cargo xtask list`
 //! overlays = ["base", "infiniband"] # applied in this order; later ones win on conflicts
-//! outputs = ["kernel", "initramfs", "rootfs"]  # the default: all three
+//! outputs = ["kernel", "initramfs", "rootfs"]  # the default; add "disk" for a GPT disk image
 //!
 //! [debian]
 //! suite = "bookworm"                # required
@@ -32,6 +32,14 @@
 //! compression = "zstd"              # zstd | xz | gzip | lz4
 //! level = 9                         # zstd 1-22, xz and lz4 ignore it, gzip 1-9
 //! block-size-kib = 1024             # 4 to 1024, a power of two
+//!
+//! [disk]                            # with "disk" in outputs (see disk.rs for the layout)
+//! esp-mib = 256                     # the EFI system partition, at least 64
+//! # base-mib = 512                  # each slot's base partition; default: the base layer
+//! #                                 # plus half again, rounded up to 64 MiB
+//! overlay-mib = 64                  # each slot's overlay partition
+//! data-mib = 0                      # a data partition for state (0: none)
+//! slot-b = "empty"                  # "empty" or "copy" (of slot A)
 //!
 //! [variables]                       # seen by every overlay template, as top-level names
 //! admin_user = "admin"
@@ -83,6 +91,9 @@ pub struct Recipe {
     /// How the root filesystem layers are compressed.
     #[serde(default)]
     pub squashfs: Squashfs,
+    /// The disk image, when `outputs` has `disk`.
+    #[serde(default)]
+    pub disk: Disk,
     /// Values for the overlays' templates.
     #[serde(default)]
     pub variables: BTreeMap<String, toml::Value>,
@@ -98,10 +109,64 @@ pub enum Output {
     Initramfs,
     /// `base.squashfs` and `overlay.squashfs`, plus the node templates.
     Rootfs,
+    /// `disk.img`: a GPT disk that boots the image with no network (needs the other three).
+    Disk,
 }
 
 fn default_outputs() -> Vec<Output> {
     vec![Output::Kernel, Output::Initramfs, Output::Rootfs]
+}
+
+/// The disk image settings of a recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Disk {
+    /// The EFI system partition, MiB.
+    #[serde(default = "default_esp_mib")]
+    pub esp_mib: u64,
+    /// Each slot's base partition, MiB; by default sized from the base layer.
+    #[serde(default)]
+    pub base_mib: Option<u64>,
+    /// Each slot's overlay partition, MiB.
+    #[serde(default = "default_overlay_mib")]
+    pub overlay_mib: u64,
+    /// The data partition, MiB (0: none).
+    #[serde(default)]
+    pub data_mib: u64,
+    /// What slot B holds in a new image.
+    #[serde(default)]
+    pub slot_b: SlotB,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            esp_mib: default_esp_mib(),
+            base_mib: None,
+            overlay_mib: default_overlay_mib(),
+            data_mib: 0,
+            slot_b: SlotB::default(),
+        }
+    }
+}
+
+fn default_esp_mib() -> u64 {
+    256
+}
+
+fn default_overlay_mib() -> u64 {
+    64
+}
+
+/// What slot B of a new disk image holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotB {
+    /// Nothing until the first update.
+    #[default]
+    Empty,
+    /// A copy of slot A.
+    Copy,
 }
 
 /// The initramfs settings of a recipe.
@@ -286,6 +351,29 @@ pub fn parse(file: &str, text: &str) -> Result<Recipe, Located> {
                 recipe.version
             ),
         ));
+    }
+    if recipe.outputs.contains(&Output::Disk)
+        && ![Output::Kernel, Output::Initramfs, Output::Rootfs]
+            .iter()
+            .all(|o| recipe.outputs.contains(o))
+    {
+        return Err(at(
+            "outputs",
+            "the \"disk\" output is made from the others: list \"kernel\", \"initramfs\" and \"rootfs\" too".into(),
+        ));
+    }
+    if recipe.disk.esp_mib < 64 {
+        return Err(at(
+            "esp-mib",
+            format!(
+                "esp-mib = {} is too small: at least 64 (FAT32 needs 65525 clusters, and \
+                 firmware reads a smaller ESP as FAT16)",
+                recipe.disk.esp_mib
+            ),
+        ));
+    }
+    if recipe.disk.overlay_mib == 0 || recipe.disk.base_mib == Some(0) {
+        return Err(at("[disk]", "slot partitions need at least 1 MiB".into()));
     }
     for name in &recipe.overlays {
         if !valid_name(name) {

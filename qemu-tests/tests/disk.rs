@@ -1,0 +1,227 @@
+//! Tier (c): `ci-node` with the `disk` output: the image read back with real tools (sgdisk,
+//! fsck.fat, objdump), then booted by OVMF from the disk alone, with no network, to its ready
+//! line from slot A.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use netboot::layout::Manifest;
+use qemu_tests::deadline;
+use qemu_tests::fixture::{one_at_a_time, test_dir};
+use qemu_tests::netns::Netns;
+use qemu_tests::qemu::{Vm, VmConfig, ovmf_disk};
+
+/// ci-node built from a copy of the project whose recipe also lists the `disk` output.
+fn build_with_disk() -> (PathBuf, Manifest) {
+    let work = ironbake::cli::project_root()
+        .join("target")
+        .join("qemu-tests");
+    let project = work.join("disk-project");
+    let _ = std::fs::remove_dir_all(&project);
+    ironbake::bench::copy_project(&project).unwrap();
+    let recipe = project.join("recipes/ci-node.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let edited = text.replace(
+        "overlays = [\"base\"]",
+        "overlays = [\"base\"]\noutputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]",
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&recipe, edited).unwrap();
+    let paths = ironbake::pipeline::Paths {
+        project,
+        out: work.join("disk-out"),
+        // The package layer is shared with the other tests' ci-node.
+        cache: work.join("cache"),
+        etc_apt: "/etc/apt".into(),
+    };
+    let built =
+        ironbake::pipeline::build(&paths, "ci-node", &ironbake::progress::Progress::new(false))
+            .unwrap_or_else(|e| panic!("building ci-node with a disk: {e:#}"));
+    (built.dir, built.manifest)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Checks the partition table, the ESP and the UKI with tools that are not ironbake's.
+fn check_with_tools(disk: &Path, m: &Manifest, dir: &Path) {
+    let seed = &m.inputs_sha256;
+    let table = run(Command::new("sgdisk").arg("--print").arg(disk));
+    let verify = run(Command::new("sgdisk").arg("--verify").arg(disk));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let names = [
+        "ESP",
+        "ironbake-base-a",
+        "ironbake-overlay-a",
+        "ironbake-base-b",
+        "ironbake-overlay-b",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&(i + 1).to_string()))
+            .unwrap_or_else(|| panic!("no partition {} in:\n{table}", i + 1));
+        assert!(line.trim_end().ends_with(name), "{line}");
+        let start: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(start % 2048, 0, "{line}: not 1 MiB aligned");
+        let info = run(Command::new("sgdisk")
+            .arg(format!("--info={}", i + 1))
+            .arg(disk));
+        let guid = ironbake::disk::derived_guid(seed, name);
+        assert!(
+            info.contains(&format!("Partition unique GUID: {guid}")),
+            "{name}: {info}"
+        );
+    }
+    let disk_guid = ironbake::disk::derived_guid(seed, "disk");
+    assert!(
+        table.contains(&format!("Disk identifier (GUID): {disk_guid}")),
+        "{table}"
+    );
+    let esp_type = run(Command::new("sgdisk").arg("--info=1").arg(disk));
+    assert!(
+        esp_type.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "{esp_type}"
+    );
+
+    // The ESP, cut out of the image, checked by dosfstools.
+    let esp_line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap();
+    let mut w = esp_line.split_whitespace().skip(1);
+    let (first, last): (u64, u64) = (
+        w.next().unwrap().parse().unwrap(),
+        w.next().unwrap().parse().unwrap(),
+    );
+    let bytes = std::fs::read(disk).unwrap();
+    let esp = dir.join("esp.img");
+    std::fs::write(
+        &esp,
+        &bytes[(first * 512) as usize..((last + 1) * 512) as usize],
+    )
+    .unwrap();
+    let fsck = run(Command::new("fsck.fat").arg("-n").arg("-v").arg(&esp));
+    assert!(fsck.contains("FAT32"), "{fsck}");
+
+    // The files, read with ironbake's reader, the UKI's sections with binutils.
+    let files = ironbake::disk::read_esp(disk).unwrap();
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    let uki_path = format!("EFI/Linux/ci-node-{}-a.efi", m.version);
+    assert_eq!(
+        paths,
+        [
+            "EFI/BOOT/BOOTX64.EFI",
+            uki_path.as_str(),
+            "loader/loader.conf"
+        ]
+    );
+    let boot = std::fs::read(ironbake::pipeline::disk_image::SYSTEMD_BOOT).unwrap();
+    assert!(files[0].1 == boot, "BOOTX64.EFI is systemd-boot");
+    let uki = dir.join("uki.efi");
+    std::fs::write(&uki, &files[1].1).unwrap();
+    let sections = run(Command::new("objdump").arg("-h").arg(&uki));
+    let order: Vec<&str> = sections
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    let tail: Vec<&str> = order[order.len() - 5..].to_vec();
+    assert_eq!(
+        tail,
+        [".osrel", ".cmdline", ".uname", ".initrd", ".linux"],
+        "{sections}"
+    );
+    let section = |name: &str| {
+        run(Command::new("objcopy")
+            .arg("-O")
+            .arg("binary")
+            .arg(format!("--only-section={name}"))
+            .arg(&uki)
+            .arg(dir.join(format!("section{name}"))));
+        std::fs::read(dir.join(format!("section{name}"))).unwrap()
+    };
+    let cmdline = String::from_utf8(section(".cmdline")).unwrap();
+    assert!(
+        cmdline.starts_with(&m.kernel.cmdline)
+            && cmdline.ends_with(
+                " ironbake.root=partlabel:ironbake-base-a,partlabel:ironbake-overlay-a ironbake.slot=a"
+            ),
+        "{cmdline:?}"
+    );
+    let linux = section(".linux");
+    let vmlinuz = std::fs::read(disk.parent().unwrap().join("vmlinuz")).unwrap();
+    assert!(
+        linux.starts_with(&vmlinuz),
+        ".linux is the published kernel"
+    );
+    let osrel = String::from_utf8(section(".osrel")).unwrap();
+    assert!(
+        osrel.contains(&format!("IMAGE_VERSION={}\n", m.version)),
+        "{osrel}"
+    );
+}
+
+#[test]
+fn ovmf_boots_the_disk_image_with_no_network() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let (vdir, m) = build_with_disk();
+    let published = vdir.join("disk.img");
+    let record = m
+        .outputs
+        .iter()
+        .find(|o| o.path == "disk.img")
+        .expect("disk.img in the manifest");
+    assert!(record.size > 512 << 20, "{record:?}");
+    let _one = one_at_a_time();
+    let dir = test_dir("disk");
+    check_with_tools(&published, &m, &dir);
+
+    // The VM writes to its disk (systemd-boot's random seed): boot a sparse copy.
+    let disk = dir.join("disk.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&published)
+        .arg(&disk));
+    let ns = Netns::new("disk").unwrap();
+    let cfg = VmConfig {
+        name: "disk0".into(),
+        boot: ovmf_disk(),
+        mem_mib: 1024,
+        nic: None,
+        disks: vec![disk],
+        links: vec![],
+    };
+    let mut vm = Vm::start(&ns, &cfg, &dir).unwrap();
+    let expected = format!("ready {}@{} in ", m.recipe, m.version);
+    let (line, _) = vm
+        .wait_line(
+            "the ready line from disk",
+            &expected,
+            deadline::PXE_READY,
+            0,
+        )
+        .unwrap();
+    eprintln!("{line}");
+    let console = vm.console.text();
+    assert!(
+        console.contains("root layer ironbake-base-a: /dev/vda2")
+            && console.contains("root layer ironbake-overlay-a: /dev/vda3"),
+        "{}",
+        vm.console.tail(60)
+    );
+    assert!(
+        !console.contains("network: "),
+        "a disk boot must not ask for a lease"
+    );
+}

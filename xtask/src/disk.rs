@@ -1,0 +1,565 @@
+//! Disk images: a GPT disk that boots a published version with no network.
+//!
+//! ```text
+//! LBA 0        protective MBR
+//! LBA 1-33     GPT header and entries (the backup pair at the end of the disk)
+//! 1 MiB        1 ESP                 FAT32: systemd-boot at the removable-media path,
+//!                                    one UKI per slot under EFI/Linux/
+//!              2 ironbake-base-a     slot A: base.squashfs, raw
+//!              3 ironbake-overlay-a  slot A: overlay.squashfs, raw
+//!              4 ironbake-base-b     slot B: empty (or a copy of A), filled by an update
+//!              5 ironbake-overlay-b
+//!              6 ironbake-data       optional: state that outlives updates
+//! ```
+//!
+//! Every partition starts on a 1 MiB boundary. The disk GUID and each partition's GUID are
+//! derived from the version's input digest, and the FAT volume id and timestamps from it and
+//! SOURCE_DATE_EPOCH: the same inputs give the same bytes. [`layout`] is pure; [`write`] puts
+//! a layout and its contents into a file.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+
+/// Sector size.
+pub const SECTOR: u64 = 512;
+/// Partition alignment: 1 MiB.
+pub const ALIGN: u64 = 2048;
+const MIB: u64 = 1 << 20;
+
+/// EFI System Partition.
+pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// Linux root (x86-64), per the Discoverable Partitions Specification.
+pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// Linux filesystem data.
+pub const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// Linux /var, for the data partition.
+pub const TYPE_VAR: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+
+/// The GPT label of a slot's layer partition: `ironbake-base-a`.
+pub fn slot_label(layer: &str, slot: char) -> String {
+    format!("ironbake-{layer}-{slot}")
+}
+
+/// The data partition's label.
+pub const DATA_LABEL: &str = "ironbake-data";
+
+/// What a disk holds, in MiB where sizes are chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sizes {
+    /// The ESP.
+    pub esp_mib: u64,
+    /// Each slot's base partition.
+    pub base_mib: u64,
+    /// Each slot's overlay partition.
+    pub overlay_mib: u64,
+    /// The data partition (0: none).
+    pub data_mib: u64,
+}
+
+/// One partition of a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// 1-based entry number.
+    pub number: u32,
+    /// GPT partition name.
+    pub label: String,
+    /// Type GUID, text form.
+    pub type_guid: &'static str,
+    /// Unique GUID, text form.
+    pub guid: String,
+    /// First sector.
+    pub first_lba: u64,
+    /// Last sector (inclusive).
+    pub last_lba: u64,
+}
+
+impl Part {
+    /// Its size in bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.last_lba - self.first_lba + 1) * SECTOR
+    }
+    /// Its first byte.
+    pub fn offset(&self) -> u64 {
+        self.first_lba * SECTOR
+    }
+}
+
+/// A disk's partition table, computed before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The disk GUID, text form.
+    pub disk_guid: String,
+    /// The partitions in table order.
+    pub parts: Vec<Part>,
+    /// The image size in bytes.
+    pub size: u64,
+}
+
+impl Layout {
+    /// The partition labelled `label`.
+    pub fn part(&self, label: &str) -> Option<&Part> {
+        self.parts.iter().find(|p| p.label == label)
+    }
+}
+
+/// A GUID (RFC 9562 version 4 layout, so tools accept it) derived from `seed` and `what`.
+pub fn derived_guid(seed: &str, what: &str) -> String {
+    let d = Sha256::digest(format!("ironbake disk {seed} {what}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode_upper(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// A GUID in text form as GPT stores it: the first three fields little-endian.
+pub fn guid_bytes(text: &str) -> Result<[u8; 16]> {
+    let hexs: String = text.chars().filter(|c| *c != '-').collect();
+    ensure!(
+        hexs.len() == 32 && text.len() == 36,
+        "{text:?} is not a GUID"
+    );
+    let raw = hex::decode(&hexs).with_context(|| format!("{text:?} is not a GUID"))?;
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
+    b[4..6].copy_from_slice(&[raw[5], raw[4]]);
+    b[6..8].copy_from_slice(&[raw[7], raw[6]]);
+    b[8..].copy_from_slice(&raw[8..]);
+    Ok(b)
+}
+
+/// Lays out a disk for `sizes`; `seed` (the version's input digest) names every GUID.
+pub fn layout(sizes: &Sizes, seed: &str) -> Result<Layout> {
+    ensure!(
+        sizes.esp_mib >= 64,
+        "the ESP must be at least 64 MiB (FAT32 needs 65525 clusters; firmware reads a smaller \
+         one as FAT16)"
+    );
+    ensure!(
+        sizes.base_mib > 0 && sizes.overlay_mib > 0,
+        "slot partitions cannot be empty"
+    );
+    let mut want: Vec<(String, &'static str, u64)> = vec![
+        ("ESP".into(), TYPE_ESP, sizes.esp_mib),
+        (slot_label("base", 'a'), TYPE_ROOT_X86_64, sizes.base_mib),
+        (
+            slot_label("overlay", 'a'),
+            TYPE_LINUX_DATA,
+            sizes.overlay_mib,
+        ),
+        (slot_label("base", 'b'), TYPE_ROOT_X86_64, sizes.base_mib),
+        (
+            slot_label("overlay", 'b'),
+            TYPE_LINUX_DATA,
+            sizes.overlay_mib,
+        ),
+    ];
+    if sizes.data_mib > 0 {
+        want.push((DATA_LABEL.into(), TYPE_VAR, sizes.data_mib));
+    }
+    let mut lba = ALIGN;
+    let mut parts = Vec::new();
+    for (i, (label, type_guid, mib)) in want.into_iter().enumerate() {
+        let sectors = mib * MIB / SECTOR;
+        parts.push(Part {
+            number: i as u32 + 1,
+            guid: derived_guid(seed, &label),
+            label,
+            type_guid,
+            first_lba: lba,
+            last_lba: lba + sectors - 1,
+        });
+        lba += sectors;
+    }
+    // The backup GPT (33 sectors) after the last partition, in a final aligned MiB.
+    let size = (lba + ALIGN) * SECTOR;
+    Ok(Layout {
+        disk_guid: derived_guid(seed, "disk"),
+        parts,
+        size,
+    })
+}
+
+/// A size in MiB with room to grow: `bytes` plus half again, rounded up to 64 MiB.
+pub fn roomy_mib(bytes: u64) -> u64 {
+    let mib = (bytes + bytes / 2).div_ceil(MIB);
+    mib.div_ceil(64).max(1) * 64
+}
+
+/// A file for the ESP.
+#[derive(Debug, Clone)]
+pub struct EspFile {
+    /// Path inside the ESP, `/`-separated (`EFI/BOOT/BOOTX64.EFI`).
+    pub path: String,
+    /// Contents.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct FixedTime(fatfs::DateTime);
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
+}
+
+/// A FAT timestamp for seconds since the epoch (clamped to FAT's 1980-2107 range).
+pub fn fat_time(epoch: u64) -> fatfs::DateTime {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(1980, 2107) as u16;
+    fatfs::DateTime {
+        date: fatfs::Date { year, month, day },
+        time: fatfs::Time {
+            hour: (secs / 3600) as u16,
+            min: (secs % 3600 / 60) as u16,
+            sec: (secs % 60) as u16,
+            millis: 0,
+        },
+    }
+}
+
+/// Formats the ESP (FAT32) in `disk` at `part` and writes `files` into it.
+fn write_esp(
+    disk: &mut fs::File,
+    part: &Part,
+    seed: &str,
+    epoch: u64,
+    files: &[EspFile],
+) -> Result<()> {
+    let slice =
+        fscommon::StreamSlice::new(&mut *disk, part.offset(), part.offset() + part.bytes())?;
+    let id = Sha256::digest(format!("ironbake esp {seed}").as_bytes());
+    let volume_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+    fatfs::format_volume(
+        slice,
+        fatfs::FormatVolumeOptions::new()
+            .fat_type(fatfs::FatType::Fat32)
+            .volume_id(volume_id)
+            .volume_label(*b"ESP        "),
+    )
+    .context("formatting the ESP")?;
+    let slice =
+        fscommon::StreamSlice::new(&mut *disk, part.offset(), part.offset() + part.bytes())?;
+    // fatfs wants a provider for the whole program's life; one per disk written is small.
+    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new().time_provider(time))
+        .context("opening the new ESP")?;
+    ensure!(
+        fs.fat_type() == fatfs::FatType::Fat32,
+        "the ESP came out as {:?}, not FAT32",
+        fs.fat_type()
+    );
+    let mut sorted: Vec<&EspFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    {
+        let root = fs.root_dir();
+        for f in sorted {
+            let parts: Vec<&str> = f.path.split('/').collect();
+            let mut dir = root.clone();
+            for d in &parts[..parts.len() - 1] {
+                dir = match dir.open_dir(d) {
+                    Ok(x) => x,
+                    Err(_) => dir
+                        .create_dir(d)
+                        .with_context(|| format!("ESP: creating {d}"))?,
+                };
+            }
+            let mut file = dir
+                .create_file(parts[parts.len() - 1])
+                .with_context(|| format!("ESP: creating {}", f.path))?;
+            file.truncate()?;
+            file.write_all(&f.data)
+                .with_context(|| format!("ESP: writing {} ({} bytes)", f.path, f.data.len()))?;
+            file.flush()?;
+        }
+    }
+    fs.unmount().context("closing the ESP")?;
+    Ok(())
+}
+
+/// Copies `src` into `disk` at `part`, refusing what does not fit.
+fn write_raw(disk: &mut fs::File, part: &Part, src: &Path) -> Result<u64> {
+    let len = fs::metadata(src)
+        .with_context(|| format!("reading {}", src.display()))?
+        .len();
+    if len > part.bytes() {
+        bail!(
+            "{} ({} MiB) does not fit in partition {} ({} MiB): give the slot more room under \
+             [disk] in the recipe",
+            src.display(),
+            len.div_ceil(MIB),
+            part.label,
+            part.bytes() / MIB
+        );
+    }
+    disk.seek(SeekFrom::Start(part.offset()))?;
+    let mut f = fs::File::open(src)?;
+    let n = io::copy(&mut f, disk)?;
+    Ok(n)
+}
+
+/// What to write into a layout.
+#[derive(Debug)]
+pub struct Contents<'a> {
+    /// Files of the ESP.
+    pub esp: &'a [EspFile],
+    /// Slot A's layers: base and overlay squashfs files.
+    pub slot_a: (&'a Path, &'a Path),
+    /// Also copy slot A into slot B.
+    pub copy_to_b: bool,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: u64,
+    /// The seed the layout was made with.
+    pub seed: &'a str,
+}
+
+/// Writes a disk image at `dest` (created; sparse where nothing is written).
+pub fn write(dest: &Path, layout: &Layout, c: &Contents<'_>) -> Result<()> {
+    let mut disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .with_context(|| format!("creating {}", dest.display()))?;
+    disk.set_len(layout.size)?;
+    let mut gpt = gptman::GPT::new_from(&mut disk, SECTOR, guid_bytes(&layout.disk_guid)?)
+        .context("making the partition table")?;
+    gpt.align = ALIGN;
+    for p in &layout.parts {
+        gpt[p.number] = gptman::GPTPartitionEntry {
+            partition_type_guid: guid_bytes(p.type_guid)?,
+            unique_partition_guid: guid_bytes(&p.guid)?,
+            starting_lba: p.first_lba,
+            ending_lba: p.last_lba,
+            attribute_bits: 0,
+            partition_name: p.label.as_str().into(),
+        };
+    }
+    gpt.write_into(&mut disk)
+        .context("writing the partition table")?;
+    gptman::GPT::write_protective_mbr_into(&mut disk, SECTOR)
+        .context("writing the protective MBR")?;
+    let esp = layout.part("ESP").context("the layout has no ESP")?;
+    write_esp(&mut disk, esp, c.seed, c.epoch, c.esp)?;
+    let slots: &[char] = if c.copy_to_b { &['a', 'b'] } else { &['a'] };
+    for slot in slots {
+        for (layer, src) in [("base", c.slot_a.0), ("overlay", c.slot_a.1)] {
+            let label = slot_label(layer, *slot);
+            let part = layout
+                .part(&label)
+                .with_context(|| format!("the layout has no {label}"))?;
+            write_raw(&mut disk, part, src)?;
+        }
+    }
+    disk.sync_all()?;
+    Ok(())
+}
+
+/// Reads back the files of a disk image's ESP (for checks and tests).
+pub fn read_esp(image: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut disk = fs::File::open(image)?;
+    let gpt = gptman::GPT::read_from(&mut disk, SECTOR).context("reading the partition table")?;
+    let esp_type = guid_bytes(TYPE_ESP)?;
+    let (_, e) = gpt
+        .iter()
+        .find(|(_, e)| e.is_used() && e.partition_type_guid == esp_type)
+        .context("no ESP in the partition table")?;
+    let (start, end) = (e.starting_lba * SECTOR, (e.ending_lba + 1) * SECTOR);
+    let mut disk = fs::OpenOptions::new().read(true).write(true).open(image)?;
+    let slice = fscommon::StreamSlice::new(&mut disk, start, end)?;
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new())?;
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), fs.root_dir())];
+    while let Some((prefix, dir)) = stack.pop() {
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if entry.is_dir() {
+                stack.push((path, entry.to_dir()));
+            } else {
+                let mut data = Vec::new();
+                entry.to_file().read_to_end(&mut data)?;
+                out.push((path, data));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> Sizes {
+        Sizes {
+            esp_mib: 64,
+            base_mib: 8,
+            overlay_mib: 1,
+            data_mib: 4,
+        }
+    }
+
+    #[test]
+    fn the_layout_is_aligned_ordered_and_named() {
+        let l = layout(&sizes(), "seed").unwrap();
+        let labels: Vec<&str> = l.parts.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "ESP",
+                "ironbake-base-a",
+                "ironbake-overlay-a",
+                "ironbake-base-b",
+                "ironbake-overlay-b",
+                "ironbake-data"
+            ]
+        );
+        let mut next = ALIGN;
+        for p in &l.parts {
+            assert_eq!(p.first_lba % ALIGN, 0, "{p:?}");
+            assert_eq!(p.first_lba, next, "no gaps, no overlaps");
+            next = p.last_lba + 1;
+        }
+        assert_eq!(l.part("ESP").unwrap().bytes(), 64 * MIB);
+        assert_eq!(l.size, (next + ALIGN) * SECTOR);
+        assert_eq!(layout(&sizes(), "seed").unwrap(), l, "deterministic");
+        assert_ne!(layout(&sizes(), "other").unwrap().disk_guid, l.disk_guid);
+        let mut no_data = sizes();
+        no_data.data_mib = 0;
+        assert_eq!(layout(&no_data, "seed").unwrap().parts.len(), 5);
+        let mut small = sizes();
+        small.esp_mib = 32;
+        assert!(
+            layout(&small, "seed")
+                .unwrap_err()
+                .to_string()
+                .contains("64 MiB")
+        );
+    }
+
+    #[test]
+    fn guids_are_version_4_and_stored_mixed_endian() {
+        let g = derived_guid("s", "disk");
+        assert_eq!(g.len(), 36);
+        assert_eq!(&g[14..15], "4");
+        assert!("89AB".contains(&g[19..20]), "{g}");
+        let b = guid_bytes(TYPE_ESP).unwrap();
+        assert_eq!(
+            b,
+            [
+                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+                0xc9, 0x3b
+            ]
+        );
+        assert!(guid_bytes("nope").is_err());
+    }
+
+    #[test]
+    fn fat_times_follow_the_calendar() {
+        let t = fat_time(1_723_282_601); // Sat, 10 Aug 2024 09:36:41 UTC
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2024, 8, 10));
+        assert_eq!((t.time.hour, t.time.min, t.time.sec), (9, 36, 41));
+        assert_eq!(fat_time(0).date.year, 1980, "clamped to FAT's range");
+        assert_eq!(roomy_mib(100 * MIB), 192);
+        assert_eq!(roomy_mib(1), 64);
+    }
+
+    #[test]
+    fn a_written_disk_reads_back_and_is_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        let overlay = dir.path().join("overlay");
+        fs::write(&base, vec![0xbb; 3 * MIB as usize + 5]).unwrap();
+        fs::write(&overlay, b"overlay layer").unwrap();
+        let l = layout(&sizes(), "seed").unwrap();
+        let esp = [
+            EspFile {
+                path: "EFI/BOOT/BOOTX64.EFI".into(),
+                data: b"boot".to_vec(),
+            },
+            EspFile {
+                path: "loader/loader.conf".into(),
+                data: b"timeout 0\n".to_vec(),
+            },
+        ];
+        let c = Contents {
+            esp: &esp,
+            slot_a: (&base, &overlay),
+            copy_to_b: false,
+            epoch: 1_723_282_601,
+            seed: "seed",
+        };
+        let a = dir.path().join("a.img");
+        let b = dir.path().join("b.img");
+        write(&a, &l, &c).unwrap();
+        write(&b, &l, &c).unwrap();
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "same bytes");
+        assert!(write(&a, &l, &c).is_err(), "never overwrites");
+        let files = read_esp(&a).unwrap();
+        assert_eq!(
+            files,
+            [
+                ("EFI/BOOT/BOOTX64.EFI".to_string(), b"boot".to_vec()),
+                ("loader/loader.conf".to_string(), b"timeout 0\n".to_vec()),
+            ]
+        );
+        let img = fs::read(&a).unwrap();
+        let p = l.part("ironbake-overlay-a").unwrap();
+        assert_eq!(&img[p.offset() as usize..][..13], b"overlay layer");
+        let pb = l.part("ironbake-base-b").unwrap();
+        assert!(
+            img[pb.offset() as usize..][..4096].iter().all(|b| *b == 0),
+            "B is empty"
+        );
+        assert_eq!(&img[510..512], &[0x55, 0xaa], "protective MBR");
+        assert_eq!(&img[512..520], b"EFI PART");
+        let big = dir.path().join("big");
+        fs::write(&big, vec![1u8; 9 * MIB as usize]).unwrap();
+        let c2 = Contents {
+            slot_a: (&big, &overlay),
+            ..c
+        };
+        let err = write(&dir.path().join("c.img"), &l, &c2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not fit in partition ironbake-base-a"),
+            "{err}"
+        );
+    }
+}
