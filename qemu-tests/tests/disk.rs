@@ -11,13 +11,15 @@ use qemu_tests::fixture::{one_at_a_time, test_dir};
 use qemu_tests::netns::Netns;
 use qemu_tests::qemu::{Vm, VmConfig, ovmf_disk};
 
-/// ci-node built from a copy of the project whose recipe also lists the `disk` output.
-fn build_with_disk() -> (PathBuf, Manifest) {
+/// ci-node built from a copy of the project whose recipe also lists the `disk` output, into
+/// `out`.
+fn build_with_disk(out: &str) -> (PathBuf, Manifest) {
     let work = ironbake::cli::project_root()
         .join("target")
         .join("qemu-tests");
     let project = work.join("disk-project");
     let _ = std::fs::remove_dir_all(&project);
+    let _ = std::fs::remove_dir_all(work.join(out));
     ironbake::bench::copy_project(&project).unwrap();
     let recipe = project.join("recipes/ci-node.toml");
     let text = std::fs::read_to_string(&recipe).unwrap();
@@ -29,7 +31,7 @@ fn build_with_disk() -> (PathBuf, Manifest) {
     std::fs::write(&recipe, edited).unwrap();
     let paths = ironbake::pipeline::Paths {
         project,
-        out: work.join("disk-out"),
+        out: work.join(out),
         // The package layer is shared with the other tests' ci-node.
         cache: work.join("cache"),
         etc_apt: "/etc/apt".into(),
@@ -110,7 +112,10 @@ fn check_with_tools(disk: &Path, m: &Manifest, dir: &Path) {
     )
     .unwrap();
     let fsck = run(Command::new("fsck.fat").arg("-n").arg("-v").arg(&esp));
-    assert!(fsck.contains("FAT32"), "{fsck}");
+    assert!(
+        fsck.contains("32 bit entries") && !fsck.contains("Free cluster summary"),
+        "{fsck}"
+    );
 
     // The files, read with ironbake's reader, the UKI's sections with binutils.
     let files = ironbake::disk::read_esp(disk).unwrap();
@@ -175,8 +180,15 @@ fn ovmf_boots_the_disk_image_with_no_network() {
     if !qemu_tests::require::vm_tests() {
         return;
     }
-    let (vdir, m) = build_with_disk();
+    let (vdir, m) = build_with_disk("disk-out");
     let published = vdir.join("disk.img");
+    // The same inputs again, into another out/: the same disk, byte for byte.
+    let (again, m2) = build_with_disk("disk-out-again");
+    assert_eq!(m2.version, m.version);
+    assert!(
+        std::fs::read(again.join("disk.img")).unwrap() == std::fs::read(&published).unwrap(),
+        "two builds of the same inputs gave different disk images"
+    );
     let record = m
         .outputs
         .iter()

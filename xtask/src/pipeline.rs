@@ -81,6 +81,9 @@ struct InputsDigest<'a> {
     /// The build host's EFI binaries a disk image carries, by path, with their sha256.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     efi: &'a BTreeMap<String, String>,
+    /// [`disk::REVISION`] when the recipe publishes a disk image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk: Option<u32>,
 }
 
 /// Renders each node template for each inventory node that boots `recipe_name`, so a missing
@@ -418,6 +421,10 @@ pub fn prepare(
             format!("{}{}", initramfs::INIT, initramfs::UDHCPC_SCRIPT).as_bytes(),
         ),
         efi: &efi,
+        disk: recipe
+            .outputs
+            .contains(&Output::Disk)
+            .then_some(disk::REVISION),
     };
     let inputs_sha256 = apt::sha256_hex(&serde_json::to_vec(&digest_input)?);
     let version = format!("{}-{}", recipe.version, &inputs_sha256[..10]);
