@@ -11,13 +11,13 @@ use qemu_tests::fixture::{one_at_a_time, test_dir};
 use qemu_tests::netns::Netns;
 use qemu_tests::qemu::{Vm, VmConfig, ovmf_disk};
 
-/// ci-node built from a copy of the project whose recipe also lists the `disk` output, into
-/// `out`.
-fn build_with_disk(out: &str) -> (PathBuf, Manifest) {
+/// A copy of the project whose ci-node recipe also lists the `disk` output, publishing into
+/// `out` (emptied first); the package layer is shared with the other tests' ci-node.
+fn disk_project(out: &str) -> ironbake::pipeline::Paths {
     let work = ironbake::cli::project_root()
         .join("target")
         .join("qemu-tests");
-    let project = work.join("disk-project");
+    let project = work.join(format!("{out}-project"));
     let _ = std::fs::remove_dir_all(&project);
     let _ = std::fs::remove_dir_all(work.join(out));
     ironbake::bench::copy_project(&project).unwrap();
@@ -29,17 +29,52 @@ fn build_with_disk(out: &str) -> (PathBuf, Manifest) {
     );
     assert_ne!(edited, text);
     std::fs::write(&recipe, edited).unwrap();
-    let paths = ironbake::pipeline::Paths {
+    ironbake::pipeline::Paths {
         project,
         out: work.join(out),
-        // The package layer is shared with the other tests' ci-node.
         cache: work.join("cache"),
         etc_apt: "/etc/apt".into(),
-    };
+    }
+}
+
+fn build(paths: &ironbake::pipeline::Paths) -> (PathBuf, Manifest) {
     let built =
-        ironbake::pipeline::build(&paths, "ci-node", &ironbake::progress::Progress::new(false))
+        ironbake::pipeline::build(paths, "ci-node", &ironbake::progress::Progress::new(false))
             .unwrap_or_else(|e| panic!("building ci-node with a disk: {e:#}"));
     (built.dir, built.manifest)
+}
+
+fn esp_names(disk: &Path) -> Vec<String> {
+    ironbake::disk::read_esp(disk)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with("EFI/Linux/"))
+        .collect()
+}
+
+/// Boots `disk` until its ready line for `m`, and returns the console text.
+fn boot(ns: &Netns, dir: &Path, disk: &Path, name: &str, m: &Manifest) -> String {
+    let cfg = VmConfig {
+        name: name.into(),
+        boot: ovmf_disk(),
+        mem_mib: 1024,
+        nic: None,
+        disks: vec![disk.to_path_buf()],
+        links: vec![],
+    };
+    let mut vm = Vm::start(ns, &cfg, dir).unwrap();
+    let expected = format!("ready {}@{} in ", m.recipe, m.version);
+    let (line, _) = vm
+        .wait_line(
+            "the ready line from disk",
+            &expected,
+            deadline::PXE_READY,
+            0,
+        )
+        .unwrap();
+    eprintln!("{line}");
+    vm.console.text()
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -120,7 +155,7 @@ fn check_with_tools(disk: &Path, m: &Manifest, dir: &Path) {
     // The files, read with ironbake's reader, the UKI's sections with binutils.
     let files = ironbake::disk::read_esp(disk).unwrap();
     let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-    let uki_path = format!("EFI/Linux/ci-node-{}-a.efi", m.version);
+    let uki_path = "EFI/Linux/ci-node-1-a.efi".to_string();
     assert_eq!(
         paths,
         [
@@ -170,31 +205,33 @@ fn check_with_tools(disk: &Path, m: &Manifest, dir: &Path) {
     );
     let osrel = String::from_utf8(section(".osrel")).unwrap();
     assert!(
-        osrel.contains(&format!("IMAGE_VERSION={}\n", m.version)),
+        osrel.contains(&format!("VERSION=\"{}\"\n", m.version))
+            && osrel.contains("IMAGE_VERSION=1\n"),
         "{osrel}"
     );
 }
 
 #[test]
-fn ovmf_boots_the_disk_image_with_no_network() {
+fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
     if !qemu_tests::require::vm_tests() {
         return;
     }
-    let (vdir, m) = build_with_disk("disk-out");
+    let paths = disk_project("disk-out");
+    let (vdir, m) = build(&paths);
     let published = vdir.join("disk.img");
-    // The same inputs again, into another out/: the same disk, byte for byte.
-    let (again, m2) = build_with_disk("disk-out-again");
-    assert_eq!(m2.version, m.version);
-    assert!(
-        std::fs::read(again.join("disk.img")).unwrap() == std::fs::read(&published).unwrap(),
-        "two builds of the same inputs gave different disk images"
-    );
     let record = m
         .outputs
         .iter()
         .find(|o| o.path == "disk.img")
         .expect("disk.img in the manifest");
     assert!(record.size > 512 << 20, "{record:?}");
+    // The same inputs again, into another out/: the same disk, byte for byte.
+    let (again, m2) = build(&disk_project("disk-out-again"));
+    assert_eq!(m2.version, m.version);
+    assert!(
+        std::fs::read(again.join("disk.img")).unwrap() == std::fs::read(&published).unwrap(),
+        "two builds of the same inputs gave different disk images"
+    );
     let _one = one_at_a_time();
     let dir = test_dir("disk");
     check_with_tools(&published, &m, &dir);
@@ -206,34 +243,43 @@ fn ovmf_boots_the_disk_image_with_no_network() {
         .arg(&published)
         .arg(&disk));
     let ns = Netns::new("disk").unwrap();
-    let cfg = VmConfig {
-        name: "disk0".into(),
-        boot: ovmf_disk(),
-        mem_mib: 1024,
-        nic: None,
-        disks: vec![disk],
-        links: vec![],
-    };
-    let mut vm = Vm::start(&ns, &cfg, &dir).unwrap();
-    let expected = format!("ready {}@{} in ", m.recipe, m.version);
-    let (line, _) = vm
-        .wait_line(
-            "the ready line from disk",
-            &expected,
-            deadline::PXE_READY,
-            0,
-        )
-        .unwrap();
-    eprintln!("{line}");
-    let console = vm.console.text();
+    let console = boot(&ns, &dir, &disk, "disk0", &m);
     assert!(
         console.contains("root layer ironbake-base-a: /dev/vda2")
             && console.contains("root layer ironbake-overlay-a: /dev/vda3"),
-        "{}",
-        vm.console.tail(60)
+        "{console}"
     );
     assert!(
         !console.contains("network: "),
         "a disk boot must not ask for a lease"
+    );
+
+    // A second version (an overlay file edited), written into slot B of the same disk.
+    std::fs::write(
+        paths
+            .project
+            .join("overlays/base/files/etc/ironbake-second-version"),
+        "an overlay edit makes a second version\n",
+    )
+    .unwrap();
+    let (v2dir, v2) = build(&paths);
+    assert_ne!(v2.version, m.version);
+    let u = ironbake::disk::update(&disk, &v2dir, &v2).unwrap();
+    assert_eq!(u.slot, 'b');
+    assert_eq!(u.entry, "ci-node-2-b+3-0.efi");
+    assert_eq!(
+        esp_names(&disk),
+        ["EFI/Linux/ci-node-1-a.efi", "EFI/Linux/ci-node-2-b+3-0.efi"]
+    );
+    let console = boot(&ns, &dir, &disk, "disk1", &v2);
+    assert!(
+        console.contains("root layer ironbake-base-b: /dev/vda4")
+            && console.contains("root layer ironbake-overlay-b: /dev/vda5"),
+        "{console}"
+    );
+    // systemd-boot counted the try: one used, two left (nothing marks the slot good yet).
+    assert_eq!(
+        esp_names(&disk),
+        ["EFI/Linux/ci-node-1-a.efi", "EFI/Linux/ci-node-2-b+2-1.efi"]
     );
 }

@@ -41,6 +41,89 @@ enum Command {
     Serve(Box<netboot::cli::ServeArgs>),
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    #[command(subcommand)]
+    Disk(DiskCommand),
+}
+
+/// Disk images and disks (a recipe with the "disk" output).
+#[derive(Debug, Subcommand)]
+enum DiskCommand {
+    /// Write a published version into the inactive slot of a disk image or disk and make it
+    /// the next boot; systemd-boot falls back to the other slot if it does not come up.
+    Update(DiskUpdate),
+}
+
+/// `disk update TARGET RECIPE[@VERSION]`.
+#[derive(Debug, Args)]
+struct DiskUpdate {
+    /// The disk image file, or the disk's block device.
+    #[arg(value_name = "image-or-device")]
+    target: PathBuf,
+    /// The version to write: RECIPE (its current version) or RECIPE@VERSION.
+    #[arg(value_name = "recipe[@version]")]
+    version: String,
+    #[command(flatten)]
+    at: Locations,
+}
+
+/// RECIPE or RECIPE@VERSION as a published version folder.
+fn published(paths: &pipeline::Paths, spec: &str) -> Result<(String, String, PathBuf)> {
+    let (name, version) = match spec.split_once('@') {
+        Some((r, v)) => (r.to_string(), v.to_string()),
+        None => {
+            let v = layout::read_current(&paths.out.join(spec))?.with_context(|| {
+                format!(
+                    "{spec} has no published current version under {}",
+                    paths.out.display()
+                )
+            })?;
+            (spec.to_string(), v)
+        }
+    };
+    let dir = paths.out.join(&name).join(&version);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{name}@{version} is not published under {}",
+            paths.out.display()
+        );
+    }
+    Ok((name, version, dir))
+}
+
+impl DiskUpdate {
+    fn run(self) -> Result<ExitCode> {
+        let paths = self.at.paths();
+        let (name, version, dir) = published(&paths, &self.version)?;
+        let m = layout::load_manifest(&dir)?;
+        for f in ["vmlinuz", "initrd.img", "base.squashfs", "overlay.squashfs"] {
+            if !dir.join(f).is_file() {
+                anyhow::bail!(
+                    "{name}@{version} has no {f}: a disk slot needs the kernel, initramfs and rootfs outputs"
+                );
+            }
+        }
+        let (_, problems) = layout::verify(&dir)?;
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "{name}@{version} does not match its manifest ({}); not writing it to a disk",
+                problems.len()
+            );
+        }
+        let u = crate::disk::update(&self.target, &dir, &m)?;
+        println!(
+            "{}: {name}@{version} written to slot {}; next boot: EFI/Linux/{} ({} tries to come up, else the other slot){}",
+            self.target.display(),
+            u.slot,
+            u.entry,
+            crate::disk::TRIES,
+            if u.removed.is_empty() {
+                String::new()
+            } else {
+                format!("; replaced {}", u.removed.join(", "))
+            }
+        );
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// Build a recipe if needed and PXE-boot its inventory nodes in QEMU VMs on a virtual LAN
@@ -283,6 +366,7 @@ impl Cli {
             }
             Command::Inventory(InventoryCommand::Add(a)) => a.run(),
             Command::Boot(b) => b.run(),
+            Command::Disk(DiskCommand::Update(u)) => u.run(),
             Command::Bench(c) => {
                 bench::run(c.what, &c.recipe, &c.without, !c.no_record).map(|_| ExitCode::SUCCESS)
             }
@@ -388,27 +472,7 @@ impl List {
 impl Verify {
     fn run(self) -> Result<ExitCode> {
         let paths = self.at.paths();
-        let (name, version) = match self.target.split_once('@') {
-            Some((r, v)) => (r.to_string(), v.to_string()),
-            None => {
-                let v =
-                    layout::read_current(&paths.out.join(&self.target))?.with_context(|| {
-                        format!(
-                            "{} has no published current version under {}",
-                            self.target,
-                            paths.out.display()
-                        )
-                    })?;
-                (self.target.clone(), v)
-            }
-        };
-        let dir = paths.out.join(&name).join(&version);
-        if !dir.is_dir() {
-            anyhow::bail!(
-                "{name}@{version} is not published under {}",
-                paths.out.display()
-            );
-        }
+        let (name, version, dir) = published(&paths, &self.target)?;
         let (m, problems) = layout::verify(&dir)?;
         if problems.is_empty() {
             println!(

@@ -721,15 +721,6 @@ pub fn build_with(
     })
 }
 
-/// The os-release a UKI carries: the image's name and version, so systemd-boot lists it and
-/// orders two versions.
-fn uki_osrel(recipe: &str, version: &str, slot: char) -> String {
-    format!(
-        "ID=debian\nNAME=\"ironbake {recipe}\"\nIMAGE_ID={recipe}\nIMAGE_VERSION={version}\n\
-         VERSION_ID={version}\nPRETTY_NAME=\"{recipe} {version} (slot {slot})\"\n"
-    )
-}
-
 /// Builds `disk.img` in the version folder from its kernel, initramfs and layers.
 #[allow(clippy::too_many_arguments)]
 fn write_disk(
@@ -755,33 +746,15 @@ fn write_disk(
     };
     let layout = disk::layout(&sizes, seed)?;
     let slot = 'a';
-    let root = format!(
-        "partlabel:{},partlabel:{}",
-        disk::slot_label("base", slot),
-        disk::slot_label("overlay", slot)
-    );
-    let cmdline = format!("{cmdline} ironbake.root={root} ironbake.slot={slot}");
-    let osrel = uki_osrel(name, version, slot);
-    let stub = read(Path::new(uki::STUB))?;
-    let image = uki::assemble(
-        &stub,
-        &uki::Parts {
-            osrel: osrel.as_bytes(),
-            cmdline: cmdline.as_bytes(),
-            uname: kernel_release.as_bytes(),
-            initrd: &read(&vdir.join(INITRAMFS))?,
-            linux: &read(&vdir.join("vmlinuz"))?,
-        },
-    )
-    .context("assembling the unified kernel image")?;
+    let uki = disk::slot_uki(vdir, name, version, cmdline, kernel_release, slot, 1)?;
     let esp = [
         disk::EspFile {
             path: "EFI/BOOT/BOOTX64.EFI".into(),
             data: read(Path::new(disk_image::SYSTEMD_BOOT))?,
         },
         disk::EspFile {
-            path: format!("EFI/Linux/{name}-{version}-{slot}.efi"),
-            data: image,
+            path: format!("EFI/Linux/{}", disk::UkiName::initial(name, slot).file()),
+            data: uki,
         },
         disk::EspFile {
             path: "loader/loader.conf".into(),
