@@ -40,6 +40,9 @@ pub enum Boot {
         code: PathBuf,
         /// The firmware variable store to copy for this VM.
         vars: PathBuf,
+        /// Let the machine restart (a failed slot restarts so the boot manager can fall
+        /// back); otherwise a restart ends the VM.
+        reboot: bool,
     },
 }
 
@@ -75,7 +78,11 @@ pub fn ovmf_retrying() -> Boot {
 /// [`ovmf`], booting from disk.
 pub fn ovmf_disk() -> Boot {
     match ovmf() {
-        Boot::Pxe { code, vars, .. } => Boot::Disk { code, vars },
+        Boot::Pxe { code, vars, .. } => Boot::Disk {
+            code,
+            vars,
+            reboot: false,
+        },
         other => other,
     }
 }
@@ -182,7 +189,10 @@ impl Vm {
             "virtio-rng-pci",
         ]);
         cmd.arg("-serial").arg(format!("file:{}", log.display()));
-        if !matches!(cfg.boot, Boot::Pxe { retry: true, .. }) {
+        if !matches!(
+            cfg.boot,
+            Boot::Pxe { retry: true, .. } | Boot::Disk { reboot: true, .. }
+        ) {
             // A reboot ends the run instead of looping.
             cmd.arg("-no-reboot");
         }
@@ -199,7 +209,7 @@ impl Vm {
                     .arg("-append")
                     .arg(append);
             }
-            Boot::Disk { code, vars } => {
+            Boot::Disk { code, vars, .. } => {
                 firmware(&mut cmd, &cfg.name, dir, code, vars)?;
                 // Boot from the first disk.
                 cmd.args(["-boot", "c"]);

@@ -9,7 +9,7 @@ use netboot::layout::Manifest;
 use qemu_tests::deadline;
 use qemu_tests::fixture::{one_at_a_time, test_dir};
 use qemu_tests::netns::Netns;
-use qemu_tests::qemu::{Vm, VmConfig, ovmf_disk};
+use qemu_tests::qemu::{Boot, Vm, VmConfig, ovmf_disk};
 
 /// A copy of the project whose ci-node recipe also lists the `disk` output, publishing into
 /// `out` (emptied first); the package layer is shared with the other tests' ci-node.
@@ -25,7 +25,7 @@ fn disk_project(out: &str) -> ironbake::pipeline::Paths {
     let text = std::fs::read_to_string(&recipe).unwrap();
     let edited = text.replace(
         "overlays = [\"base\"]",
-        "overlays = [\"base\"]\noutputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]",
+        "overlays = [\"base\", \"disk-boot\"]\noutputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]",
     );
     assert_ne!(edited, text);
     std::fs::write(&recipe, edited).unwrap();
@@ -53,11 +53,24 @@ fn esp_names(disk: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Boots `disk` until its ready line for `m`, and returns the console text.
-fn boot(ns: &Netns, dir: &Path, disk: &Path, name: &str, m: &Manifest) -> String {
+/// Boots `disk` until its ready line for `m` (and `then`, if given, after it), and returns
+/// the console text. `reboot`: the machine may restart (a failed slot does).
+fn boot(
+    ns: &Netns,
+    dir: &Path,
+    disk: &Path,
+    name: &str,
+    m: &Manifest,
+    then: Option<&str>,
+    reboot: bool,
+) -> String {
+    let mut firmware = ovmf_disk();
+    if let Boot::Disk { reboot: r, .. } = &mut firmware {
+        *r = reboot;
+    }
     let cfg = VmConfig {
         name: name.into(),
-        boot: ovmf_disk(),
+        boot: firmware,
         mem_mib: 1024,
         nic: None,
         disks: vec![disk.to_path_buf()],
@@ -65,7 +78,7 @@ fn boot(ns: &Netns, dir: &Path, disk: &Path, name: &str, m: &Manifest) -> String
     };
     let mut vm = Vm::start(ns, &cfg, dir).unwrap();
     let expected = format!("ready {}@{} in ", m.recipe, m.version);
-    let (line, _) = vm
+    let (line, at) = vm
         .wait_line(
             "the ready line from disk",
             &expected,
@@ -74,8 +87,31 @@ fn boot(ns: &Netns, dir: &Path, disk: &Path, name: &str, m: &Manifest) -> String
         )
         .unwrap();
     eprintln!("{line}");
+    if let Some(then) = then {
+        let (line, _) = vm.wait_line(then, then, deadline::REPORT, at).unwrap();
+        eprintln!("{line}");
+    }
     vm.console.text()
 }
+
+/// The kernel's partition device for each slot partition on the VM's disk.
+const SLOT_DEVICES: [(&str, &str); 4] = [
+    ("ironbake-base-a", "/dev/vda2"),
+    ("ironbake-overlay-a", "/dev/vda3"),
+    ("ironbake-base-b", "/dev/vda4"),
+    ("ironbake-overlay-b", "/dev/vda5"),
+];
+
+/// Did the console's (last) boot take its layers from `slot`?
+fn booted_from(console: &str, slot: char) -> bool {
+    let last_boot = console.rsplit("first stage ").next().unwrap_or(console);
+    SLOT_DEVICES
+        .iter()
+        .filter(|(l, _)| l.ends_with(slot))
+        .all(|(l, d)| last_boot.contains(&format!("root layer {l}: {d}")))
+}
+
+const MARKED_GOOD: &str = "ironbake: this slot is marked good";
 
 fn run(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -243,12 +279,8 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
         .arg(&published)
         .arg(&disk));
     let ns = Netns::new("disk").unwrap();
-    let console = boot(&ns, &dir, &disk, "disk0", &m);
-    assert!(
-        console.contains("root layer ironbake-base-a: /dev/vda2")
-            && console.contains("root layer ironbake-overlay-a: /dev/vda3"),
-        "{console}"
-    );
+    let console = boot(&ns, &dir, &disk, "disk0", &m, None, false);
+    assert!(booted_from(&console, 'a'), "{console}");
     assert!(
         !console.contains("network: "),
         "a disk boot must not ask for a lease"
@@ -271,15 +303,44 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
         esp_names(&disk),
         ["EFI/Linux/ci-node-1-a.efi", "EFI/Linux/ci-node-2-b+3-0.efi"]
     );
-    let console = boot(&ns, &dir, &disk, "disk1", &v2);
-    assert!(
-        console.contains("root layer ironbake-base-b: /dev/vda4")
-            && console.contains("root layer ironbake-overlay-b: /dev/vda5"),
-        "{console}"
-    );
-    // systemd-boot counted the try: one used, two left (nothing marks the slot good yet).
+    let console = boot(&ns, &dir, &disk, "disk1", &v2, Some(MARKED_GOOD), false);
+    assert!(booted_from(&console, 'b'), "{console}");
+    // systemd-boot counted the try; once ready, the node marked the slot good.
     assert_eq!(
         esp_names(&disk),
-        ["EFI/Linux/ci-node-1-a.efi", "EFI/Linux/ci-node-2-b+2-1.efi"]
+        ["EFI/Linux/ci-node-1-a.efi", "EFI/Linux/ci-node-2-b.efi"]
+    );
+
+    // A third version into slot A, whose base partition then loses its first MiB (a bad
+    // write, a failing disk): the slot cannot boot, restarts three times, and systemd-boot
+    // falls back to slot B by itself.
+    std::fs::write(
+        paths
+            .project
+            .join("overlays/base/files/etc/ironbake-second-version"),
+        "and another edit a third\n",
+    )
+    .unwrap();
+    let (v3dir, v3) = build(&paths);
+    let u = ironbake::disk::update(&disk, &v3dir, &v3).unwrap();
+    assert_eq!((u.slot, u.entry.as_str()), ('a', "ci-node-3-a+3-0.efi"));
+    assert_eq!(u.removed, ["ci-node-1-a.efi"]);
+    let layout = ironbake::disk::read_layout(&disk).unwrap();
+    let base_a = layout.part("ironbake-base-a").unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.seek(SeekFrom::Start(base_a.offset())).unwrap();
+        f.write_all(&vec![0u8; 1 << 20]).unwrap();
+    }
+    let console = boot(&ns, &dir, &disk, "disk2", &v2, None, true);
+    let failed = console
+        .matches("slot a cannot boot: restarting in 10 s")
+        .count();
+    assert_eq!(failed, 3, "{console}");
+    assert!(booted_from(&console, 'b'), "{console}");
+    assert_eq!(
+        esp_names(&disk),
+        ["EFI/Linux/ci-node-2-b.efi", "EFI/Linux/ci-node-3-a+0-3.efi"]
     );
 }

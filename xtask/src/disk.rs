@@ -596,6 +596,55 @@ pub fn slot_uki(
     .context("assembling the unified kernel image")
 }
 
+/// Reads the partition table of a disk or image back into a [`Layout`] (type GUIDs other
+/// than ironbake's are shown as the Linux data type).
+pub fn read_layout(target: &Path) -> Result<Layout> {
+    let mut disk =
+        fs::File::open(target).with_context(|| format!("opening {}", target.display()))?;
+    let size = disk.seek(SeekFrom::End(0))?;
+    let gpt = gptman::GPT::read_from(&mut disk, SECTOR)
+        .with_context(|| format!("{}: no GPT partition table", target.display()))?;
+    let text = |b: [u8; 16]| {
+        let h = hex::encode_upper([
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    };
+    let known = [TYPE_ESP, TYPE_ROOT_X86_64, TYPE_LINUX_DATA, TYPE_VAR];
+    let parts = gpt
+        .iter()
+        .filter(|(_, e)| e.is_used())
+        .map(|(n, e)| {
+            let t = text(e.partition_type_guid);
+            Part {
+                number: n,
+                label: e.partition_name.as_str().to_string(),
+                type_guid: known
+                    .iter()
+                    .find(|k| **k == t)
+                    .copied()
+                    .unwrap_or(TYPE_LINUX_DATA),
+                guid: text(e.unique_partition_guid),
+                first_lba: e.starting_lba,
+                last_lba: e.ending_lba,
+            }
+        })
+        .collect();
+    Ok(Layout {
+        disk_guid: text(gpt.header.disk_guid),
+        parts,
+        size,
+    })
+}
+
 /// What [`update`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Updated {
@@ -617,12 +666,11 @@ pub fn update(target: &Path, vdir: &Path, m: &netboot::layout::Manifest) -> Resu
         .write(true)
         .open(target)
         .with_context(|| format!("opening {}", target.display()))?;
-    let gpt = gptman::GPT::read_from(&mut disk, SECTOR)
-        .with_context(|| format!("{}: no GPT partition table", target.display()))?;
+    let layout = read_layout(target)?;
     let find = |label: &str| -> Result<(u64, u64)> {
-        gpt.iter()
-            .find(|(_, e)| e.is_used() && e.partition_name.as_str() == label)
-            .map(|(_, e)| (e.starting_lba * SECTOR, (e.ending_lba + 1) * SECTOR))
+        layout
+            .part(label)
+            .map(|p| (p.offset(), p.offset() + p.bytes()))
             .with_context(|| {
                 format!(
                     "{}: no partition labelled {label}: not an ironbake disk",
@@ -656,15 +704,9 @@ pub fn update(target: &Path, vdir: &Path, m: &netboot::layout::Manifest) -> Resu
     let generation = newest.map_or(1, |n| n.generation + 1);
     // The layers first: until the entry is written, the slot is not booted.
     for (layer, file) in [("base", "base.squashfs"), ("overlay", "overlay.squashfs")] {
-        let (start, end) = find(&slot_label(layer, slot))?;
-        let part = Part {
-            number: 0,
-            label: slot_label(layer, slot),
-            type_guid: TYPE_LINUX_DATA,
-            guid: String::new(),
-            first_lba: start / SECTOR,
-            last_lba: end / SECTOR - 1,
-        };
+        let label = slot_label(layer, slot);
+        find(&label)?;
+        let part = layout.part(&label).expect("found above").clone();
         write_raw(&mut disk, &part, &vdir.join(file))?;
     }
     disk.sync_all()?;
@@ -826,6 +868,25 @@ mod tests {
             ]
         );
         assert!(guid_bytes("nope").is_err());
+    }
+
+    #[test]
+    fn a_layout_reads_back_from_the_written_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, overlay) = (dir.path().join("b"), dir.path().join("o"));
+        fs::write(&base, b"b").unwrap();
+        fs::write(&overlay, b"o").unwrap();
+        let l = layout(&sizes(), "seed").unwrap();
+        let img = dir.path().join("d.img");
+        let c = Contents {
+            esp: &[],
+            slot_a: (&base, &overlay),
+            copy_to_b: true,
+            epoch: 0,
+            seed: "seed",
+        };
+        write(&img, &l, &c).unwrap();
+        assert_eq!(read_layout(&img).unwrap(), l);
     }
 
     #[test]

@@ -386,6 +386,13 @@ pub fn prepare(
         squashfs: recipe.squashfs.clone(),
     };
     let mut efi = BTreeMap::new();
+    if recipe.outputs.contains(&Output::Disk) && !overlays.iter().any(|o| o.name == "disk-boot") {
+        bail!(
+            "recipes/{name}.toml: the \"disk\" output needs the \"disk-boot\" overlay in \
+             `overlays` (it mounts the ESP and marks a slot good once the node is ready, which \
+             the fallback between slots relies on)"
+        );
+    }
     if recipe.outputs.contains(&Output::Disk) {
         for p in [uki::STUB, disk_image::SYSTEMD_BOOT] {
             let (sha, _) = layout::sha256_file(Path::new(p)).with_context(|| {

@@ -10,6 +10,7 @@
 //! description = "Proxmox core node" # optional, shown by `cargo xtask list`
 //! overlays = ["base", "infiniband"] # applied in this order; later ones win on conflicts
 //! outputs = ["kernel", "initramfs", "rootfs"]  # the default; add "disk" for a GPT disk image
+//!                                   # (with the "disk-boot" overlay)
 //!
 //! [debian]
 //! suite = "bookworm"                # required

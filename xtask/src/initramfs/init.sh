@@ -8,6 +8,8 @@
 #   ironbake.node=NAME           this node's name (for messages; settings arrive as files)
 #   ironbake.server=URL          boot server base URL (read by the image's ready report)
 #   ironbake.root=partlabel:LABEL[,partlabel:LABEL]   local mode: layers on disk, bottom first
+#   ironbake.slot=a|b            booted from that disk slot: a failure restarts the machine
+#                                (so the boot manager counts the try) instead of a shell
 #   ironbake.rescue              stop before switch_root with a shell
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -23,11 +25,18 @@ say() { printf 'ironbake: [%8ss] %s\n' "$(uptime_s)" "$*"; }
 
 rescue() {
     say "RESCUE: $*"
+    if [ -n "$SLOT" ]; then
+        # Booted from a disk slot by systemd-boot, which counts the tries of a new slot:
+        # restarting spends one, and once none are left it boots the other slot.
+        say "slot $SLOT cannot boot: restarting in 10 s, so the boot manager can fall back"
+        sleep 10
+        reboot -f
+    fi
     say "rescue shell on the console; leave it (exit) to try the boot again"
     setsid cttyhack sh -l
 }
 
-IMAGE= LAYERS= NODE= ROOT= RESCUE=
+IMAGE= LAYERS= NODE= ROOT= RESCUE= SLOT=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         ironbake.image=*) IMAGE=${arg#*=} ;;
@@ -35,6 +44,7 @@ for arg in $(cat /proc/cmdline); do
         ironbake.node=*) NODE=${arg#*=} ;;
         ironbake.root=*) ROOT=${arg#*=} ;;
         ironbake.rescue) RESCUE=1 ;;
+        ironbake.slot=*) SLOT=${arg#*=} ;;
     esac
 done
 say "first stage $(cat /etc/ironbake/release) for node ${NODE:-?}"
