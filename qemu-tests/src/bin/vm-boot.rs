@@ -16,7 +16,8 @@ use anyhow::{Context, Result, bail};
 use ironbake::pipeline::{self, Paths};
 use ironbake::progress::Progress;
 use qemu_tests::lan::Lan;
-use qemu_tests::qemu::{Nic, Vm, VmConfig, ovmf};
+use qemu_tests::netns::Netns;
+use qemu_tests::qemu::{Nic, Vm, VmConfig, ovmf, ovmf_disk};
 use qemu_tests::server::Server;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -31,6 +32,7 @@ struct Args {
     check: bool,
     timeout: Duration,
     without: Vec<String>,
+    disk: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Args> {
         check: false,
         timeout: Duration::from_secs(600),
         without: Vec::new(),
+        disk: false,
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -62,17 +65,17 @@ fn parse_args() -> Result<Args> {
                         .context("--timeout takes seconds")?,
                 );
             }
-            "--disk" => bail!(
-                "--disk boots a recipe's disk image; disk images are not built yet (see the status in README.md)"
-            ),
+            "--disk" => a.disk = true,
             r if !r.starts_with('-') && a.recipe.is_empty() => a.recipe = r.to_string(),
             other => bail!(
-                "unknown argument {other:?}; usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS] [--without OVERLAY]"
+                "unknown argument {other:?}; usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS] [--without OVERLAY] [--disk]"
             ),
         }
     }
     if a.recipe.is_empty() {
-        bail!("usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS] [--without OVERLAY]");
+        bail!(
+            "usage: vm-boot RECIPE [--nodes N] [--check] [--timeout SECS] [--without OVERLAY] [--disk]"
+        );
     }
     Ok(a)
 }
@@ -215,37 +218,96 @@ fn run() -> Result<std::process::ExitCode> {
         }
     }
     std::fs::create_dir_all(&dir)?;
-    let lan = Lan::new("boot", &dir)?;
-    let server = Server::start(&lan, &paths.out, &inventory_path, &dir)?;
-    println!(
-        "LAN: namespace {} (router {} with plain DHCP); boot server at http://{}:{}; logs in {}",
-        lan.ns.name(),
-        lan.router_name(),
-        qemu_tests::lan::SERVER_IP,
-        qemu_tests::server::HTTP_PORT,
-        dir.display()
-    );
-    let mut follows = vec![Follow {
-        prefix: "[netboot]".into(),
-        path: server.log.clone(),
-        offset: 0,
-        partial: String::new(),
-        filter: |l| !l.contains(" DEBUG "),
-    }];
+    let mut follows = Vec::new();
     let mut vms = Vec::new();
+    // Either a LAN with the boot server (PXE), or no network at all (--disk).
+    let image = built.dir.join(ironbake::pipeline::disk_image::FILE);
+    if args.disk && !image.is_file() {
+        bail!(
+            "{} publishes no disk image: add \"disk\" to its outputs and \"disk-boot\" to its overlays (recipes/{}.toml)",
+            args.recipe,
+            args.recipe
+        );
+    }
+    let lan = if args.disk {
+        None
+    } else {
+        Some(Lan::new("boot", &dir)?)
+    };
+    let disk_ns = if args.disk {
+        Some(Netns::new("boot-disk")?)
+    } else {
+        None
+    };
+    let _server = match &lan {
+        Some(lan) => {
+            let server = Server::start(lan, &paths.out, &inventory_path, &dir)?;
+            println!(
+                "LAN: namespace {} (router {} with plain DHCP); boot server at http://{}:{}; logs in {}",
+                lan.ns.name(),
+                lan.router_name(),
+                qemu_tests::lan::SERVER_IP,
+                qemu_tests::server::HTTP_PORT,
+                dir.display()
+            );
+            follows.push(Follow {
+                prefix: "[netboot]".into(),
+                path: server.log.clone(),
+                offset: 0,
+                partial: String::new(),
+                filter: |l| !l.contains(" DEBUG "),
+            });
+            Some(server)
+        }
+        None => {
+            println!(
+                "no network: each VM boots its own copy of {}; logs in {}",
+                image.display(),
+                dir.display()
+            );
+            None
+        }
+    };
+    let ns = match (&lan, &disk_ns) {
+        (Some(lan), _) => &lan.ns,
+        (None, Some(ns)) => ns,
+        (None, None) => unreachable!("one of the two was made"),
+    };
     for (name, mac) in &nodes {
-        let cfg = VmConfig {
-            name: name.clone(),
-            boot: ovmf(),
-            mem_mib: 1536,
-            nic: Some(Nic {
-                mac: mac.clone(),
-                tap: lan.tap()?,
-            }),
-            disks: vec![],
-            links: vec![],
+        let cfg = if args.disk {
+            // The VM writes to its disk (systemd-boot's seed, boot counting): its own copy.
+            let copy = dir.join(format!("{name}.disk.img"));
+            let status = std::process::Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&image)
+                .arg(&copy)
+                .status()
+                .context("copying the disk image")?;
+            if !status.success() {
+                bail!("copying the disk image to {} failed", copy.display());
+            }
+            VmConfig {
+                name: name.clone(),
+                boot: ovmf_disk(),
+                mem_mib: 1536,
+                nic: None,
+                disks: vec![copy],
+                links: vec![],
+            }
+        } else {
+            VmConfig {
+                name: name.clone(),
+                boot: ovmf(),
+                mem_mib: 1536,
+                nic: Some(Nic {
+                    mac: mac.clone(),
+                    tap: lan.as_ref().expect("a LAN for PXE").tap()?,
+                }),
+                disks: vec![],
+                links: vec![],
+            }
         };
-        let vm = Vm::start(&lan.ns, &cfg, &dir)?;
+        let vm = Vm::start(ns, &cfg, &dir)?;
         follows.push(Follow {
             prefix: format!("[{name}]"),
             path: vm.log.clone(),
@@ -265,7 +327,12 @@ fn run() -> Result<std::process::ExitCode> {
         }
         for (i, (name, vm)) in vms.iter_mut().enumerate() {
             if !ready[i] {
-                let needle = format!("ironbake: {name} ready {}@", m.recipe);
+                // A disk boot has no per-node settings, so no hostname of the inventory's.
+                let needle = if args.disk {
+                    format!(" ready {}@{} in ", m.recipe, m.version)
+                } else {
+                    format!("ironbake: {name} ready {}@", m.recipe)
+                };
                 ready[i] = vm.console.text().contains(&needle);
             }
             if !vm.alive() {
