@@ -109,13 +109,8 @@ impl Layout {
     }
 }
 
-/// A GUID (RFC 9562 version 4 layout, so tools accept it) derived from `seed` and `what`.
-pub fn derived_guid(seed: &str, what: &str) -> String {
-    let d = Sha256::digest(format!("ironbake disk {seed} {what}").as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
+/// The text form of a GUID given in RFC 9562 byte order.
+fn guid_text(b: [u8; 16]) -> String {
     let h = hex::encode_upper(b);
     format!(
         "{}-{}-{}-{}-{}",
@@ -125,6 +120,16 @@ pub fn derived_guid(seed: &str, what: &str) -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+/// A GUID (RFC 9562 version 4 layout, so tools accept it) derived from `seed` and `what`.
+pub fn derived_guid(seed: &str, what: &str) -> String {
+    let d = Sha256::digest(format!("ironbake disk {seed} {what}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    guid_text(b)
 }
 
 /// A GUID in text form as GPT stores it: the first three fields little-endian.
@@ -224,18 +229,9 @@ impl fatfs::TimeProvider for FixedTime {
 
 /// A FAT timestamp for seconds since the epoch (clamped to FAT's 1980-2107 range).
 pub fn fat_time(epoch: u64) -> fatfs::DateTime {
-    let days = (epoch / 86400) as i64;
     let secs = epoch % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
-    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(1980, 2107) as u16;
+    let (year, month, day) = crate::apt::civil_from_days((epoch / 86400) as i64);
+    let (year, month, day) = (year.clamp(1980, 2107) as u16, month as u16, day as u16);
     fatfs::DateTime {
         date: fatfs::Date { year, month, day },
         time: fatfs::Time {
@@ -604,19 +600,12 @@ pub fn read_layout(target: &Path) -> Result<Layout> {
     let size = disk.seek(SeekFrom::End(0))?;
     let gpt = gptman::GPT::read_from(&mut disk, SECTOR)
         .with_context(|| format!("{}: no GPT partition table", target.display()))?;
+    // GPT stores the first three fields little-endian.
     let text = |b: [u8; 16]| {
-        let h = hex::encode_upper([
+        guid_text([
             b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
             b[14], b[15],
-        ]);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
+        ])
     };
     let known = [TYPE_ESP, TYPE_ROOT_X86_64, TYPE_LINUX_DATA, TYPE_VAR];
     let parts = gpt
