@@ -48,6 +48,14 @@ pub enum TargetError {
         /// The secrets file.
         secrets_file: String,
     },
+    /// A node named on the command line is not in the inventory.
+    #[error("{inventory} lists no node named {node}: add a [nodes.{node}] table there")]
+    UnknownNode {
+        /// The name given.
+        node: String,
+        /// The inventory file.
+        inventory: String,
+    },
     /// Reading node templates or the state folder failed.
     #[error("{what}: {source}")]
     Io {
@@ -245,22 +253,64 @@ impl Inventories {
                 root: root.display().to_string(),
             });
         }
+        self.make_target(name, mac, &recipe, version_dir, node)
+            .map(Some)
+    }
+
+    /// What the node named `name` gets when its own disk holds `recipe`@`version` (`cargo
+    /// xtask disk flash --node`): the same variables and identity as when it boots from the
+    /// network, whatever the inventory says it boots there.
+    pub fn target_named(
+        &self,
+        root: &Path,
+        name: &str,
+        recipe: &str,
+        version: &str,
+    ) -> Result<Target, TargetError> {
+        let inv = self.get();
+        let node = inv
+            .nodes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TargetError::UnknownNode {
+                node: name.to_string(),
+                inventory: self.shown.clone(),
+            })?;
+        let version_dir = root.join(recipe).join(version);
+        if !version_dir.is_dir() {
+            return Err(TargetError::NotPublished {
+                recipe: format!("{recipe}@{version}"),
+                root: root.display().to_string(),
+            });
+        }
+        let mac = node.mac.clone();
+        self.make_target(name.to_string(), &mac, recipe, version_dir, Some(node))
+    }
+
+    fn make_target(
+        &self,
+        name: String,
+        mac: &str,
+        recipe: &str,
+        version_dir: PathBuf,
+        node: Option<inventory::Node>,
+    ) -> Result<Target, TargetError> {
         let manifest = self.manifest(&version_dir)?;
         let node = node.unwrap_or(inventory::Node {
             mac: mac.to_string(),
-            recipe: recipe.clone(),
+            recipe: recipe.to_string(),
             version: None,
             vars: BTreeMap::new(),
         });
         let mut node_vars = inventory::node_context(&name, &node);
         node_vars.insert("secrets".into(), self.secrets().of(&name));
-        Ok(Some(Target {
+        Ok(Target {
             node_vars,
             name,
             mac: mac.to_string(),
             manifest,
             version_dir,
-        }))
+        })
     }
 
     /// The node's machine-id: made once, kept in the state folder.
@@ -361,6 +411,16 @@ impl Inventories {
 
     /// The node's settings archive, ready to follow the version's initramfs.
     pub fn settings(&self, t: &Target) -> Result<Vec<u8>, TargetError> {
+        let initrd_len = std::fs::metadata(t.version_dir.join(boot::INITRD)).map_or(0, |m| m.len());
+        self.settings_after(t, initrd_len)
+    }
+
+    /// The node's settings archive on its own (no padding), as a disk's ESP carries it.
+    pub fn settings_alone(&self, t: &Target) -> Result<Vec<u8>, TargetError> {
+        self.settings_after(t, 0)
+    }
+
+    fn settings_after(&self, t: &Target, initrd_len: u64) -> Result<Vec<u8>, TargetError> {
         let templates = {
             let mut cache = self.templates.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get(&t.version_dir) {
@@ -416,7 +476,6 @@ impl Inventories {
                 mode: 0o644,
             });
         }
-        let initrd_len = std::fs::metadata(t.version_dir.join(boot::INITRD)).map_or(0, |m| m.len());
         Ok(boot::settings_archive(
             &t.manifest,
             &templates,

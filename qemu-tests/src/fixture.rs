@@ -61,6 +61,36 @@ fn build_without(recipe: &str, without: &[&str]) -> Image {
     }
 }
 
+/// A copy of the project in `target/qemu-tests/OUT-project` whose ci-node recipe also uses the
+/// `disk-boot` overlay and lists the `disk` output, publishing into `target/qemu-tests/OUT`
+/// (emptied first); the package layer cache is shared with the other tests' ci-node.
+pub fn disk_project(out: &str) -> ironbake::pipeline::Paths {
+    let work = ironbake::cli::project_root()
+        .join("target")
+        .join("qemu-tests");
+    let project = work.join(format!("{out}-project"));
+    let _ = std::fs::remove_dir_all(&project);
+    let _ = std::fs::remove_dir_all(work.join(out));
+    ironbake::bench::copy_project(&project).expect("copying the project");
+    let recipe = project.join("recipes/ci-node.toml");
+    let text = std::fs::read_to_string(&recipe).expect("reading ci-node.toml");
+    let edited = text.replace(
+        "overlays = [\"base\"]",
+        "overlays = [\"base\", \"disk-boot\"]\noutputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]",
+    );
+    assert_ne!(
+        edited, text,
+        "ci-node.toml no longer reads overlays = [\"base\"]"
+    );
+    std::fs::write(&recipe, edited).expect("writing ci-node.toml");
+    ironbake::pipeline::Paths {
+        project,
+        out: work.join(out),
+        cache: work.join("cache"),
+        etc_apt: "/etc/apt".into(),
+    }
+}
+
 /// One VM at a time in a test binary: two TCG guests on two cores only slow each other down.
 pub fn one_at_a_time() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());

@@ -1,41 +1,17 @@
 //! Tier (c): `ci-node` with the `disk` output: the image read back with real tools (sgdisk,
-//! fsck.fat, objdump), then booted by OVMF from the disk alone, with no network, to its ready
-//! line from slot A.
+//! fsck.fat, objdump); `cargo xtask disk flash` onto a loop device (and its refusals: the
+//! system disk, a mounted disk, a partition, no --yes); OVMF booting that disk alone, with no
+//! network, to its node's ready line from slot A, making its data partition on the way; then
+//! updates into slot B, and a broken one that falls back by itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use netboot::layout::Manifest;
 use qemu_tests::deadline;
-use qemu_tests::fixture::{one_at_a_time, test_dir};
+use qemu_tests::fixture::{disk_project, one_at_a_time, test_dir};
 use qemu_tests::netns::Netns;
 use qemu_tests::qemu::{Boot, Vm, VmConfig, ovmf_disk};
-
-/// A copy of the project whose ci-node recipe also lists the `disk` output, publishing into
-/// `out` (emptied first); the package layer is shared with the other tests' ci-node.
-fn disk_project(out: &str) -> ironbake::pipeline::Paths {
-    let work = ironbake::cli::project_root()
-        .join("target")
-        .join("qemu-tests");
-    let project = work.join(format!("{out}-project"));
-    let _ = std::fs::remove_dir_all(&project);
-    let _ = std::fs::remove_dir_all(work.join(out));
-    ironbake::bench::copy_project(&project).unwrap();
-    let recipe = project.join("recipes/ci-node.toml");
-    let text = std::fs::read_to_string(&recipe).unwrap();
-    let edited = text.replace(
-        "overlays = [\"base\"]",
-        "overlays = [\"base\", \"disk-boot\"]\noutputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]",
-    );
-    assert_ne!(edited, text);
-    std::fs::write(&recipe, edited).unwrap();
-    ironbake::pipeline::Paths {
-        project,
-        out: work.join(out),
-        cache: work.join("cache"),
-        etc_apt: "/etc/apt".into(),
-    }
-}
 
 fn build(paths: &ironbake::pipeline::Paths) -> (PathBuf, Manifest) {
     let built =
@@ -122,6 +98,99 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `cargo xtask ARGS` in this process, as the command line runs it; its error as text.
+fn xtask(args: &[&str]) -> Result<(), String> {
+    use clap::Parser;
+    let cli = ironbake::cli::Cli::try_parse_from(
+        std::iter::once("cargo xtask").chain(args.iter().copied()),
+    )
+    .map_err(|e| e.to_string())?;
+    cli.run().map(|_| ()).map_err(|e| format!("{e:#}"))
+}
+
+/// A loop device over a sparse file, detached (and unmounted) when dropped.
+struct LoopDisk {
+    dev: PathBuf,
+    mounted: Option<PathBuf>,
+}
+
+impl LoopDisk {
+    fn new(file: &Path, bytes: u64) -> LoopDisk {
+        let f = std::fs::File::create(file).unwrap();
+        f.set_len(bytes).unwrap();
+        drop(f);
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(file));
+        LoopDisk {
+            dev: PathBuf::from(dev.trim()),
+            mounted: None,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.dev.to_str().unwrap()
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        if let Some(m) = self.mounted.take() {
+            let _ = Command::new("umount").arg(&m).status();
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// The whole disk that holds this machine's `/` (its kernel name).
+fn system_disk() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/").unwrap().dev();
+    let (major, minor) = (
+        ((dev >> 32) & 0xffff_f000) as u32 | ((dev >> 8) & 0xfff) as u32,
+        ((dev >> 12) & 0xffff_ff00) as u32 | (dev & 0xff) as u32,
+    );
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
+        .unwrap_or_else(|e| panic!("/ is on device {major}:{minor}, not a block device: {e}"));
+    let sys = if sys.join("partition").exists() {
+        sys.parent().unwrap().to_path_buf()
+    } else {
+        sys
+    };
+    sys.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The ext4 UUID of the filesystem at byte `offset` of `disk` (read from its superblock).
+fn ext4_uuid(disk: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(disk).unwrap();
+    let mut sb = vec![0u8; 1024];
+    f.seek(SeekFrom::Start(offset + 1024)).unwrap();
+    f.read_exact(&mut sb).unwrap();
+    assert_eq!(
+        &sb[0x38..0x3a],
+        &[0x53, 0xef],
+        "no ext4 superblock at {offset}"
+    );
+    let u = &sb[0x68..0x78];
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex::encode(&u[..4]),
+        hex::encode(&u[4..6]),
+        hex::encode(&u[6..8]),
+        hex::encode(&u[8..10]),
+        hex::encode(&u[10..])
+    )
+}
+
+/// sha256 of `len` bytes of `disk` at `offset`.
+fn digest_of(disk: &Path, offset: u64, len: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    netboot::layout::sha256_reader(f.take(len)).unwrap().0
 }
 
 /// Checks the partition table, the ESP and the UKI with tools that are not ironbake's.
@@ -272,12 +341,100 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
     let dir = test_dir("disk");
     check_with_tools(&published, &m, &dir);
 
-    // The VM writes to its disk (systemd-boot's random seed): boot a sparse copy.
-    let disk = dir.join("disk.img");
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&published)
-        .arg(&disk));
+    // `disk flash` onto a loop device 256 MiB larger than the image, for node disk0.
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        "[nodes.disk0]\nmac = \"52:54:00:d1:5c:00\"\nrecipe = \"ci-node\"\n",
+    )
+    .unwrap();
+    let loop_disk = LoopDisk::new(&dir.join("disk-backing"), record.size + (256 << 20));
+    let disk = loop_disk.dev.clone();
+    let out = paths.out.to_str().unwrap().to_string();
+    let project = paths.project.to_str().unwrap().to_string();
+    let state = dir.join("state");
+    let flash = |target: &str, extra: &[&str]| {
+        let mut args = vec![
+            "disk",
+            "flash",
+            "ci-node",
+            target,
+            "--project",
+            &project,
+            "--out",
+            &out,
+            "--node",
+            "disk0",
+            "--inventory",
+            inventory.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        xtask(&args)
+    };
+    // The system disk is refused before anything else (and there is no --yes either).
+    let sys = format!("/dev/{}", system_disk());
+    let e = flash(&sys, &[]).unwrap_err();
+    assert!(e.contains(&format!("{sys} is a system disk")), "{e}");
+    // Without --yes, and no terminal to ask on: refused, nothing written.
+    let e = flash(loop_disk.path(), &[]).unwrap_err();
+    assert!(e.contains("erases it: add --yes"), "{e}");
+    assert_eq!(
+        digest_of(&disk, 0, 1 << 20),
+        digest_of(Path::new("/dev/zero"), 0, 1 << 20)
+    );
+    flash(loop_disk.path(), &["--yes"]).unwrap();
+    // The backup table moved to the loop device's end; the kernel sees the partitions.
+    let verify = run(Command::new("sgdisk").arg("--verify").arg(&disk));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let table = run(Command::new("sgdisk").arg("--print").arg(&disk));
+    let free = table
+        .lines()
+        .find(|l| l.starts_with("Total free space is"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let free_sectors: u64 = free.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(free_sectors >= (255 << 20) / 512, "{table}");
+    // The node's settings are on the ESP, as the boot server would send them.
+    let esp = ironbake::disk::read_esp(&disk).unwrap();
+    let (_, cred) = esp
+        .iter()
+        .find(|(p, _)| p == ironbake::disk::NODE_SETTINGS)
+        .unwrap_or_else(|| panic!("no node settings on the ESP"));
+    let listing = {
+        let cpio = dir.join("settings.cpio");
+        std::fs::write(&cpio, cred).unwrap();
+        run(Command::new("cpio")
+            .args(["-t", "--quiet", "-F"])
+            .arg(&cpio))
+    };
+    assert!(
+        listing.lines().any(|l| l == "ironbake/node/etc/hostname"),
+        "{listing}"
+    );
+    // A mounted disk is refused, and nothing is written. (A mounted partition, a partition,
+    // swap and device-mapper holders are unit-tested on a fake /sys: this machine's kernel
+    // may not show a loop device's partitions.)
+    let busy = LoopDisk::new(&dir.join("busy-backing"), 64 << 20);
+    run(Command::new("mkfs.ext4").arg("-q").arg(&busy.dev));
+    let mnt = dir.join("busy-mounted");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount").arg(&busy.dev).arg(&mnt));
+    let mut busy = busy;
+    busy.mounted = Some(mnt.clone());
+    let before = digest_of(&busy.dev, 0, 64 << 20);
+    let e = flash(busy.path(), &["--yes"]).unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "{} is mounted at {}: unmount it first",
+            busy.path(),
+            mnt.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(digest_of(&busy.dev, 0, 64 << 20), before);
+    drop(busy);
+
     let ns = Netns::new("disk").unwrap();
     let console = boot(&ns, &dir, &disk, "disk0", &m, None, false);
     assert!(booted_from(&console, 'a'), "{console}");
@@ -285,6 +442,27 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
         !console.contains("network: "),
         "a disk boot must not ask for a lease"
     );
+    assert!(
+        console.contains("files from this disk's ESP")
+            && console.contains(&format!("ironbake: disk0 ready {}@{}", m.recipe, m.version)),
+        "{console}"
+    );
+    // The disk had no data partition: the node made one in the free space past the image.
+    let made = console
+        .lines()
+        .find(|l| l.contains("ironbake: data partition /dev/vda6 ("))
+        .unwrap_or_else(|| panic!("no data partition line:\n{console}"));
+    assert!(made.ends_with("): made on this boot"), "{made}");
+    let layout = ironbake::disk::read_layout(&disk).unwrap();
+    let data = layout
+        .part(ironbake::disk::DATA_LABEL)
+        .unwrap_or_else(|| panic!("no data partition in {layout:?}"))
+        .clone();
+    assert_eq!(data.number, 6);
+    assert!(data.bytes() >= 250 << 20, "{data:?}");
+    let uuid = ext4_uuid(&disk, data.offset());
+    assert!(made.contains(&format!("ext4 {uuid})")), "{made} vs {uuid}");
+    let data_digest = digest_of(&disk, data.offset(), data.bytes());
 
     // A second version (an overlay file edited), written into slot B of the same disk.
     std::fs::write(
@@ -294,17 +472,40 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
         "an overlay edit makes a second version\n",
     )
     .unwrap();
-    let (v2dir, v2) = build(&paths);
+    let (_, v2) = build(&paths);
     assert_ne!(v2.version, m.version);
-    let u = ironbake::disk::update(&disk, &v2dir, &v2).unwrap();
-    assert_eq!(u.slot, 'b');
-    assert_eq!(u.entry, "ci-node-2-b+3-0.efi");
+    xtask(&[
+        "disk",
+        "update",
+        loop_disk.path(),
+        &format!("ci-node@{}", v2.version),
+        "--project",
+        &project,
+        "--out",
+        &out,
+        "--node",
+        "disk0",
+        "--inventory",
+        inventory.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ])
+    .unwrap();
+    // The update wrote slot B and the ESP, never the data partition.
+    assert_eq!(digest_of(&disk, data.offset(), data.bytes()), data_digest);
     assert_eq!(
         esp_names(&disk),
         ["EFI/Linux/ci-node-1-a.efi", "EFI/Linux/ci-node-2-b+3-0.efi"]
     );
     let console = boot(&ns, &dir, &disk, "disk1", &v2, Some(MARKED_GOOD), false);
     assert!(booted_from(&console, 'b'), "{console}");
+    assert!(
+        console.contains(&format!(
+            "ironbake: data partition /dev/vda6 ({} MiB, ext4 {uuid}): kept",
+            data.bytes() >> 20
+        )) && console.contains("ironbake: disk0 ready"),
+        "{console}"
+    );
     // systemd-boot counted the try; once ready, the node marked the slot good.
     assert_eq!(
         esp_names(&disk),

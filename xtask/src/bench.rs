@@ -30,6 +30,9 @@ pub enum What {
     Serve,
     /// Power-on to ready for ci-node through the whole PXE chain under QEMU, by stage.
     Boot,
+    /// A disk image: write time vs sgdisk + mkfs.fat + mtools + dd, sizes, and power-on to
+    /// ready from disk vs PXE.
+    Disk,
 }
 
 struct Row {
@@ -238,6 +241,14 @@ pub fn run(what: What, recipes: &[String], without: &[String], record: bool) -> 
             bail!("building netboot (release) failed");
         }
         return run_harness("serve-bench", &[], record);
+    }
+    if what == What::Disk {
+        let progress = Progress::new(false);
+        host::ensure(
+            &[host::BUILD, host::TEST, host::BENCH_DISK].concat(),
+            &progress,
+        )?;
+        return run_harness("vm-bench", &["disk"], record);
     }
     if what == What::Initramfs || what == What::Boot {
         let mode = if what == What::Boot {

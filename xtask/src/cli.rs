@@ -51,6 +51,186 @@ enum DiskCommand {
     /// Write a published version into the inactive slot of a disk image or disk and make it
     /// the next boot; systemd-boot falls back to the other slot if it does not come up.
     Update(DiskUpdate),
+    /// Write a published version's whole disk image onto a disk (everything on it is lost);
+    /// refuses a partition, a mounted or system disk, swap, a disk held by LVM or RAID.
+    Flash(DiskFlash),
+}
+
+/// `disk flash RECIPE[@VERSION] DEVICE`.
+#[derive(Debug, Args)]
+struct DiskFlash {
+    /// The version to write: RECIPE (its current version) or RECIPE@VERSION.
+    #[arg(value_name = "recipe[@version]")]
+    version: String,
+    /// The whole disk's block device (`/dev/sdb`, `/dev/disk/by-id/...`).
+    #[arg(value_name = "device")]
+    device: PathBuf,
+    /// Do not ask: the disk's contents are lost.
+    #[arg(long)]
+    yes: bool,
+    #[command(flatten)]
+    node: NodeChoice,
+    #[command(flatten)]
+    at: Locations,
+}
+
+/// Which node a disk belongs to: its settings (hostname, templates, SSH host key) go onto
+/// the ESP, as the boot server would send them.
+#[derive(Debug, Args)]
+struct NodeChoice {
+    /// The inventory node this disk is for (its settings are written onto the disk).
+    #[arg(long, value_name = "name")]
+    node: Option<String>,
+    /// The inventory (relative to the project folder).
+    #[arg(long, value_name = "file", default_value = "inventory.toml")]
+    inventory: PathBuf,
+    /// The boot server's state folder: the node keeps the machine-id and SSH host key it has
+    /// there (and gets new ones kept there).
+    #[arg(long, value_name = "dir")]
+    state: Option<PathBuf>,
+}
+
+impl NodeChoice {
+    /// The node's settings archive for `recipe`@`version`, when a node is named.
+    fn settings(&self, paths: &Paths, recipe: &str, version: &str) -> Result<Option<Vec<u8>>> {
+        let Some(name) = &self.node else {
+            return Ok(None);
+        };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                paths.project.join(p)
+            }
+        };
+        let nodes = netboot::nodes::Inventories::load(
+            &abs(&self.inventory),
+            self.state.as_deref().map(abs),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t = nodes
+            .target_named(&paths.out, name, recipe, version)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let archive = nodes
+            .settings_alone(&t)
+            .map_err(|e| anyhow::anyhow!("settings of node {name}: {e}"))?;
+        Ok(Some(archive))
+    }
+}
+
+/// A published version that can go onto a disk: its files present and matching the manifest.
+fn disk_version(paths: &Paths, spec: &str) -> Result<(String, String, PathBuf, layout::Manifest)> {
+    let (name, version, dir) = published(paths, spec)?;
+    let m = layout::load_manifest(&dir)?;
+    for f in ["vmlinuz", "initrd.img", "base.squashfs", "overlay.squashfs"] {
+        if !dir.join(f).is_file() {
+            bail!(
+                "{name}@{version} has no {f}: a disk slot needs the kernel, initramfs and rootfs outputs"
+            );
+        }
+    }
+    let (_, problems) = layout::verify(&dir)?;
+    if !problems.is_empty() {
+        bail!(
+            "{name}@{version} does not match its manifest ({}); not writing it to a disk",
+            problems.len()
+        );
+    }
+    Ok((name, version, dir, m))
+}
+
+/// Refuses a block device that is in use (a disk image file passes).
+fn refuse_disk_in_use(target: &Path, image_len: u64) -> Result<Option<crate::flash::Disk>> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(target).with_context(|| format!("{}", target.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let k = crate::flash::Kernel::live();
+    let name = crate::flash::device_name(&k, target)?;
+    let disk = crate::flash::in_use(&k, &name, image_len)
+        .map_err(|why| anyhow::anyhow!("not writing to {}: {why}", target.display()))?;
+    Ok(Some(disk))
+}
+
+impl DiskFlash {
+    fn run(self) -> Result<ExitCode> {
+        let paths = self.at.paths();
+        let (name, version, dir, m) = disk_version(&paths, &self.version)?;
+        let image = dir.join(crate::pipeline::disk_image::FILE);
+        let digest = m
+            .outputs
+            .iter()
+            .find(|o| o.path == crate::pipeline::disk_image::FILE)
+            .map(|o| o.sha256.clone())
+            .with_context(|| {
+                format!("{name}@{version} has no disk image: add \"disk\" to the recipe's outputs")
+            })?;
+        let len = std::fs::metadata(&image)
+            .with_context(|| format!("{}", image.display()))?
+            .len();
+        let k = crate::flash::Kernel::live();
+        let dev_name = crate::flash::device_name(&k, &self.device)?;
+        let disk = crate::flash::in_use(&k, &dev_name, len)
+            .map_err(|why| anyhow::anyhow!("not writing to {}: {why}", self.device.display()))?;
+        // Render the node's settings before anything is written: a template error or a
+        // missing secret stops here, with the disk untouched.
+        let settings = self.node.settings(&paths, &name, &version)?;
+        let what = format!(
+            "/dev/{} ({}{} MiB)",
+            disk.name,
+            if disk.model.is_empty() {
+                String::new()
+            } else {
+                format!("{}, ", disk.model)
+            },
+            disk.size >> 20
+        );
+        if !self.yes {
+            use std::io::{BufRead, IsTerminal};
+            if !std::io::stdin().is_terminal() {
+                bail!("writing {name}@{version} to {what} erases it: add --yes to go ahead");
+            }
+            eprint!("writing {name}@{version} to {what} erases everything on it; type yes: ");
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            if answer.trim() != "yes" {
+                bail!("not confirmed; nothing written");
+            }
+        }
+        let progress = Progress::new(false);
+        let stage = progress.stage(&format!("flash {name}@{version} to {what}"));
+        let f = crate::flash::write(&image, &digest, &self.device, &stage)?;
+        stage.done(&format!(
+            "{} MiB written in {:.1} s, read back and verified in {:.1} s",
+            f.bytes >> 20,
+            f.write_s,
+            f.verify_s
+        ));
+        if let Some(archive) = &settings {
+            crate::disk::set_node_settings(&self.device, Some(archive), m.source_date_epoch)?;
+        }
+        if let Err(e) = crate::flash::reread(&self.device) {
+            eprintln!("warning: {e}");
+        }
+        println!(
+            "{}: {name}@{version} in slot a{}{}",
+            self.device.display(),
+            match &self.node.node {
+                Some(n) => format!(", settings of node {n} on the ESP"),
+                None => ", no node settings (boots as localhost)".into(),
+            },
+            if disk.size > len {
+                format!(
+                    "; {} MiB past the image left free for the data partition",
+                    (disk.size - len) >> 20
+                )
+            } else {
+                String::new()
+            }
+        );
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// `disk update TARGET RECIPE[@VERSION]`.
@@ -62,6 +242,8 @@ struct DiskUpdate {
     /// The version to write: RECIPE (its current version) or RECIPE@VERSION.
     #[arg(value_name = "recipe[@version]")]
     version: String,
+    #[command(flatten)]
+    node: NodeChoice,
     #[command(flatten)]
     at: Locations,
 }
@@ -93,25 +275,15 @@ fn published(paths: &pipeline::Paths, spec: &str) -> Result<(String, String, Pat
 impl DiskUpdate {
     fn run(self) -> Result<ExitCode> {
         let paths = self.at.paths();
-        let (name, version, dir) = published(&paths, &self.version)?;
-        let m = layout::load_manifest(&dir)?;
-        for f in ["vmlinuz", "initrd.img", "base.squashfs", "overlay.squashfs"] {
-            if !dir.join(f).is_file() {
-                anyhow::bail!(
-                    "{name}@{version} has no {f}: a disk slot needs the kernel, initramfs and rootfs outputs"
-                );
-            }
-        }
-        let (_, problems) = layout::verify(&dir)?;
-        if !problems.is_empty() {
-            anyhow::bail!(
-                "{name}@{version} does not match its manifest ({}); not writing it to a disk",
-                problems.len()
-            );
-        }
+        let (name, version, dir, m) = disk_version(&paths, &self.version)?;
+        refuse_disk_in_use(&self.target, 0)?;
+        let settings = self.node.settings(&paths, &name, &version)?;
         let u = crate::disk::update(&self.target, &dir, &m)?;
+        if let Some(archive) = &settings {
+            crate::disk::set_node_settings(&self.target, Some(archive), m.source_date_epoch)?;
+        }
         println!(
-            "{}: {name}@{version} written to slot {}; next boot: EFI/Linux/{} ({} tries to come up, else the other slot){}",
+            "{}: {name}@{version} written to slot {}; next boot: EFI/Linux/{} ({} tries to come up, else the other slot){}{}",
             self.target.display(),
             u.slot,
             u.entry,
@@ -120,6 +292,10 @@ impl DiskUpdate {
                 String::new()
             } else {
                 format!("; replaced {}", u.removed.join(", "))
+            },
+            match &self.node.node {
+                Some(n) => format!("; settings of node {n} rendered from this version"),
+                None => String::new(),
             }
         );
         Ok(ExitCode::SUCCESS)
@@ -367,6 +543,7 @@ impl Cli {
             Command::Inventory(InventoryCommand::Add(a)) => a.run(),
             Command::Boot(b) => b.run(),
             Command::Disk(DiskCommand::Update(u)) => u.run(),
+            Command::Disk(DiskCommand::Flash(f)) => f.run(),
             Command::Bench(c) => {
                 bench::run(c.what, &c.recipe, &c.without, !c.no_record).map(|_| ExitCode::SUCCESS)
             }

@@ -716,16 +716,9 @@ pub fn update(target: &Path, vdir: &Path, m: &netboot::layout::Manifest) -> Resu
         slot,
         tries: Some((TRIES, 0)),
     };
-    let mut removed = Vec::new();
-    {
-        let slice = fscommon::StreamSlice::new(&mut disk, esp.0, esp.1)?;
-        // Without a time provider, fatfs stamps new entries with month 0, which firmware
-        // rejects when systemd-boot renames the entry to count a boot.
-        let time: &'static FixedTime =
-            Box::leak(Box::new(FixedTime(fat_time(m.source_date_epoch))));
-        let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new().time_provider(time))
-            .context("opening the ESP")?;
-        let dir = fs.root_dir().open_dir("EFI/Linux")?;
+    let removed = edit_esp(&mut disk, esp, m.source_date_epoch, |root| {
+        let dir = root.open_dir("EFI/Linux")?;
+        let mut removed = Vec::new();
         for e in entries.iter().filter(|e| e.slot == slot) {
             dir.remove(&e.file())
                 .with_context(|| format!("removing EFI/Linux/{}", e.file()))?;
@@ -737,17 +730,91 @@ pub fn update(target: &Path, vdir: &Path, m: &netboot::layout::Manifest) -> Resu
             format!("writing EFI/Linux/{} ({} bytes)", name.file(), image.len())
         })?;
         f.flush()?;
-        drop(f);
-        drop(dir);
-        fs.unmount().context("closing the ESP")?;
-    }
-    let mut slice = fscommon::StreamSlice::new(&mut disk, esp.0, esp.1)?;
-    repair_fat32(&mut slice)?;
-    disk.sync_all()?;
+        Ok(removed)
+    })?;
     Ok(Updated {
         slot,
         entry: name.file(),
         removed,
+    })
+}
+
+/// Opens the FAT filesystem of the ESP at byte range `esp` of `disk`, lets `f` change it, then
+/// closes it, applies [`repair_fat32`] and syncs. New entries get SOURCE_DATE_EPOCH (`epoch`):
+/// without a time provider fatfs stamps them with month 0, which firmware rejects when
+/// systemd-boot renames an entry to count a boot.
+fn edit_esp<T>(
+    disk: &mut fs::File,
+    esp: (u64, u64),
+    epoch: u64,
+    f: impl FnOnce(&fatfs::Dir<'_, fscommon::StreamSlice<&mut fs::File>>) -> Result<T>,
+) -> Result<T> {
+    let out = {
+        let slice = fscommon::StreamSlice::new(&mut *disk, esp.0, esp.1)?;
+        let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
+        let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new().time_provider(time))
+            .context("opening the ESP")?;
+        let out = {
+            let root = fs.root_dir();
+            f(&root)?
+        };
+        fs.unmount().context("closing the ESP")?;
+        out
+    };
+    let mut slice = fscommon::StreamSlice::new(&mut *disk, esp.0, esp.1)?;
+    repair_fat32(&mut slice)?;
+    disk.sync_all()?;
+    Ok(out)
+}
+
+/// Where a disk's ESP carries its node's settings (the archive the boot server would send):
+/// systemd-stub hands every `loader/credentials/*.cred` to the kernel, inside the initramfs,
+/// as `/.extra/global_credentials/`, whichever slot boots.
+pub const NODE_SETTINGS: &str = "loader/credentials/ironbake-node.cred";
+
+/// Writes a node's settings archive onto the ESP of the disk or image at `target` (`None`:
+/// removes it, and the disk boots as no node in particular). `epoch` stamps the entry.
+pub fn set_node_settings(target: &Path, settings: Option<&[u8]>, epoch: u64) -> Result<()> {
+    let layout = read_layout(target)?;
+    let esp = layout.part("ESP").with_context(|| {
+        format!(
+            "{}: no partition labelled ESP: not an ironbake disk",
+            target.display()
+        )
+    })?;
+    let mut disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)
+        .with_context(|| format!("opening {}", target.display()))?;
+    let range = (esp.offset(), esp.offset() + esp.bytes());
+    edit_esp(&mut disk, range, epoch, |root| {
+        let (folder, file) = NODE_SETTINGS.rsplit_once('/').expect("has a folder");
+        let dir = match root.open_dir(folder) {
+            Ok(d) => d,
+            Err(_) if settings.is_none() => return Ok(()),
+            Err(_) => {
+                let parent = root
+                    .open_dir("loader")
+                    .context("the ESP has no loader folder")?;
+                parent.create_dir("credentials")?
+            }
+        };
+        match settings {
+            Some(data) => {
+                let mut f = dir.create_file(file)?;
+                f.truncate()?;
+                f.write_all(data)
+                    .with_context(|| format!("writing {NODE_SETTINGS} ({} bytes)", data.len()))?;
+                f.flush()?;
+            }
+            None => {
+                if dir.iter().any(|e| e.is_ok_and(|e| e.file_name() == file)) {
+                    dir.remove(file)?;
+                }
+            }
+        }
+        Ok(())
     })
 }
 

@@ -177,6 +177,13 @@ pub const BENCH_SERVE: &[Need] = &[
     },
 ];
 
+/// What `cargo xtask bench disk` writes its anchor image with (beside TEST's sgdisk and
+/// mkfs.fat).
+pub const BENCH_DISK: &[Need] = &[Need {
+    tool: "mcopy",
+    package: "mtools",
+}];
+
 /// Is this process root?
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")

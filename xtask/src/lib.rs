@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod disk;
 pub mod exec;
+pub mod flash;
 pub mod host;
 pub mod initramfs;
 pub mod ipxe;

@@ -171,10 +171,18 @@ mount -t tmpfs -o mode=0755 tmpfs /run/ironbake/rw
 mkdir -p /run/ironbake/rw/upper /run/ironbake/rw/work
 mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=/run/ironbake/rw/upper,workdir=/run/ironbake/rw/work" /newroot \
     || rescue "cannot stack the layers ($LOWER)"
+# From the network the settings arrive as a second initramfs, already unpacked at
+# /ironbake/node; a disk carries them on its ESP, which systemd-stub hands over as a credential.
+from="from the boot server"
+cred=/.extra/global_credentials/ironbake-node.cred
+if [ -n "$ROOT" ] && [ -s "$cred" ]; then
+    from="from this disk's ESP"
+    (cd / && cpio -id -H newc <"$cred" 2>/dev/null) || say "WARNING: cannot unpack this disk's node settings ($cred)"
+fi
 if [ -d /ironbake/node ]; then
     n=$(find /ironbake/node ! -type d | wc -l)
     cp -a /ironbake/node/. /newroot/
-    say "per-node settings: $n files"
+    say "per-node settings: $n files $from"
 fi
 [ -n "$RESCUE" ] && rescue "ironbake.rescue on the command line; the root is at /newroot"
 say "root ready: switching to systemd"
