@@ -73,10 +73,19 @@ pub const TEST: &[Need] = &[
         tool: "cpio",
         package: "cpio",
     },
-    // Disk images read back with tools that are not ironbake's.
+    // Disk images read back with tools that are not ironbake's; `disk flash` onto a loop
+    // device, and a mounted ext4 disk it must refuse.
     Need {
         tool: "fsck.fat",
         package: "dosfstools",
+    },
+    Need {
+        tool: "losetup",
+        package: "mount",
+    },
+    Need {
+        tool: "mkfs.ext4",
+        package: "e2fsprogs",
     },
     Need {
         tool: "objdump",

@@ -468,7 +468,7 @@ fn anchor_disk(
         "rm -f \"$esp\"; truncate -s {} \"$img\"",
         layout.size
     );
-    let mut sg = format!("sgdisk -q -o -U {}", layout.disk_guid);
+    let mut sg = format!("sgdisk -o -U {}", layout.disk_guid);
     for p in &layout.parts {
         let _ = write!(
             sg,
@@ -481,7 +481,7 @@ fn anchor_disk(
             n = p.number
         );
     }
-    let _ = writeln!(script, "{sg} \"$img\"");
+    let _ = writeln!(script, "{sg} \"$img\" >/dev/null");
     let _ = writeln!(
         script,
         "mkfs.fat -C -F 32 -n ESP --invariant \"$esp\" {} >/dev/null",

@@ -261,7 +261,7 @@ fn run() -> Result<std::process::ExitCode> {
         }
         None => {
             println!(
-                "no network: each VM boots its own copy of {}; logs in {}",
+                "no network: each VM boots its own copy of {} (its node's settings on the ESP, 256 MiB more for its data partition); logs in {}",
                 image.display(),
                 dir.display()
             );
@@ -273,8 +273,18 @@ fn run() -> Result<std::process::ExitCode> {
         (None, Some(ns)) => ns,
         (None, None) => unreachable!("one of the two was made"),
     };
+    // A disk carries its node's settings on its ESP, rendered as the boot server would, with
+    // the same state folder (so a node keeps its machine-id and SSH host key either way).
+    let settings = if args.disk {
+        Some(
+            netboot::nodes::Inventories::load(&inventory_path, Some(dir.join("netboot-state")))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    } else {
+        None
+    };
     for (name, mac) in &nodes {
-        let cfg = if args.disk {
+        let cfg = if let Some(settings) = &settings {
             // The VM writes to its disk (systemd-boot's seed, boot counting): its own copy.
             let copy = dir.join(format!("{name}.disk.img"));
             let status = std::process::Command::new("cp")
@@ -286,6 +296,20 @@ fn run() -> Result<std::process::ExitCode> {
             if !status.success() {
                 bail!("copying the disk image to {} failed", copy.display());
             }
+            // A disk larger than the image, as real ones are: the node makes its data
+            // partition in the rest on first boot.
+            let len = std::fs::metadata(&copy)?.len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&copy)?
+                .set_len(len + (256 << 20))?;
+            let t = settings
+                .target_named(&paths.out, name, &m.recipe, &m.version)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let archive = settings
+                .settings_alone(&t)
+                .map_err(|e| anyhow::anyhow!("settings of {name}: {e}"))?;
+            ironbake::disk::set_node_settings(&copy, Some(&archive), m.source_date_epoch)?;
             VmConfig {
                 name: name.clone(),
                 boot: ovmf_disk(),
@@ -327,12 +351,7 @@ fn run() -> Result<std::process::ExitCode> {
         }
         for (i, (name, vm)) in vms.iter_mut().enumerate() {
             if !ready[i] {
-                // A disk boot has no per-node settings, so no hostname of the inventory's.
-                let needle = if args.disk {
-                    format!(" ready {}@{} in ", m.recipe, m.version)
-                } else {
-                    format!("ironbake: {name} ready {}@", m.recipe)
-                };
+                let needle = format!("ironbake: {name} ready {}@", m.recipe);
                 ready[i] = vm.console.text().contains(&needle);
             }
             if !vm.alive() {
