@@ -384,6 +384,30 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
         digest_of(&disk, 0, 1 << 20),
         digest_of(Path::new("/dev/zero"), 0, 1 << 20)
     );
+    // A node the inventory lacks, and a file instead of a disk: refused, nothing written.
+    let e = xtask(&[
+        "disk",
+        "flash",
+        "ci-node",
+        loop_disk.path(),
+        "--project",
+        &project,
+        "--out",
+        &out,
+        "--node",
+        "nosuch",
+        "--inventory",
+        inventory.to_str().unwrap(),
+        "--yes",
+    ])
+    .unwrap_err();
+    assert!(e.contains("lists no node named nosuch"), "{e}");
+    let e = flash(inventory.to_str().unwrap(), &["--yes"]).unwrap_err();
+    assert!(e.contains("is not a block device"), "{e}");
+    assert_eq!(
+        digest_of(&disk, 0, 1 << 20),
+        digest_of(Path::new("/dev/zero"), 0, 1 << 20)
+    );
     flash(loop_disk.path(), &["--yes"]).unwrap();
     // The backup table moved to the loop device's end; the kernel sees the partitions.
     let verify = run(Command::new("sgdisk").arg("--verify").arg(&disk));

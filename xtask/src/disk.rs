@@ -1032,6 +1032,22 @@ mod tests {
         );
         assert_eq!(&img[510..512], &[0x55, 0xaa], "protective MBR");
         assert_eq!(&img[512..520], b"EFI PART");
+        // A node's settings go onto the ESP, are replaced, and removed; nothing else moves.
+        set_node_settings(&b, Some(b"first"), 1_723_282_601).unwrap();
+        set_node_settings(&b, Some(b"second, longer"), 1_723_282_601).unwrap();
+        let files = read_esp(&b).unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files.contains(&(NODE_SETTINGS.to_string(), b"second, longer".to_vec())));
+        let after = fs::read(&b).unwrap();
+        let esp_part = l.part("ESP").unwrap();
+        let esp_end = (esp_part.offset() + esp_part.bytes()) as usize;
+        assert!(
+            after[..esp_part.offset() as usize] == img[..esp_part.offset() as usize]
+                && after[esp_end..] == img[esp_end..],
+            "only the ESP changed"
+        );
+        set_node_settings(&b, None, 1_723_282_601).unwrap();
+        assert_eq!(read_esp(&b).unwrap().len(), 2);
         let big = dir.path().join("big");
         fs::write(&big, vec![1u8; 9 * MIB as usize]).unwrap();
         let c2 = Contents {
