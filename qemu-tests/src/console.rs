@@ -23,6 +23,12 @@ pub fn lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The last `n` lines of `text` (console lines, as [`lines`] splits them), for messages.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let l = lines(text);
+    l[l.len().saturating_sub(n)..].join("\n")
+}
+
 impl Console {
     /// The log at `path`.
     pub fn new(path: &Path) -> Self {
@@ -38,9 +44,7 @@ impl Console {
 
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> String {
-        let text = self.text();
-        let l = lines(&text);
-        l[l.len().saturating_sub(n)..].join("\n")
+        last_lines(&self.text(), n)
     }
 
     /// Waits until a line (after the first `skip` lines) satisfies `pred`, or `alive` says the

@@ -95,7 +95,7 @@ fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
         if let Err(e) = vm.wait_line("the ready line", &ready, deadline::MESH_READY, 0) {
             panic!(
                 "{e:#}\n--- server log (last 30 lines) ---\n{}",
-                tail(&server.log_text(), 30)
+                qemu_tests::console::last_lines(&server.log_text(), 30)
             );
         }
     }
@@ -153,9 +153,4 @@ fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
             assert!(report.contains(&expected), "{name}: {report}");
         }
     }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -45,7 +45,7 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
     if let Err(e) = waited {
         panic!(
             "{e:#}\n--- server log (last 40 lines) ---\n{}",
-            tail(&server.log_text(), 40)
+            qemu_tests::console::last_lines(&server.log_text(), 40)
         );
     }
     let console = vm.console.text();
@@ -110,7 +110,7 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
             "ready"
         ],
         "server log:\n{}",
-        tail(&server.log_text(), 40)
+        qemu_tests::console::last_lines(&server.log_text(), 40)
     );
     // sshd runs: it starts only with a host key, and the image has none; this one came in the
     // node's settings.
@@ -123,11 +123,6 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
         !metrics.contains("ironbake_tftp_transfers_total 0\n"),
         "{metrics}"
     );
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A VM on `lan` that PXE-boots with `mac`.
@@ -157,7 +152,7 @@ fn ready_version(vm: &mut Vm, server: &Server, node: &str) -> String {
             .to_string(),
         Err(e) => panic!(
             "{e:#}\n--- server log (last 40 lines) ---\n{}",
-            tail(&server.log_text(), 40)
+            qemu_tests::console::last_lines(&server.log_text(), 40)
         ),
     }
 }
@@ -396,7 +391,7 @@ fn a_node_powered_on_before_the_server_keeps_trying_and_boots_when_it_starts() {
         .unwrap_or_else(|e| {
             panic!(
                 "{e:#}\n--- server log (last 40 lines) ---\n{}",
-                tail(&server.log_text(), 40)
+                qemu_tests::console::last_lines(&server.log_text(), 40)
             )
         });
     assert!(line.contains(&img.manifest.version), "{line}");

@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod base;
 pub mod bench;
 pub mod cli;
+pub mod debfetch;
 pub mod disk;
 pub mod exec;
 pub mod flash;
