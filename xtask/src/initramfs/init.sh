@@ -178,6 +178,8 @@ cred=/.extra/global_credentials/ironbake-node.cred
 if [ -n "$ROOT" ] && [ -s "$cred" ]; then
     from="from this disk's ESP"
     (cd / && cpio -id -H newc <"$cred" 2>/dev/null) || say "WARNING: cannot unpack this disk's node settings ($cred)"
+    [ -z "$NODE" ] && [ -s /ironbake/node/etc/hostname ] && NODE=$(cat /ironbake/node/etc/hostname) \
+        && say "this disk is node $NODE"
 fi
 if [ -d /ironbake/node ]; then
     n=$(find /ironbake/node ! -type d | wc -l)
