@@ -147,11 +147,7 @@ impl Drop for LoopDisk {
 /// The whole disk that holds this machine's `/` (its kernel name).
 fn system_disk() -> String {
     use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata("/").unwrap().dev();
-    let (major, minor) = (
-        ((dev >> 32) & 0xffff_f000) as u32 | ((dev >> 8) & 0xfff) as u32,
-        ((dev >> 12) & 0xffff_ff00) as u32 | (dev & 0xff) as u32,
-    );
+    let (major, minor) = ironbake::flash::major_minor(std::fs::metadata("/").unwrap().dev());
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
         .unwrap_or_else(|e| panic!("/ is on device {major}:{minor}, not a block device: {e}"));
     let sys = if sys.join("partition").exists() {

@@ -210,6 +210,15 @@ pub fn in_use(k: &Kernel, name: &str, image_len: u64) -> Result<Disk, String> {
     })
 }
 
+/// The major and minor numbers of a device number (`st_rdev`, `st_dev`), as glibc's
+/// `major()` and `minor()` split it.
+pub fn major_minor(dev: u64) -> (u32, u32) {
+    (
+        ((dev >> 32) & 0xffff_f000) as u32 | ((dev >> 8) & 0xfff) as u32,
+        ((dev >> 12) & 0xffff_ff00) as u32 | (dev & 0xff) as u32,
+    )
+}
+
 /// The kernel name of the block device at `path` (symbolic links such as
 /// `/dev/disk/by-id/...` followed); refuses what is not a block device.
 pub fn device_name(k: &Kernel, path: &Path) -> Result<String> {
@@ -221,11 +230,7 @@ pub fn device_name(k: &Kernel, path: &Path) -> Result<String> {
             path.display()
         );
     }
-    let rdev = meta.rdev();
-    let (major, minor) = (
-        ((rdev >> 32) & 0xffff_f000) as u32 | ((rdev >> 8) & 0xfff) as u32,
-        ((rdev >> 12) & 0xffff_ff00) as u32 | (rdev & 0xff) as u32,
-    );
+    let (major, minor) = major_minor(meta.rdev());
     k.name_of(major, minor).with_context(|| {
         format!(
             "{} is device {major}:{minor}, which /sys does not list",
@@ -437,6 +442,13 @@ mod tests {
 
     const ROOT: &str = "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw\n\
                         23 22 0:21 / /proc rw shared:2 - proc proc rw\n";
+
+    #[test]
+    fn device_numbers_split_as_glibc_does() {
+        assert_eq!(major_minor(0x0811), (8, 17));
+        // Minor 65536 of major 259 (NVMe-style numbers past 8 bits).
+        assert_eq!(major_minor(0x1001_0300), (259, 65536));
+    }
 
     #[test]
     fn a_free_disk_is_accepted_with_its_size_and_model() {

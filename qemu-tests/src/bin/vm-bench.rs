@@ -323,30 +323,7 @@ fn pxe_boot_marks(paths: &Paths, dir: &std::path::Path) -> Result<[f64; 10]> {
     };
     let power_on = std::time::SystemTime::now();
     let mut vm = Vm::start(&lan.ns, &cfg, dir)?;
-    // Poll often: the moment the ready line appears is a measurement.
-    let needle = "ironbake: bench0 ready ci-node@";
-    let deadline = std::time::Instant::now() + qemu_tests::deadline::PXE_READY;
-    let (ready_line, seen) = loop {
-        let text = vm.console.text();
-        if let Some(l) = qemu_tests::console::lines(&text)
-            .into_iter()
-            .find(|l| l.contains(needle))
-        {
-            break (l.to_string(), std::time::SystemTime::now());
-        }
-        if std::time::Instant::now() > deadline || !vm.alive() {
-            bail!(
-                "no ready line; last console lines:\n{}",
-                vm.console.tail(30)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let uptime: f64 = ready_line
-        .rsplit(" in ")
-        .next()
-        .and_then(|s| s.trim_end_matches(" s").parse().ok())
-        .context("reading the ready line")?;
+    let (seen, uptime) = watch_ready(&mut vm, "ironbake: bench0 ready ci-node@")?;
     let boot = server
         .hub
         .boots()
@@ -387,6 +364,34 @@ fn pxe_boot_marks(paths: &Paths, dir: &std::path::Path) -> Result<[f64; 10]> {
     Ok(marks)
 }
 
+/// Polls `vm`'s console (often: the moment is a measurement) until a line contains `needle`,
+/// the ready line; returns when it was seen and the uptime it gives.
+fn watch_ready(vm: &mut Vm, needle: &str) -> Result<(std::time::SystemTime, f64)> {
+    let deadline = std::time::Instant::now() + qemu_tests::deadline::PXE_READY;
+    let (line, seen) = loop {
+        let text = vm.console.text();
+        if let Some(l) = qemu_tests::console::lines(&text)
+            .into_iter()
+            .find(|l| l.contains(needle))
+        {
+            break (l.to_string(), std::time::SystemTime::now());
+        }
+        if std::time::Instant::now() > deadline || !vm.alive() {
+            bail!(
+                "no ready line; last console lines:\n{}",
+                vm.console.tail(30)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let uptime: f64 = line
+        .rsplit(" in ")
+        .next()
+        .and_then(|s| s.trim_end_matches(" s").parse().ok())
+        .context("reading the ready line")?;
+    Ok((seen, uptime))
+}
+
 /// Power-on to the ready line of a VM booting `disk` alone (no NIC): (power-on to kernel
 /// start, kernel start to ready), in seconds, and the console.
 fn disk_boot(
@@ -404,28 +409,7 @@ fn disk_boot(
     };
     let power_on = std::time::SystemTime::now();
     let mut vm = Vm::start(ns, &cfg, dir)?;
-    let deadline = std::time::Instant::now() + qemu_tests::deadline::PXE_READY;
-    let (line, seen) = loop {
-        let text = vm.console.text();
-        if let Some(l) = qemu_tests::console::lines(&text)
-            .into_iter()
-            .find(|l| l.contains(" ready ci-node@"))
-        {
-            break (l.to_string(), std::time::SystemTime::now());
-        }
-        if std::time::Instant::now() > deadline || !vm.alive() {
-            bail!(
-                "no ready line from disk; last console lines:\n{}",
-                vm.console.tail(30)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let uptime: f64 = line
-        .rsplit(" in ")
-        .next()
-        .and_then(|s| s.trim_end_matches(" s").parse().ok())
-        .context("reading the ready line")?;
+    let (seen, uptime) = watch_ready(&mut vm, " ready ci-node@")?;
     let total = unix_s(seen) - unix_s(power_on);
     Ok((total - uptime, uptime, vm.console.text()))
 }
