@@ -349,12 +349,11 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
     let out = paths.out.to_str().unwrap().to_string();
     let project = paths.project.to_str().unwrap().to_string();
     let state = dir.join("state");
-    let flash = |target: &str, extra: &[&str]| {
-        let mut args = vec![
-            "disk",
-            "flash",
-            "ci-node",
-            target,
+    // `cargo xtask disk COMMAND ARGS...` for node disk0 of this test's project and inventory.
+    let for_disk0 = |command: &str, args: &[&str], extra: &[&str]| {
+        let mut all = vec!["disk", command];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
             "--project",
             &project,
             "--out",
@@ -365,10 +364,11 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
             inventory.to_str().unwrap(),
             "--state",
             state.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        xtask(&args)
+        ]);
+        all.extend_from_slice(extra);
+        xtask(&all)
     };
+    let flash = |target: &str, extra: &[&str]| for_disk0("flash", &["ci-node", target], extra);
     // The system disk is refused before anything else (and there is no --yes either).
     let sys = format!("/dev/{}", system_disk());
     let e = flash(&sys, &[]).unwrap_err();
@@ -500,22 +500,11 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
     .unwrap();
     let (_, v2) = build(&paths);
     assert_ne!(v2.version, m.version);
-    xtask(&[
-        "disk",
+    for_disk0(
         "update",
-        loop_disk.path(),
-        &format!("ci-node@{}", v2.version),
-        "--project",
-        &project,
-        "--out",
-        &out,
-        "--node",
-        "disk0",
-        "--inventory",
-        inventory.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ])
+        &[loop_disk.path(), &format!("ci-node@{}", v2.version)],
+        &[],
+    )
     .unwrap();
     // The update wrote slot B and the ESP, never the data partition.
     assert_eq!(digest_of(&disk, data.offset(), data.bytes()), data_digest);
