@@ -83,9 +83,17 @@ pub fn locate(file: &str, text: &str, needle: &str, message: String) -> Located 
     }
 }
 
-/// Locates a TOML deserialisation error in `text`.
+/// Locates a TOML deserialisation error in `text`. When the error is about one quoted value
+/// inside a larger span (an element of an array, whose error toml reports at the array), the
+/// caret goes to that value.
 pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> Located {
-    let offset = err.span().map_or(0, |s| s.start);
+    let span = err.span().unwrap_or(0..0);
+    let quoted = err.message().split('"').nth(1).map(|q| format!("\"{q}\""));
+    let narrowed = quoted.and_then(|q| {
+        let within = text.get(span.clone())?;
+        (within.len() > q.len()).then(|| within.find(&q))?
+    });
+    let offset = span.start + narrowed.unwrap_or(0);
     let (line, column) = line_col(text, offset);
     let source_line = text.lines().nth(line - 1).unwrap_or("").to_string();
     Located {
@@ -131,5 +139,29 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("| b = 2"), "{shown}");
+    }
+
+    #[test]
+    fn an_error_about_an_array_element_points_at_the_element() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct S {
+            a: Vec<Word>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(try_from = "String")]
+        struct Word;
+        impl TryFrom<String> for Word {
+            type Error = String;
+            fn try_from(s: String) -> Result<Word, String> {
+                if s.contains(' ') {
+                    Err(format!("{s:?} is two words"))
+                } else {
+                    Ok(Word)
+                }
+            }
+        }
+        let err = parse_toml::<S>("r.toml", "a = [\"ok\", \"not ok\"]\n").unwrap_err();
+        assert_eq!((err.line, err.column), (1, 12), "{err}");
     }
 }

@@ -48,8 +48,12 @@ pub struct Manifest {
     pub version: String,
     /// The full sha256 of all inputs, of which `version` carries a prefix.
     pub inputs_sha256: String,
-    /// The ironbake release that built this version.
+    /// The ironbake release that built this version, with the start of its source digest.
     pub builder: String,
+    /// sha256 of the builder's sources (part of the inputs digest): the same code and the
+    /// same inputs give the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder_sha256: Option<String>,
     /// The timestamp given to every file and to the filesystems (SOURCE_DATE_EPOCH).
     pub source_date_epoch: u64,
     /// The recipe file itself.

@@ -36,18 +36,15 @@ fn build(recipe: &str) -> Image {
 }
 
 fn build_without(recipe: &str, without: &[&str]) -> Image {
-    let root = ironbake::cli::project_root();
+    let root = crate::project();
     let work = root.join("target").join("qemu-tests");
-    let paths = ironbake::pipeline::Paths {
-        project: root.clone(),
-        out: work.join("out"),
-        cache: work.join("cache"),
-        etc_apt: "/etc/apt".into(),
-    };
-    let options = ironbake::pipeline::BuildOptions {
+    let mut paths = ironbake::Paths::in_project(&root);
+    paths.out = work.join("out");
+    paths.cache = work.join("cache");
+    let options = ironbake::BuildOptions {
         without: without.iter().map(|s| s.to_string()).collect(),
     };
-    let built = ironbake::pipeline::build_with(
+    let built = ironbake::build(
         &paths,
         recipe,
         &options,
@@ -64,14 +61,13 @@ fn build_without(recipe: &str, without: &[&str]) -> Image {
 /// A copy of the project in `target/qemu-tests/OUT-project` whose ci-node recipe also uses the
 /// `disk-boot` overlay and lists the `disk` output, publishing into `target/qemu-tests/OUT`
 /// (emptied first); the package layer cache is shared with the other tests' ci-node.
-pub fn disk_project(out: &str) -> ironbake::pipeline::Paths {
-    let work = ironbake::cli::project_root()
-        .join("target")
-        .join("qemu-tests");
+pub fn disk_project(out: &str) -> ironbake::Paths {
+    let root = crate::project();
+    let work = root.join("target").join("qemu-tests");
     let project = work.join(format!("{out}-project"));
     let _ = std::fs::remove_dir_all(&project);
     let _ = std::fs::remove_dir_all(work.join(out));
-    ironbake::bench::copy_project(&project).expect("copying the project");
+    ironbake::project::copy_inputs(&root, &project).expect("copying the project");
     let recipe = project.join("recipes/ci-node.toml");
     let text = std::fs::read_to_string(&recipe).expect("reading ci-node.toml");
     let edited = text.replace(
@@ -83,12 +79,10 @@ pub fn disk_project(out: &str) -> ironbake::pipeline::Paths {
         "ci-node.toml no longer reads overlays = [\"base\"]"
     );
     std::fs::write(&recipe, edited).expect("writing ci-node.toml");
-    ironbake::pipeline::Paths {
-        project,
-        out: work.join(out),
-        cache: work.join("cache"),
-        etc_apt: "/etc/apt".into(),
-    }
+    let mut paths = ironbake::Paths::in_project(&project);
+    paths.out = work.join(out);
+    paths.cache = work.join("cache");
+    paths
 }
 
 /// One VM at a time in a test binary: two TCG guests on two cores only slow each other down.
@@ -99,7 +93,7 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 /// A fresh folder for a test's logs: `target/qemu-tests/NAME`.
 pub fn test_dir(name: &str) -> PathBuf {
-    let d = ironbake::cli::project_root()
+    let d = crate::project()
         .join("target")
         .join("qemu-tests")
         .join(name);

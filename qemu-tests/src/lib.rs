@@ -1,17 +1,27 @@
 //! ironbake's VM harness: network namespaces, a QEMU runner whose serial console is saved and
-//! waited on, and an HTTP test server that lives inside a namespace.
+//! waited on, and an HTTP test server that lives inside a namespace; the VM tests use it, and
+//! so do `cargo xtask boot` ([`boot`]) and the benchmarks ([`bench`]), which call it directly.
 //!
 //! Every VM runs inside a network namespace the test makes (never on the machine's own
 //! interfaces); guards remove VMs and namespaces even when a test panics.
 
+pub mod bench;
+pub mod boot;
 pub mod console;
 pub mod fixture;
 pub mod httpd;
 pub mod lan;
 pub mod netns;
 pub mod qemu;
+pub mod report;
 pub mod require;
 pub mod server;
+
+/// The repository's project folder, found from the current folder (tests run in their
+/// package's folder, `cargo xtask` in the repository).
+pub fn project() -> std::path::PathBuf {
+    ironbake::project::discover_here(None).expect("the VM harness runs inside the repository")
+}
 
 /// Named deadlines for waits, under TCG on two cores.
 pub mod deadline {

@@ -13,10 +13,14 @@ use qemu_tests::fixture::{disk_project, one_at_a_time, test_dir};
 use qemu_tests::netns::Netns;
 use qemu_tests::qemu::{Boot, Vm, VmConfig, ovmf_disk};
 
-fn build(paths: &ironbake::pipeline::Paths) -> (PathBuf, Manifest) {
-    let built =
-        ironbake::pipeline::build(paths, "ci-node", &ironbake::progress::Progress::new(false))
-            .unwrap_or_else(|e| panic!("building ci-node with a disk: {e:#}"));
+fn build(paths: &ironbake::Paths) -> (PathBuf, Manifest) {
+    let built = ironbake::build(
+        paths,
+        "ci-node",
+        &ironbake::BuildOptions::default(),
+        &ironbake::progress::Progress::new(false),
+    )
+    .unwrap_or_else(|e| panic!("building ci-node with a disk: {e:#}"));
     (built.dir, built.manifest)
 }
 
@@ -100,13 +104,12 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// `cargo xtask ARGS` in this process, as the command line runs it; its error as text.
+/// `ironbake ARGS` in this process, as the command line runs it; its error as text.
 fn xtask(args: &[&str]) -> Result<(), String> {
     use clap::Parser;
-    let cli = ironbake::cli::Cli::try_parse_from(
-        std::iter::once("cargo xtask").chain(args.iter().copied()),
-    )
-    .map_err(|e| e.to_string())?;
+    let cli =
+        ironbake::cli::Cli::try_parse_from(std::iter::once("ironbake").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
     cli.run().map(|_| ()).map_err(|e| format!("{e:#}"))
 }
 
@@ -147,7 +150,7 @@ impl Drop for LoopDisk {
 /// The whole disk that holds this machine's `/` (its kernel name).
 fn system_disk() -> String {
     use std::os::unix::fs::MetadataExt;
-    let (major, minor) = ironbake::flash::major_minor(std::fs::metadata("/").unwrap().dev());
+    let (major, minor) = ironbake::disk::flash::major_minor(std::fs::metadata("/").unwrap().dev());
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
         .unwrap_or_else(|e| panic!("/ is on device {major}:{minor}, not a block device: {e}"));
     let sys = if sys.join("partition").exists() {
@@ -265,7 +268,7 @@ fn check_with_tools(disk: &Path, m: &Manifest, dir: &Path) {
             "loader/loader.conf"
         ]
     );
-    let boot = std::fs::read(ironbake::pipeline::disk_image::SYSTEMD_BOOT).unwrap();
+    let boot = std::fs::read(ironbake::disk::SYSTEMD_BOOT).unwrap();
     assert!(files[0].1 == boot, "BOOTX64.EFI is systemd-boot");
     let uki = dir.join("uki.efi");
     std::fs::write(&uki, &files[1].1).unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ironbake::cpio::{self, Body, Entry};
+use netboot::cpio::{self, Body, Entry};
 use netboot::layout;
 use qemu_tests::deadline;
 use qemu_tests::httpd::{Behaviour, Httpd};

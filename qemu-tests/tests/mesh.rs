@@ -25,9 +25,9 @@ fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
     let dir = test_dir("mesh");
 
     // The project's inventory, with the VMs' MAC addresses.
-    let project = ironbake::inventory::load(&ironbake::cli::project_root()).unwrap();
-    let mesh = ironbake::mesh::links(&project).unwrap();
-    let mut inv = ironbake::inventory::Inventory::default();
+    let project = netboot::inventory::load(&qemu_tests::project()).unwrap();
+    let mesh = netboot::mesh::links(&project).unwrap();
+    let mut inv = netboot::inventory::Inventory::default();
     // Each (node, interface) gets a NIC MAC and a UDP port for its end of the cable.
     let mut ends: BTreeMap<(String, String), (String, u16)> = BTreeMap::new();
     for (n, name) in NODES.iter().enumerate() {
@@ -45,14 +45,14 @@ fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
             links.push(l);
         }
         node.vars.insert(
-            ironbake::mesh::VAR.into(),
+            netboot::mesh::VAR.into(),
             toml::Value::try_from(&links).unwrap(),
         );
         inv.nodes.insert(name.to_string(), node);
     }
     let text = toml::to_string(&inv).unwrap();
     // What the server reads is checked like any inventory (mirrors, subnets, MACs).
-    ironbake::inventory::parse("inventory.toml", &text).unwrap();
+    netboot::inventory::parse("inventory.toml", &text).unwrap();
     let inventory = dir.join("inventory.toml");
     std::fs::write(&inventory, &text).unwrap();
 

@@ -261,7 +261,7 @@ fn an_unknown_machine_is_left_alone_until_the_inventory_names_it() {
     // `cargo xtask inventory add` while the firmware is still asking: the server reloads the
     // inventory and the machine boots as the new node.
     let text = std::fs::read_to_string(&inventory).unwrap();
-    let new = ironbake::cli::inventory_with_node(&text, mac, "late0", Some("ci-node")).unwrap();
+    let new = netboot::inventory::with_node(&text, mac, "late0", Some("ci-node")).unwrap();
     std::fs::write(&inventory, new).unwrap();
     assert_eq!(
         ready_version(&mut vm, &server, "late0"),
@@ -278,28 +278,28 @@ fn upgrade_and_rollback_by_moving_current() {
     let dir = test_dir("pxe-upgrade");
     // Two versions of ci-node in a root of this test's own: the project's, then one with an
     // overlay edited (the package layer comes from the shared cache).
-    let root = ironbake::cli::project_root();
+    let root = qemu_tests::project();
     let out = dir.join("out");
     let cache = root.join("target").join("qemu-tests").join("cache");
     let p = ironbake::progress::Progress::new(false);
-    let paths = |project: std::path::PathBuf| ironbake::pipeline::Paths {
-        project,
+    let paths = |project: std::path::PathBuf| ironbake::Paths {
         out: out.clone(),
         cache: cache.clone(),
-        etc_apt: "/etc/apt".into(),
+        ..ironbake::Paths::in_project(&project)
     };
-    let v1 = ironbake::pipeline::build(&paths(root.clone()), "ci-node", &p)
+    let no = ironbake::BuildOptions::default();
+    let v1 = ironbake::build(&paths(root.clone()), "ci-node", &no, &p)
         .unwrap()
         .manifest
         .version;
     let copy = dir.join("project");
-    ironbake::bench::copy_project(&copy).unwrap();
+    ironbake::project::copy_inputs(&root, &copy).unwrap();
     std::fs::write(
         copy.join("overlays/base/files/etc/ironbake-upgrade-test"),
         "the second version\n",
     )
     .unwrap();
-    let v2 = ironbake::pipeline::build(&paths(copy), "ci-node", &p)
+    let v2 = ironbake::build(&paths(copy), "ci-node", &no, &p)
         .unwrap()
         .manifest
         .version;

@@ -1,0 +1,370 @@
+//! ironbake's netboot initramfs: busybox, the first-stage `/init`, and only the kernel modules
+//! needed (with their dependencies from `modules.dep`), as a deterministic cpio compressed
+//! with zstd.
+//!
+//! Why busybox and a shell script rather than an init of our own in Rust: the first stage is
+//! a short sequence of well-known steps (insmod, DHCP, HTTP with resume, sha256, mount,
+//! switch_root) that busybox's applets already do, in one 2 MB static binary from Debian; the
+//! script is short enough to read on a console when a boot goes wrong, and a rescue shell
+//! comes for free.
+
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::checked::ModuleName;
+use crate::plan::BaseView;
+use netboot::cpio::{self, Body, Entry};
+
+/// The first stage.
+pub const INIT: &str = include_str!("init.sh");
+/// udhcpc's hook.
+pub const UDHCPC_SCRIPT: &str = include_str!("udhcpc.script");
+
+/// Modules the first stage always loads: what the root needs, whatever the hardware.
+pub const ALWAYS: &[&str] = &["squashfs", "overlay", "loop"];
+
+/// Drivers every initramfs carries: QEMU's virtio, the homelab's NICs, storage for local mode,
+/// and the filesystems the root needs. Hardware drivers are loaded only for devices that are
+/// present (matched by their modalias, as udev would); [`ALWAYS`] and the recipe's own
+/// modules are loaded on every boot.
+pub const DEFAULT_MODULES: &[&str] = &[
+    // QEMU
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    // NICs: Intel, Realtek, Mellanox ConnectX-3 (mlx4) and later (mlx5)
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "r8169",
+    "mlx4_core",
+    "mlx4_en",
+    "mlx5_core",
+    // storage for local mode
+    "ahci",
+    "nvme",
+    "sd_mod",
+    // the root
+    "squashfs",
+    "overlay",
+    "loop",
+];
+
+/// zstd level for the initramfs. Measured on the default set (13.8 MB of cpio): level 9 gives
+/// 3.6 MB in 0.44 s, level 19 gives 3.2 MB in 7.2 s; every rebuild pays this, the node does not.
+const ZSTD_LEVEL: i32 = 9;
+
+/// A module's name as modprobe spells it: file stem, `-` as `_`.
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// `modules.dep`: module path -> its dependencies' paths.
+pub fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
+    text.lines()
+        .filter_map(|l| {
+            let (m, deps) = l.split_once(':')?;
+            Some((
+                m.trim().to_string(),
+                deps.split_whitespace().map(str::to_string).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// The modules to load for `wanted`, dependencies first, each once. Names in `builtin` need
+/// nothing. Returns the load order (paths) and the wanted names this kernel does not have.
+pub fn load_order(
+    dep: &BTreeMap<String, Vec<String>>,
+    builtin: &BTreeSet<String>,
+    wanted: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let by_name: BTreeMap<String, &String> = dep.keys().map(|p| (module_name(p), p)).collect();
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut missing = Vec::new();
+    fn visit(
+        p: &str,
+        dep: &BTreeMap<String, Vec<String>>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) {
+        if !seen.insert(p.to_string()) {
+            return;
+        }
+        for d in dep.get(p).into_iter().flatten() {
+            visit(d, dep, seen, order);
+        }
+        order.push(p.to_string());
+    }
+    for w in wanted {
+        let name = w.replace('-', "_");
+        match by_name.get(&name) {
+            Some(p) => visit(p, dep, &mut seen, &mut order),
+            None if builtin.contains(&name) => {}
+            None => missing.push(w.clone()),
+        }
+    }
+    (order, missing)
+}
+
+/// What an initramfs holds, for the build summary and the benchmark.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The compressed archive.
+    pub bytes: Vec<u8>,
+    /// Size before compression.
+    pub uncompressed: u64,
+    /// Modules included.
+    pub modules: usize,
+    /// Default drivers this kernel lacks (skipped).
+    pub skipped: Vec<String>,
+}
+
+fn dir(path: &str) -> Entry {
+    Entry {
+        path: path.into(),
+        mode: 0o755,
+        body: Body::Dir,
+    }
+}
+
+fn file(path: &str, mode: u32, data: Vec<u8>) -> Entry {
+    Entry {
+        path: path.into(),
+        mode,
+        body: Body::File(data),
+    }
+}
+
+/// Builds the initramfs of an image from its root filesystem (`base`), for kernel `release`.
+/// `extra` are the recipe's own modules: each must exist. `label` goes into
+/// `/etc/ironbake/release` (`RECIPE@VERSION`).
+pub fn build(
+    base: &dyn BaseView,
+    release: &str,
+    extra: &[ModuleName],
+    label: &str,
+    epoch: u64,
+) -> Result<Built> {
+    let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
+    let moddir = format!("/lib/modules/{release}");
+    let dep_text = base
+        .read(&format!("{moddir}/modules.dep"))
+        .with_context(|| format!("{moddir}/modules.dep is missing from the image"))?;
+    let dep = parse_modules_dep(&String::from_utf8_lossy(&dep_text));
+    let builtin: BTreeSet<String> = base
+        .read(&format!("{moddir}/modules.builtin"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(module_name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (_, missing_extra) = load_order(&dep, &builtin, &extra);
+    if !missing_extra.is_empty() {
+        bail!(
+            "the recipe's initramfs modules {} are not in kernel {release} (not in modules.dep, not built in)",
+            missing_extra.join(", ")
+        );
+    }
+    let wanted: Vec<String> = DEFAULT_MODULES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect();
+    let (order, skipped) = load_order(&dep, &builtin, &wanted);
+    let busybox = base
+        .read("/bin/busybox")
+        .context("the image has no /bin/busybox (the busybox-static package)")?;
+
+    let mut files: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut add = |e: Entry| {
+        files.insert(e.path.clone(), e);
+    };
+    add(dir("lib/modules"));
+    add(dir(&format!("lib/modules/{release}")));
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "etc/ironbake",
+        "lib",
+        "newroot",
+        "proc",
+        "root",
+        "run",
+        "sbin",
+        "sys",
+        "tmp",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+    ] {
+        add(dir(d));
+    }
+    add(Entry {
+        path: "dev/console".into(),
+        mode: 0o600,
+        body: Body::CharDev(5, 1),
+    });
+    add(Entry {
+        path: "dev/null".into(),
+        mode: 0o666,
+        body: Body::CharDev(1, 3),
+    });
+    add(file("bin/busybox", 0o755, busybox));
+    add(Entry {
+        path: "bin/sh".into(),
+        mode: 0o777,
+        body: Body::Symlink("busybox".into()),
+    });
+    add(file("init", 0o755, INIT.as_bytes().to_vec()));
+    add(file(
+        "etc/ironbake/udhcpc.script",
+        0o755,
+        UDHCPC_SCRIPT.as_bytes().to_vec(),
+    ));
+    add(file(
+        "etc/ironbake/kernel-release",
+        0o644,
+        format!("{release}\n").into_bytes(),
+    ));
+    add(file(
+        "etc/ironbake/release",
+        0o644,
+        format!("{label}\n").into_bytes(),
+    ));
+    // busybox modprobe reads these: only the included modules' lines, so every alias it can
+    // resolve names a module that is here.
+    let included: BTreeSet<String> = order.iter().map(|p| module_name(p)).collect();
+    let dep_subset: String = order
+        .iter()
+        .map(|p| {
+            format!(
+                "{p}:{}\n",
+                dep[p].iter().map(|d| format!(" {d}")).collect::<String>()
+            )
+        })
+        .collect();
+    let alias_text = base
+        .read(&format!("{moddir}/modules.alias"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let alias_subset: String = alias_text
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|m| included.contains(&m.replace('-', "_")))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    add(file(
+        &format!("lib/modules/{release}/modules.dep"),
+        0o644,
+        dep_subset.into_bytes(),
+    ));
+    add(file(
+        &format!("lib/modules/{release}/modules.alias"),
+        0o644,
+        alias_subset.into_bytes(),
+    ));
+    let always: Vec<String> = ALWAYS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect();
+    add(file(
+        "etc/ironbake/modules.always",
+        0o644,
+        always
+            .iter()
+            .map(|m| format!("{m}\n"))
+            .collect::<String>()
+            .into_bytes(),
+    ));
+    for m in &order {
+        let path = format!("lib/modules/{release}/{m}");
+        let mut parent = String::new();
+        for part in path.split('/').take(path.split('/').count() - 1) {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            add(dir(&parent));
+        }
+        let data = base
+            .read(&format!("/{path}"))
+            .with_context(|| format!("reading /{path} from the image"))?;
+        add(file(&path, 0o644, data));
+    }
+    let entries: Vec<Entry> = files.into_values().collect();
+    let mut raw = Vec::new();
+    let uncompressed = cpio::write(&mut raw, &entries, epoch)?;
+    let bytes = zstd::bulk::compress(&raw, ZSTD_LEVEL).context("compressing the initramfs")?;
+    Ok(Built {
+        bytes,
+        uncompressed,
+        modules: order.len(),
+        skipped,
+    })
+}
+
+/// The Debian package whose static busybox the initramfs carries; added to every image that
+/// publishes an initramfs, so its version is in the manifest like any other package.
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci-legacy_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci-legacy_dev.ko:
+";
+
+    #[test]
+    fn dependencies_load_first_and_once() {
+        let dep = parse_modules_dep(DEP);
+        let builtin = BTreeSet::from(["loop".to_string()]);
+        let (order, missing) = load_order(
+            &dep,
+            &builtin,
+            &[
+                "virtio_pci".into(),
+                "virtio-net".into(),
+                "loop".into(),
+                "nope".into(),
+            ],
+        );
+        let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "virtio_pci_legacy_dev",
+                "virtio_ring",
+                "virtio",
+                "virtio_pci",
+                "failover",
+                "net_failover",
+                "virtio_net"
+            ]
+        );
+        assert_eq!(missing, ["nope"]);
+    }
+
+    #[test]
+    fn module_names_follow_modprobe() {
+        assert_eq!(module_name("kernel/drivers/scsi/sd_mod.ko"), "sd_mod");
+        assert_eq!(module_name("kernel/x/nvme-core.ko.zst"), "nvme_core");
+    }
+}

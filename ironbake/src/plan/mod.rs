@@ -1,0 +1,759 @@
+//! The resolved plan of an image's overlay layer: every path the overlays add, with its mode,
+//! owner and contents, decided before anything is written. Pure: the base is seen through
+//! [`BaseView`], the overlays' own files through [`HostFiles`], artifacts arrive already
+//! fetched, and templates are rendered from their text.
+//!
+//! Order of application, later winning: each overlay in the recipe's order (its `files/`, then
+//! its rendered `templates/`, then its artifacts), then users (account files and homes), then
+//! enabled and masked units (`units.rs`), module list and release information, then every
+//! overlay's `[permissions]`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::checked::VarName;
+use crate::overlay::{self, FileEntry, Overlay, TemplateSource};
+use crate::recipe::Recipe;
+use netboot::template;
+
+mod units;
+pub mod users;
+
+use users::Accounts;
+
+/// Read-only access to the package layer the plan sits on.
+pub trait BaseView {
+    /// The contents of a regular file (following no symlinks but the last), if it exists.
+    fn read(&self, path: &str) -> Option<Vec<u8>>;
+    /// `(mode, uid, gid, is_dir)` of a path, not following a final symlink.
+    fn stat(&self, path: &str) -> Option<(u32, u32, u32, bool)>;
+    /// The target of a symbolic link at `path` (its parents resolved), if it is one.
+    fn link_target(&self, _path: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Read access to files on the build host that the plan needs the text of: an overlay's own
+/// `/etc/passwd` or unit file, say (everything else is only copied when emitted).
+pub trait HostFiles {
+    /// The bytes of the file at `path`.
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// A file on the build host (overlay files, cached artifacts), with its sha256 and size.
+    Path(PathBuf, (String, u64)),
+    /// Bytes made by the plan (rendered templates, account files).
+    Bytes(Vec<u8>),
+}
+
+/// What a path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A folder.
+    Dir,
+    /// A regular file.
+    File(Data),
+    /// A symbolic link to the target.
+    Symlink(String),
+}
+
+/// One path of the overlay layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Who put it there: an overlay name, or `ironbake` for generated entries.
+    pub origin: String,
+}
+
+/// An artifact that has been fetched and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedArtifact {
+    /// The overlay that declared it.
+    pub overlay: String,
+    /// The declaration.
+    pub spec: overlay::ArtifactSpec,
+    /// The cached file.
+    pub path: PathBuf,
+    /// Its verified digest.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The context build-time templates see.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildContext {
+    /// The recipe's variables, as top-level names.
+    #[serde(flatten)]
+    pub vars: BTreeMap<VarName, toml::Value>,
+    /// `ironbake.recipe`, `ironbake.version`.
+    pub ironbake: ImageInfo,
+}
+
+/// What an image is, as templates and the node see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    /// The recipe name.
+    pub recipe: String,
+    /// The published version.
+    pub version: String,
+}
+
+/// Everything the plan is made from.
+pub struct Inputs<'a> {
+    /// The recipe's name.
+    pub recipe_name: &'a str,
+    /// The recipe.
+    pub recipe: &'a Recipe,
+    /// The published version.
+    pub version: &'a str,
+    /// The overlays, in the recipe's order.
+    pub overlays: &'a [Overlay],
+    /// Fetched artifacts.
+    pub artifacts: &'a [FetchedArtifact],
+    /// The package layer.
+    pub base: &'a dyn BaseView,
+    /// The build host's files that overlays and artifacts point at.
+    pub host: &'a dyn HostFiles,
+    /// SOURCE_DATE_EPOCH, for account files.
+    pub epoch: u64,
+}
+
+/// The resolved overlay layer and what goes beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The overlay layer's entries by absolute path.
+    pub entries: BTreeMap<String, Entry>,
+    /// Node templates by image path (later overlays win), published for the boot server.
+    pub node_templates: BTreeMap<String, TemplateSource>,
+    /// The kernel command line.
+    pub cmdline: String,
+}
+
+/// Paths that hold a machine's identity: never in an image, always per node.
+pub const IDENTITY_PATHS: &[&str] = &[
+    "/etc/machine-id",
+    "/var/lib/dbus/machine-id",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/systemd/credential.secret",
+];
+
+/// Is `path` a machine identity file (see [`IDENTITY_PATHS`], and SSH host keys)?
+pub fn is_identity_path(path: &str) -> bool {
+    IDENTITY_PATHS.contains(&path) || path.starts_with("/etc/ssh/ssh_host_")
+}
+
+/// The overlay layer as it is being resolved.
+struct Builder<'a> {
+    base: &'a dyn BaseView,
+    host: &'a dyn HostFiles,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Builder<'_> {
+    /// Refuses a path that goes through a symlink of the base: a folder in the overlay layer
+    /// would hide the link itself (on Debian, `/lib` -> `usr/lib`) and break the image.
+    fn check_parents(&self, path: &str, origin: &str) -> Result<()> {
+        let parts: Vec<_> = path[1..].split('/').collect();
+        let mut cur = String::new();
+        for part in &parts[..parts.len() - 1] {
+            cur.push('/');
+            cur.push_str(part);
+            if !self.entries.contains_key(&cur)
+                && let Some(target) = self.base.link_target(&cur)
+            {
+                bail!(
+                    "overlay {origin:?} puts {path} under {cur}, which is a symlink to {target} \
+                     in the image; put it under the link's target instead"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the folders above `path` that the layer lacks, with the base's mode and owner.
+    fn parents(&mut self, path: &str, origin: &str) {
+        let mut cur = String::new();
+        let parts: Vec<_> = path[1..].split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            cur.push('/');
+            cur.push_str(part);
+            if self.entries.contains_key(&cur) {
+                continue;
+            }
+            let (mode, uid, gid) = match self.base.stat(&cur) {
+                Some((m, u, g, true)) => (m, u, g),
+                _ => (0o755, 0, 0),
+            };
+            self.entries.insert(
+                cur.clone(),
+                Entry {
+                    kind: Kind::Dir,
+                    mode,
+                    uid,
+                    gid,
+                    origin: origin.into(),
+                },
+            );
+        }
+    }
+
+    fn put(&mut self, path: &str, kind: Kind, mode: u32, origin: &str) -> Result<()> {
+        self.check_parents(path, origin)?;
+        self.parents(path, origin);
+        let (mode, uid, gid) = match (&kind, self.base.stat(path)) {
+            // A folder the base has keeps the base's mode and owner unless [permissions] say so:
+            // in overlayfs the upper folder's attributes win.
+            (Kind::Dir, Some((m, u, g, true))) => (m, u, g),
+            _ => (mode, 0, 0),
+        };
+        self.entries.insert(
+            path.to_string(),
+            Entry {
+                kind,
+                mode,
+                uid,
+                gid,
+                origin: origin.into(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A generated text file, owned by root.
+    fn put_text(&mut self, path: &str, text: String, mode: u32, origin: &str) -> Result<()> {
+        self.put(
+            path,
+            Kind::File(Data::Bytes(text.into_bytes())),
+            mode,
+            origin,
+        )
+    }
+
+    /// The text of `path` in the image as resolved so far: the layer's entry, else the
+    /// base's file. An overlay file that cannot be read is an error, never an empty file.
+    fn text_of(&self, path: &str) -> Result<Option<String>> {
+        Ok(match self.entries.get(path).map(|e| &e.kind) {
+            Some(Kind::File(Data::Bytes(bytes))) => {
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+            Some(Kind::File(Data::Path(p, _))) => {
+                let bytes = self
+                    .host
+                    .read(p)
+                    .with_context(|| format!("reading {} (for {path})", p.display()))?;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Some(_) => None,
+            None => self
+                .base
+                .read(path)
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        })
+    }
+}
+
+/// Resolves the overlay layer: one step per part of the image, in the order the module
+/// documentation gives.
+pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
+    let mut b = Builder {
+        base: inp.base,
+        host: inp.host,
+        entries: BTreeMap::new(),
+    };
+    let mut node_templates = BTreeMap::new();
+    for ov in inp.overlays {
+        put_overlay(&mut b, inp, ov, &mut node_templates)?;
+    }
+    let accounts = put_users(&mut b, inp)?;
+    units::enable(&mut b, inp.overlays)?;
+    units::mask(&mut b, inp.overlays)?;
+    put_modules(&mut b, inp.overlays)?;
+    put_os_release(&mut b, inp)?;
+    apply_permissions(&mut b, inp.overlays, &accounts)?;
+    if let Some((path, e)) = b.entries.iter().find(|(p, _)| is_identity_path(p)) {
+        bail!(
+            "overlay {:?} puts {path} into the image; machine identity (machine-id, SSH host keys, \
+             random seed) is never baked in: each node gets its own in its per-node settings",
+            e.origin
+        );
+    }
+    let mut cmdline: Vec<&str> = inp.recipe.kernel.cmdline.split_whitespace().collect();
+    for ov in inp.overlays {
+        cmdline.extend(ov.spec.cmdline.iter().map(|w| w.as_str()));
+    }
+    Ok(Plan {
+        entries: b.entries,
+        node_templates,
+        cmdline: cmdline.join(" "),
+    })
+}
+
+/// One overlay's files, rendered templates and artifacts; its node templates are kept for
+/// the boot server.
+fn put_overlay(
+    b: &mut Builder<'_>,
+    inp: &Inputs<'_>,
+    ov: &Overlay,
+    node_templates: &mut BTreeMap<String, TemplateSource>,
+) -> Result<()> {
+    let ctx = BuildContext {
+        vars: inp.recipe.variables.clone(),
+        ironbake: ImageInfo {
+            recipe: inp.recipe_name.into(),
+            version: inp.version.into(),
+        },
+    };
+    for (path, fe) in &ov.files {
+        match fe {
+            FileEntry::Dir { mode } => b.put(path, Kind::Dir, *mode, &ov.name)?,
+            FileEntry::File {
+                source,
+                mode,
+                digest,
+            } => b.put(
+                path,
+                Kind::File(Data::Path(source.clone(), digest.clone())),
+                *mode,
+                &ov.name,
+            )?,
+            FileEntry::Symlink { target } => {
+                b.put(path, Kind::Symlink(target.clone()), 0o777, &ov.name)?
+            }
+        }
+    }
+    for t in &ov.templates {
+        let text = template::render(t, &ctx)?;
+        b.put_text(&t.dest, text, t.mode, &ov.name)?;
+    }
+    for a in inp.artifacts.iter().filter(|a| a.overlay == ov.name) {
+        b.put(
+            &a.spec.dest,
+            Kind::File(Data::Path(a.path.clone(), (a.sha256.clone(), a.size))),
+            a.spec.mode.bits(),
+            &ov.name,
+        )?;
+    }
+    for t in &ov.node_templates {
+        template::check_syntax(t)?;
+        node_templates.insert(t.dest.clone(), t.clone());
+    }
+    Ok(())
+}
+
+/// The overlays' users: whole new account files over the base's, and their homes. Returns
+/// the account files as they end up (for `[permissions]` owners).
+fn put_users(b: &mut Builder<'_>, inp: &Inputs<'_>) -> Result<Accounts> {
+    let read =
+        |b: &Builder<'_>, p: &str| -> Result<String> { Ok(b.text_of(p)?.unwrap_or_default()) };
+    let base = Accounts {
+        passwd: read(b, "/etc/passwd")?,
+        group: read(b, "/etc/group")?,
+        shadow: read(b, "/etc/shadow")?,
+        gshadow: read(b, "/etc/gshadow")?,
+    };
+    let users: Vec<_> = inp
+        .overlays
+        .iter()
+        .flat_map(|o| o.spec.users.iter().map(move |u| (o, u)))
+        .collect();
+    if users.is_empty() {
+        return Ok(base);
+    }
+    let specs: Vec<_> = users.iter().map(|(_, u)| (*u).clone()).collect();
+    let accounts =
+        users::add_users(&base, &specs, inp.epoch / 86400).context("adding the overlays' users")?;
+    let origin = users
+        .iter()
+        .map(|(o, _)| o.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    // Debian's shadow files belong to group shadow.
+    let shadow_gid = users::gid_of(&accounts.group, "shadow").unwrap_or(0);
+    for (path, text, mode, gid) in [
+        ("/etc/passwd", &accounts.passwd, 0o644, 0),
+        ("/etc/group", &accounts.group, 0o644, 0),
+        ("/etc/shadow", &accounts.shadow, 0o640, shadow_gid),
+        ("/etc/gshadow", &accounts.gshadow, 0o640, shadow_gid),
+    ] {
+        b.put_text(path, text.clone(), mode, &origin)?;
+        b.entries.get_mut(path).expect("just put").gid = gid;
+    }
+    for (o, u) in &users {
+        let home = u
+            .home
+            .as_ref()
+            .map_or_else(|| format!("/home/{}", &*u.name), |h| h.to_string());
+        if b.base.stat(&home).is_some() {
+            // The base has it already (a system user's home): leave it as it is.
+            continue;
+        }
+        if !b.entries.contains_key(&home) {
+            b.put(&home, Kind::Dir, 0o700, &o.name)?;
+        }
+        let e = b
+            .entries
+            .get_mut(&home)
+            .expect("home exists in the plan or was just put");
+        e.mode = 0o700;
+        e.uid = u.uid.get();
+        e.gid = u.gid.unwrap_or(u.uid.get());
+    }
+    Ok(accounts)
+}
+
+/// `/etc/modules-load.d/ironbake.conf`: the overlays' modules, each once, in order.
+fn put_modules(b: &mut Builder<'_>, overlays: &[Overlay]) -> Result<()> {
+    let mut modules: Vec<&str> = Vec::new();
+    for m in overlays.iter().flat_map(|o| &o.spec.modules) {
+        if !modules.contains(&m.as_str()) {
+            modules.push(m);
+        }
+    }
+    if modules.is_empty() {
+        return Ok(());
+    }
+    let text: String = modules.iter().map(|m| format!("{m}\n")).collect();
+    b.put_text("/etc/modules-load.d/ironbake.conf", text, 0o644, "ironbake")
+}
+
+/// The image says what it is, where systemd and people look: os-release's IMAGE_ID and
+/// IMAGE_VERSION.
+fn put_os_release(b: &mut Builder<'_>, inp: &Inputs<'_>) -> Result<()> {
+    let os_release = b.text_of("/usr/lib/os-release")?.unwrap_or_default();
+    let kept: String = os_release
+        .lines()
+        .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = format!(
+        "{kept}IMAGE_ID={}\nIMAGE_VERSION={}\n",
+        inp.recipe_name, inp.version
+    );
+    b.put_text("/usr/lib/os-release", text, 0o644, "ironbake")
+}
+
+/// Every overlay's `[permissions]` over what the layer holds (node templates' modes were
+/// applied when their overlay was loaded).
+fn apply_permissions(b: &mut Builder<'_>, overlays: &[Overlay], acc: &Accounts) -> Result<()> {
+    for ov in overlays {
+        let toml = format!("overlays/{}/overlay.toml", ov.name);
+        for (path, perm) in &ov.spec.permissions {
+            let path = path.as_str();
+            if ov.node_templates.iter().any(|t| t.dest == path) {
+                continue;
+            }
+            let Some(e) = b.entries.get_mut(path) else {
+                bail!("{toml}: [permissions] names {path}, which no overlay provides");
+            };
+            if let Some(m) = perm.mode {
+                e.mode = m.bits();
+            }
+            if let Some(o) = &perm.owner {
+                e.uid = users::uid_of(&acc.passwd, o).with_context(|| {
+                    format!("{toml}: [permissions] {path}: no user {o:?} in the image")
+                })?;
+            }
+            if let Some(g) = &perm.group {
+                e.gid = users::gid_of(&acc.group, g).with_context(|| {
+                    format!("{toml}: [permissions] {path}: no group {g:?} in the image")
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// A readable listing of the overlay layer: one line per path with mode, owner, kind,
+    /// size and digest, for tests.
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for (path, e) in &self.entries {
+            let what = match &e.kind {
+                Kind::Dir => "dir".to_string(),
+                Kind::Symlink(t) => format!("link -> {t}"),
+                Kind::File(Data::Bytes(b)) => {
+                    let d = crate::digest::sha256_hex(b);
+                    format!("file {} {}", b.len(), &d[..12])
+                }
+                Kind::File(Data::Path(_, (d, n))) => format!("file {n} {}", &d[..12]),
+            };
+            let _ = writeln!(
+                s,
+                "{:04o} {}:{} {path} {what} [{}]",
+                e.mode, e.uid, e.gid, e.origin
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::{Spec, parse_spec};
+
+    /// An overlay's settings from `overlay.toml` text.
+    fn spec(text: &str) -> Spec {
+        parse_spec("overlay.toml", text).unwrap()
+    }
+
+    /// The host as the tests see it: an overlay file named "/missing" cannot be read.
+    struct Host;
+    impl HostFiles for Host {
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not readable", path.display()),
+            ))
+        }
+    }
+
+    struct Fake(BTreeMap<&'static str, (&'static str, u32, bool)>);
+    impl BaseView for Fake {
+        fn read(&self, path: &str) -> Option<Vec<u8>> {
+            self.0
+                .get(path)
+                .filter(|e| !e.2)
+                .map(|e| e.0.as_bytes().to_vec())
+        }
+        fn stat(&self, path: &str) -> Option<(u32, u32, u32, bool)> {
+            self.0.get(path).map(|e| (e.1, 0, 0, e.2))
+        }
+    }
+
+    fn base() -> Fake {
+        Fake(BTreeMap::from([
+            ("/etc", ("", 0o755, true)),
+            ("/home", ("", 0o755, true)),
+            (
+                "/etc/passwd",
+                ("root:x:0:0:root:/root:/bin/bash\n", 0o644, false),
+            ),
+            (
+                "/etc/group",
+                ("root:x:0:\nshadow:x:42:\nsudo:x:27:\n", 0o644, false),
+            ),
+            ("/etc/shadow", ("root:*:1:0:99999:7:::\n", 0o640, false)),
+            (
+                "/etc/gshadow",
+                ("root:*::\nshadow:*::\nsudo:*::\n", 0o640, false),
+            ),
+            ("/usr/lib/os-release", ("ID=debian\n", 0o644, false)),
+            (
+                "/lib/systemd/system/ssh.service",
+                (
+                    "[Unit]\n[Service]\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n",
+                    0o644,
+                    false,
+                ),
+            ),
+            (
+                "/lib/systemd/system/noinstall.service",
+                ("[Service]\n", 0o644, false),
+            ),
+        ]))
+    }
+
+    fn recipe() -> Recipe {
+        crate::recipe::parse("r.toml", "version = \"1\"\n[debian]\nsuite = \"bookworm\"\n[kernel]\npackage = \"linux-image-amd64\"\ncmdline = \"console=ttyS0\"\n[variables]\nwho = \"world\"\n").unwrap()
+    }
+
+    fn overlay(name: &str, spec: Spec) -> Overlay {
+        Overlay {
+            name: name.into(),
+            dir: PathBuf::new(),
+            spec,
+            files: BTreeMap::new(),
+            templates: vec![],
+            node_templates: vec![],
+            sha256: String::new(),
+        }
+    }
+
+    fn inputs<'a>(r: &'a Recipe, ovs: &'a [Overlay], base: &'a Fake) -> Inputs<'a> {
+        Inputs {
+            recipe_name: "demo",
+            recipe: r,
+            version: "1-abc",
+            overlays: ovs,
+            artifacts: &[],
+            base,
+            host: &Host,
+            epoch: 86400 * 20000,
+        }
+    }
+
+    #[test]
+    fn a_full_overlay_resolves_to_the_expected_layer() {
+        let r = recipe();
+        let spec = spec(
+            r#"
+units = ["ssh.service"]
+mask = ["noinstall.service"]
+modules = ["mlx4_ib"]
+cmdline = ["quiet"]
+[[users]]
+name = "admin"
+uid = 1000
+groups = ["sudo"]
+[permissions]
+"/home/admin/.ssh" = { mode = "0700", owner = "admin", group = "admin" }
+"#,
+        );
+        let mut ov = overlay("base", spec);
+        ov.templates.push(TemplateSource {
+            file: "t".into(),
+            dest: "/home/admin/.ssh/authorized_keys".into(),
+            text: "hello {{ who }} from {{ ironbake.recipe }}@{{ ironbake.version }}\n".into(),
+            mode: 0o644,
+        });
+        ov.node_templates.push(TemplateSource {
+            file: "n".into(),
+            dest: "/etc/hostname".into(),
+            text: "{{ node.name }}\n".into(),
+            mode: 0o644,
+        });
+        let base = base();
+        let ovs = [ov];
+        let plan = resolve(&inputs(&r, &ovs, &base)).unwrap();
+        let dump = plan.dump();
+        let expected = "\
+0755 0:0 /etc dir [base]
+0644 0:0 /etc/group file 53 bac257503b05 [base]
+0640 0:42 /etc/gshadow file 44 f6d7486b9138 [base]
+0755 0:0 /etc/modules-load.d dir [ironbake]
+0644 0:0 /etc/modules-load.d/ironbake.conf file 8 49f3d08934b3 [ironbake]
+0644 0:0 /etc/passwd file 73 177911e82756 [base]
+0640 0:42 /etc/shadow file 49 18f9c46b5d7d [base]
+0755 0:0 /etc/systemd dir [base]
+0755 0:0 /etc/systemd/system dir [base]
+0755 0:0 /etc/systemd/system/multi-user.target.wants dir [base]
+0777 0:0 /etc/systemd/system/multi-user.target.wants/ssh.service link -> /lib/systemd/system/ssh.service [base]
+0777 0:0 /etc/systemd/system/noinstall.service link -> /dev/null [base]
+0777 0:0 /etc/systemd/system/sshd.service link -> /lib/systemd/system/ssh.service [base]
+0755 0:0 /home dir [base]
+0700 1000:1000 /home/admin dir [base]
+0700 1000:1000 /home/admin/.ssh dir [base]
+0644 0:0 /home/admin/.ssh/authorized_keys file 28 8e6d175b05d1 [base]
+0755 0:0 /usr dir [ironbake]
+0755 0:0 /usr/lib dir [ironbake]
+0644 0:0 /usr/lib/os-release file 44 f8a5529848b9 [ironbake]
+";
+        assert_eq!(dump, expected);
+        let Kind::File(Data::Bytes(group)) = &plan.entries["/etc/group"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(group),
+            "root:x:0:\nshadow:x:42:\nsudo:x:27:admin\nadmin:x:1000:\n"
+        );
+        let Kind::File(Data::Bytes(osr)) = &plan.entries["/usr/lib/os-release"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(osr),
+            "ID=debian\nIMAGE_ID=demo\nIMAGE_VERSION=1-abc\n"
+        );
+        let Kind::File(Data::Bytes(keys)) = &plan.entries["/home/admin/.ssh/authorized_keys"].kind
+        else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(keys),
+            "hello world from demo@1-abc\n"
+        );
+        assert_eq!(plan.cmdline, "console=ttyS0 quiet");
+        assert_eq!(
+            plan.node_templates["/etc/hostname"].text,
+            "{{ node.name }}\n"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_overlay_named() {
+        let r = recipe();
+        let base = base();
+        let cases: &[(&str, &str)] = &[
+            (
+                "units = [\"nope.service\"]",
+                "unit \"nope.service\" to enable was not found",
+            ),
+            (
+                "units = [\"noinstall.service\"]",
+                "has no [Install] section",
+            ),
+            (
+                "mask = [\"nope.timer\"]",
+                "unit \"nope.timer\" to mask was not found",
+            ),
+            (
+                "units = [\"ssh.service\"]\nmask = [\"ssh.service\"]",
+                "masks \"ssh.service\", which overlays/o/overlay.toml enables",
+            ),
+            (
+                "[permissions]\n\"/etc/x\" = {}",
+                "which no overlay provides",
+            ),
+        ];
+        for (text, needle) in cases {
+            let ovs = [overlay("o", spec(text))];
+            let err = format!("{:#}", resolve(&inputs(&r, &ovs, &base)).unwrap_err());
+            assert!(
+                err.contains(needle) && err.contains("overlays/o/overlay.toml"),
+                "{err}"
+            );
+        }
+        let mut ov = overlay("leaky", Spec::default());
+        ov.templates.push(TemplateSource {
+            file: "t".into(),
+            dest: "/etc/ssh/ssh_host_ed25519_key".into(),
+            text: "k".into(),
+            mode: 0o600,
+        });
+        let ovs = [ov];
+        let err = format!("{:#}", resolve(&inputs(&r, &ovs, &base)).unwrap_err());
+        assert!(err.contains("machine identity"), "{err}");
+    }
+
+    /// An overlay's own account file that cannot be read stops the build: the account files
+    /// are never rebuilt from nothing.
+    #[test]
+    fn an_unreadable_overlay_file_is_an_error_not_an_empty_file() {
+        let r = recipe();
+        let base = base();
+        let mut ov = overlay(
+            "accounts",
+            spec("[[users]]\nname = \"admin\"\nuid = 1000\n"),
+        );
+        ov.files.insert(
+            "/etc/passwd".into(),
+            FileEntry::File {
+                source: PathBuf::from("/missing"),
+                mode: 0o644,
+                digest: ("0".repeat(64), 0),
+            },
+        );
+        let ovs = [ov];
+        let err = format!("{:#}", resolve(&inputs(&r, &ovs, &base)).unwrap_err());
+        assert!(
+            err.contains("reading /missing (for /etc/passwd)") && err.contains("not readable"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! The inventory: which machines exist, by MAC address, what they boot and their per-node
+//! variables. The pipeline reads it only to check node templates against real nodes; the boot
+//! server renders them.
+//!
+//! ```toml
+//! # inventory.toml
+//! [defaults]
+//! recipe = "ci-node"        # what unknown machines boot; leave out to boot them nothing
+//!
+//! [server]                  # the machine running `netboot serve`
+//! name = "raspi"
+//! address = "192.168.88.2"  # its default --advertise
+//!
+//! [nodes.machine0]
+//! mac = "52:54:00:12:34:01"
+//! recipe = "core-node"
+//! version = "1.2.0-0123456789"  # optional: pin a published version (default: current)
+//! [nodes.machine0.vars]     # seen by node templates as node.NAME (name, mac, recipe and
+//! port_type = "eth"         # secrets are reserved: node.secrets comes from secrets.toml,
+//!                           # see crate::secrets)
+//! [[nodes.machine0.vars.mesh]] # point-to-point links, checked as a whole: see crate::mesh
+//! interface = "enp1s0"
+//! address = "192.168.1.1/30"
+//! peer = "machine1"
+//! peer-interface = "enp1s0"
+//! peer-address = "192.168.1.2/30"
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{self, Located};
+use crate::layout::valid_name;
+
+mod load;
+pub use load::{LoadError, load, load_file};
+
+/// The whole inventory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Inventory {
+    /// Settings for machines that are not listed.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The machine that runs the boot server, for people and as `netboot serve`'s default
+    /// `--advertise`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerInfo>,
+    /// The nodes by name (the name is also the node's hostname).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// The boot server's machine (`[server]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerInfo {
+    /// Its hostname.
+    pub name: String,
+    /// The address nodes reach it at; `netboot serve` advertises it unless `--advertise` or
+    /// a specific `--bind` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// What it is, for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Settings for machines the inventory does not list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Defaults {
+    /// The recipe unknown machines boot; none means they are not booted.
+    #[serde(default)]
+    pub recipe: Option<String>,
+}
+
+/// One machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Node {
+    /// Its boot NIC's MAC address, lowercase, colon-separated.
+    pub mac: String,
+    /// The recipe it boots.
+    pub recipe: String,
+    /// The published version it boots; the recipe's `current` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Per-node variables for node templates.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+/// Is `mac` six lowercase hex pairs separated by colons?
+pub fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<_> = mac.split(':').collect();
+    parts.len() == 6
+        && parts.iter().all(|p| {
+            p.len() == 2
+                && p.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
+}
+
+/// Parses and validates inventory text.
+pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
+    let inv: Inventory = diag::parse_toml(file, text)?;
+    let at = |needle: &str, message: String| diag::locate(file, text, needle, message);
+    let mut macs: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, node) in &inv.nodes {
+        let hostname_ok = name.len() <= 63 && valid_name(name) && !name.contains('_');
+        if !hostname_ok {
+            return Err(at(
+                name,
+                format!("node name {name:?} must be a hostname: lowercase letters, digits and '-'"),
+            ));
+        }
+        if !valid_mac(&node.mac) {
+            return Err(at(
+                &node.mac,
+                format!(
+                    "node {name}: mac {:?} must look like 52:54:00:ab:cd:ef (lowercase)",
+                    node.mac
+                ),
+            ));
+        }
+        if let Some(other) = macs.insert(&node.mac, name) {
+            return Err(at(
+                &node.mac,
+                format!("nodes {other} and {name} have the same mac {}", node.mac),
+            ));
+        }
+        for key in node.vars.keys() {
+            if ["name", "mac", "recipe"].contains(&key.as_str()) {
+                return Err(at(
+                    key,
+                    format!(
+                        "node {name}: variable {key:?} is reserved (node.{key} is set from the node itself)"
+                    ),
+                ));
+            }
+            if key == "secrets" {
+                return Err(at(
+                    key,
+                    format!(
+                        "node {name}: variable \"secrets\" is reserved: node.secrets comes from \
+                         secrets.toml beside the inventory, which stays out of git"
+                    ),
+                ));
+            }
+        }
+    }
+    crate::mesh::check(&inv).map_err(|e| {
+        diag::locate_after(
+            file,
+            text,
+            &format!("nodes.{}", e.node),
+            &e.needle,
+            e.message,
+        )
+    })?;
+    Ok(inv)
+}
+
+/// The template context a node template sees under `node`.
+pub fn node_context(name: &str, node: &Node) -> BTreeMap<String, toml::Value> {
+    let mut m = node.vars.clone();
+    m.insert("name".into(), toml::Value::String(name.into()));
+    m.insert("mac".into(), toml::Value::String(node.mac.clone()));
+    m.insert("recipe".into(), toml::Value::String(node.recipe.clone()));
+    m
+}
+
+/// `text` with a `[nodes.NAME]` table appended for `mac`, everything already there (comments,
+/// layout) kept as it is; refused, with the reason, if the result would not be a valid
+/// inventory: a name or MAC already used, a malformed MAC, no recipe.
+pub fn with_node(
+    text: &str,
+    mac: &str,
+    name: &str,
+    recipe: Option<&str>,
+) -> Result<String, String> {
+    let shown = "inventory.toml";
+    let current = parse(shown, text).map_err(|e| e.to_string())?;
+    let mac = crate::hub::normalize_mac(mac)
+        .ok_or_else(|| format!("{mac:?} is not a MAC address (like 52:54:00:12:34:56)"))?;
+    if current.nodes.contains_key(name) {
+        return Err(format!(
+            "{shown} already has a node named {name}; pick another name"
+        ));
+    }
+    if let Some((other, _)) = current.nodes.iter().find(|(_, n)| n.mac == mac) {
+        return Err(format!("{shown} already has {mac} as node {other}"));
+    }
+    let Some(recipe) = recipe.or(current.defaults.recipe.as_deref()) else {
+        return Err(format!(
+            "say which recipe {name} boots: --recipe NAME (the inventory has no [defaults] recipe)"
+        ));
+    };
+    let mut new = text.to_string();
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&format!(
+        "\n[nodes.{name}]\nmac = \"{mac}\"\nrecipe = \"{recipe}\"\n"
+    ));
+    parse(shown, &new).map_err(|e| format!("the new inventory would not be valid: {e}"))?;
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_parse_and_are_checked() {
+        let inv = parse("i.toml", "[defaults]\nrecipe = \"ci-node\"\n[nodes.m0]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"core-node\"\n[nodes.m0.vars]\nip = \"10.0.0.1\"\n").unwrap();
+        assert_eq!(inv.defaults.recipe.as_deref(), Some("ci-node"));
+        let ctx = node_context("m0", &inv.nodes["m0"]);
+        assert_eq!(ctx["name"].as_str(), Some("m0"));
+        assert_eq!(ctx["ip"].as_str(), Some("10.0.0.1"));
+        let dup = "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.b]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n";
+        assert!(
+            parse("i.toml", dup)
+                .unwrap_err()
+                .message
+                .contains("same mac")
+        );
+        assert!(
+            parse(
+                "i.toml",
+                "[nodes.a]\nmac = \"52:54:00:00:00:0G\"\nrecipe = \"r\"\n"
+            )
+            .unwrap_err()
+            .message
+            .contains("must look like")
+        );
+        assert!(parse("i.toml", "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.a.vars]\nname = \"x\"\n").unwrap_err().message.contains("reserved"));
+    }
+
+    #[test]
+    fn a_node_is_appended_and_mistakes_are_refused() {
+        let text = "# the lab\n[defaults]\nrecipe = \"ci-node\"\n\n[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"ci-node\"\n";
+        let new = with_node(text, "52-54-00-00-00-99", "b", None).unwrap();
+        assert!(new.starts_with(text), "comments and layout are kept");
+        assert!(
+            new.ends_with("\n[nodes.b]\nmac = \"52:54:00:00:00:99\"\nrecipe = \"ci-node\"\n"),
+            "{new}"
+        );
+        let err = |mac: &str, name: &str, recipe: Option<&str>, t: &str| {
+            with_node(t, mac, name, recipe).unwrap_err()
+        };
+        assert!(err("52:54:00:00:00:02", "a", None, text).contains("already has a node named a"));
+        assert!(
+            err("52:54:00:00:00:01", "c", None, text)
+                .contains("already has 52:54:00:00:00:01 as node a")
+        );
+        assert!(err("nope", "c", None, text).contains("is not a MAC address"));
+        assert!(err("52:54:00:00:00:03", "c", None, "").contains("--recipe"));
+        assert!(err("52:54:00:00:00:03", "Bad_Name", Some("r"), "").contains("hostname"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The serve benchmark's record: its tables and its figures.
+
+use std::fmt::Write as _;
+
+use super::storm::{NODES, Storm, node_bytes};
+use super::{Bench, HttpRows, RUNS, TftpRows, links, pkg_version};
+use crate::report::{Figure, Report, machine};
+
+/// The record of one run.
+pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm) -> Report {
+    let links = links(b);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### serve, {} (`cargo xtask bench serve`)\n",
+        ironbake::date::today()
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {}. `netboot serve` release build; anchors in the same run: tftpd-hpa {}, \
+         dnsmasq {}, nginx {}; clients atftp and curl; medians of {RUNS}. Links: {} and {}.\n",
+        machine(),
+        pkg_version("tftpd-hpa"),
+        pkg_version("dnsmasq-base"),
+        pkg_version("nginx-light"),
+        links[0].0,
+        links[1].0
+    );
+    let mut figures = tftp_section(&mut md, tftp, &links);
+    figures.extend(http_section(&mut md, http, &links));
+    figures.extend(storm_section(&mut md, storm));
+    Report::new("serve", md, figures)
+}
+
+fn tftp_section(
+    md: &mut String,
+    rows: &TftpRows,
+    links: &[(&str, &crate::netns::Netns); 2],
+) -> Vec<Figure> {
+    let _ = writeln!(
+        md,
+        "TFTP, 4 MB file, blksize 1468 (MB/s; window: RFC 7440 windowsize the client asked \
+         for):\n"
+    );
+    let _ = writeln!(md, "| server | window | {} | {} |", links[0].0, links[1].0);
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: |");
+    for (name, w, v) in rows {
+        let window = w.map_or("none".into(), |n| n.to_string());
+        let _ = writeln!(md, "| {name} | {window} | {:.2} | {:.2} |", v[0], v[1]);
+    }
+    let find = |n: &str, w: Option<u16>| {
+        rows.iter()
+            .find(|r| r.0 == n && r.1 == w)
+            .map(|r| r.2.clone())
+            .unwrap_or_default()
+    };
+    let ours16 = find("ironbake netboot", Some(16));
+    let ours1 = find("ironbake netboot", None);
+    let _ = writeln!(md);
+    let mut figures = Vec::new();
+    for (anchor, goal) in [("tftpd-hpa", 1.5), ("dnsmasq", 1.0)] {
+        let ratios = |link: usize| {
+            let best = find(anchor, None)[link].max(find(anchor, Some(16))[link]);
+            (ours16[link] / best, ours1[link] / find(anchor, None)[link])
+        };
+        let (lan_w, lan_1) = ratios(0);
+        let (lo_w, lo_1) = ratios(1);
+        let _ = writeln!(
+            md,
+            "- ours / {anchor}: LAN {lan_w:.2}x with windowsize 16 (goal: at least {goal:.1}x), \
+             {lan_1:.2}x lock-step; loopback {lo_w:.2}x, {lo_1:.2}x"
+        );
+        figures.push(Figure::goal(
+            format!("TFTP windowsize 16 / {anchor}, LAN"),
+            &format!("at least {goal:.1}x"),
+            format!("{lan_w:.2}x"),
+            lan_w >= goal,
+        ));
+        figures.push(Figure::info(
+            format!("TFTP lock-step / {anchor}, LAN"),
+            format!("{lan_1:.2}x"),
+        ));
+    }
+    figures
+}
+
+fn http_section(
+    md: &mut String,
+    rows: &HttpRows,
+    links: &[(&str, &crate::netns::Netns); 2],
+) -> Vec<Figure> {
+    let _ = writeln!(md, "\nHTTP, 200 MB file (MB/s):\n");
+    let _ = writeln!(md, "| server | {} | {} |", links[0].0, links[1].0);
+    let _ = writeln!(md, "| --- | ---: | ---: |");
+    for (name, v) in rows {
+        let _ = writeln!(md, "| {name} | {:.0} | {:.0} |", v[0], v[1]);
+    }
+    let lan = rows[0].1[0] / rows[1].1[0];
+    let lo = rows[0].1[1] / rows[1].1[1];
+    let _ = writeln!(
+        md,
+        "\n- ours / nginx: LAN {lan:.2}x, loopback {lo:.2}x (goal: at least 0.9x)"
+    );
+    vec![
+        Figure::goal(
+            "HTTP / nginx, loopback",
+            "at least 0.9x",
+            format!("{lo:.2}x"),
+            lo >= 0.9,
+        ),
+        Figure::info("HTTP / nginx, LAN", format!("{lan:.2}x")),
+    ]
+}
+
+fn storm_section(md: &mut String, s: &Storm) -> Vec<Figure> {
+    let _ = writeln!(
+        md,
+        "\nBoot storm, LAN link: {NODES} simulated nodes at once, each fetching a 1 MB \
+         bootloader over TFTP (blksize 1468, windowsize 4, as edk2 asks) then an 8 MB kernel, \
+         a 4 MB initramfs and a 32 MB image over HTTP ({:.0} MB per node); a node retries a \
+         failed fetch after 1 s.\n",
+        node_bytes() as f64 / 1e6
+    );
+    let share = 100.0 * s.aggregate / s.single.1;
+    let rows = [
+        (
+            "nodes that finished (goal: all)",
+            format!("{}/{NODES}", s.finished),
+        ),
+        ("retries", s.retries.to_string()),
+        (
+            "one node alone",
+            format!("{:.2} s, {:.0} MB/s", s.single.0, s.single.1),
+        ),
+        ("storm wall time", format!("{:.1} s", s.wall_s)),
+        (
+            "aggregate throughput / one node's (goal: at least 80%)",
+            format!("{:.0} MB/s, {share:.0}%", s.aggregate),
+        ),
+        (
+            "completion p50 / p90 / p99",
+            format!(
+                "{:.1} / {:.1} / {:.1} s",
+                s.pct(0.5),
+                s.pct(0.9),
+                s.pct(0.99)
+            ),
+        ),
+        (
+            "server peak memory, VmHWM (goal: under 50 MB)",
+            format!("{:.1} MB", s.peak_mb),
+        ),
+    ];
+    let _ = writeln!(md, "| figure | value |");
+    let _ = writeln!(md, "| --- | ---: |");
+    for (name, value) in rows {
+        let _ = writeln!(md, "| {name} | {value} |");
+    }
+    vec![
+        Figure::goal(
+            "boot storm: nodes finished",
+            "all",
+            format!("{}/{NODES}", s.finished),
+            s.finished == NODES,
+        ),
+        Figure::goal(
+            "boot storm: aggregate / one node",
+            "at least 80%",
+            format!("{share:.0}%"),
+            share >= 80.0,
+        ),
+        Figure::goal(
+            "boot storm: server peak memory",
+            "under 50 MB",
+            format!("{:.1} MB", s.peak_mb),
+            s.peak_mb < 50.0,
+        ),
+    ]
+}
