@@ -36,6 +36,8 @@ pub struct Prepared {
     pub fetched: Vec<FetchedArtifact>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: u64,
+    /// The build host's EFI binaries a disk image carries, with their sha256.
+    pub efi: BTreeMap<String, String>,
     /// The digest of all inputs.
     pub inputs_sha256: String,
     /// The version to publish.
@@ -90,58 +92,66 @@ pub fn prepare(
         pinned.uses,
         pinned.epoch,
     );
-    let recipe_sha = sha256_hex(recipe_text.as_bytes());
-    let inputs_sha256 = digest::Inputs {
-        builder: BUILDER_SHA256,
-        left_out: &left_out,
-        recipe: name,
-        recipe_sha256: &recipe_sha,
-        base: base_spec.key(),
-        overlays: overlays
-            .iter()
-            .map(|o| (o.name.as_str(), o.sha256.as_str()))
-            .collect(),
-        artifacts: fetched
-            .iter()
-            .map(|a| {
-                let (overlay, name, sha256) = (&a.overlay, &a.spec.name, &a.sha256);
-                (
-                    overlay.as_str(),
-                    name.as_str(),
-                    sha256.as_str(),
-                    a.spec.dest.as_str(),
-                    a.spec.mode.to_string(),
-                )
-            })
-            .collect(),
-        outputs: &recipe.outputs,
-        efi: &efi,
-    }
-    .sha256();
-    let version = digest::version(recipe.version.as_str(), &inputs_sha256);
-    progress.println(&format!("      {name}@{version}"));
-
-    // Every template now, before the long steps, so a template error costs seconds.
-    let checked = templates::check(&recipe, name, &version, &overlays, &inv)?;
-    if checked > 0 {
-        progress.println(&format!(
-            "      {checked} node template renderings checked against inventory.toml"
-        ));
-    }
-    Ok(Prepared {
+    let mut p = Prepared {
         name: name.to_string(),
+        recipe_sha: sha256_hex(recipe_text.as_bytes()),
         recipe,
-        recipe_sha,
         overlays,
         base_spec,
         keys: pinned.keys,
         fetched,
         epoch: pinned.epoch,
-        inputs_sha256,
-        version,
+        efi,
+        inputs_sha256: String::new(),
+        version: String::new(),
         kernel_package,
         left_out,
-    })
+    };
+    p.inputs_sha256 = inputs(&p).sha256();
+    p.version = digest::version(p.recipe.version.as_str(), &p.inputs_sha256);
+    progress.println(&format!("      {name}@{}", p.version));
+
+    // Every template now, before the long steps, so a template error costs seconds.
+    let checked = templates::check(&p.recipe, name, &p.version, &p.overlays, &inv)?;
+    if checked > 0 {
+        progress.println(&format!(
+            "      {checked} node template renderings checked against inventory.toml"
+        ));
+    }
+    Ok(p)
+}
+
+/// What the version's digest is made of.
+fn inputs(p: &Prepared) -> digest::Inputs<'_> {
+    digest::Inputs {
+        builder: BUILDER_SHA256,
+        left_out: &p.left_out,
+        recipe: &p.name,
+        recipe_sha256: &p.recipe_sha,
+        base: p.base_spec.key(),
+        overlays: p
+            .overlays
+            .iter()
+            .map(|o| (o.name.as_str(), o.sha256.as_str()))
+            .collect(),
+        artifacts: p
+            .fetched
+            .iter()
+            .map(|a| {
+                let spec = &a.spec;
+                let (dest, mode) = (spec.dest.as_str(), spec.mode.to_string());
+                (
+                    a.overlay.as_str(),
+                    spec.name.as_str(),
+                    a.sha256.as_str(),
+                    dest,
+                    mode,
+                )
+            })
+            .collect(),
+        outputs: &p.recipe.outputs,
+        efi: &p.efi,
+    }
 }
 
 /// The overlays of `recipe` less those in `without`, each of which must be one of them.

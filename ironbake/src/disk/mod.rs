@@ -18,7 +18,8 @@
 //!
 //! One file a part: [`layout`] (the table, pure), `image` (a new image written whole, a table
 //! read back), `esp` (the FAT32 ESP), `fat_repair`, `slots` (the UKI of each slot and
-//! `disk update`), `node_settings`, [`flash`] (`disk flash` onto a real disk), `uki` (the
+//! `disk update`), `node_settings`, `in_use` (what the kernel says of a disk), [`flash`] (`disk flash` onto
+//! a real disk), `uki` (the
 //! unified kernel image assembler).
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ mod esp;
 mod fat_repair;
 pub mod flash;
 mod image;
+mod in_use;
 pub mod layout;
 mod node_settings;
 mod slots;

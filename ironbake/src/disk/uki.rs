@@ -123,6 +123,37 @@ pub fn headers(pe: &[u8]) -> Result<Headers> {
     })
 }
 
+/// Appends section `name` with `data` at the end of `out`, padded to the file alignment `fa`,
+/// at virtual address `va`, and writes its header at offset `header`.
+fn append_section(
+    out: &mut Vec<u8>,
+    header: usize,
+    name: &str,
+    data: &[u8],
+    va: u64,
+    fa: u64,
+) -> Result<()> {
+    let raw = out.len() as u64;
+    let raw_size = align(data.len() as u64, fa);
+    ensure!(
+        va + raw_size < u64::from(u32::MAX),
+        "{name} does not fit in a PE image"
+    );
+    out.extend_from_slice(data);
+    out.resize((raw + raw_size) as usize, 0);
+    let at = header;
+    let mut name8 = [0u8; 8];
+    name8[..name.len()].copy_from_slice(name.as_bytes());
+    out[at..at + 8].copy_from_slice(&name8);
+    put_u32(out, at + 8, data.len() as u32);
+    put_u32(out, at + 12, va as u32);
+    put_u32(out, at + 16, raw_size as u32);
+    put_u32(out, at + 20, raw as u32);
+    out[at + 24..at + 36].fill(0);
+    put_u32(out, at + 36, DATA_READ);
+    Ok(())
+}
+
 /// Assembles a UKI from `stub` and `parts`.
 pub fn assemble(stub: &[u8], parts: &Parts<'_>) -> Result<Vec<u8>> {
     let h = headers(stub)?;
@@ -176,24 +207,8 @@ pub fn assemble(stub: &[u8], parts: &Parts<'_>) -> Result<Vec<u8>> {
         .unwrap_or(0);
     for (i, (name, data)) in new.iter().enumerate() {
         va = align(va, sa);
-        let raw = out.len() as u64;
-        let raw_size = align(data.len() as u64, fa);
-        ensure!(
-            va + raw_size < u64::from(u32::MAX),
-            "{name} does not fit in a PE image"
-        );
-        out.extend_from_slice(data);
-        out.resize((raw + raw_size) as usize, 0);
-        let at = h.table + 40 * (h.sections.len() + i);
-        let mut name8 = [0u8; 8];
-        name8[..name.len()].copy_from_slice(name.as_bytes());
-        out[at..at + 8].copy_from_slice(&name8);
-        put_u32(&mut out, at + 8, data.len() as u32);
-        put_u32(&mut out, at + 12, va as u32);
-        put_u32(&mut out, at + 16, raw_size as u32);
-        put_u32(&mut out, at + 20, raw as u32);
-        out[at + 24..at + 36].fill(0);
-        put_u32(&mut out, at + 36, DATA_READ);
+        let header = h.table + 40 * (h.sections.len() + i);
+        append_section(&mut out, header, name, data, va, fa)?;
         va += data.len() as u64;
     }
     put_u16(&mut out, h.coff + 2, (h.sections.len() + new.len()) as u16);

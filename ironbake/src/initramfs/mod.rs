@@ -140,17 +140,17 @@ fn file(path: &str, mode: u32, data: Vec<u8>) -> Entry {
     }
 }
 
-/// Builds the initramfs of an image from its root filesystem (`base`), for kernel `release`.
-/// `extra` are the recipe's own modules: each must exist. `label` goes into
-/// `/etc/ironbake/release` (`RECIPE@VERSION`).
-pub fn build(
-    base: &dyn BaseView,
-    release: &str,
-    extra: &[ModuleName],
-    label: &str,
-    epoch: u64,
-) -> Result<Built> {
-    let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
+/// The drivers an initramfs carries: `modules.dep`, and the load order of the default set
+/// and the recipe's modules (dependencies first).
+struct Drivers {
+    dep: BTreeMap<String, Vec<String>>,
+    order: Vec<String>,
+    skipped: Vec<String>,
+}
+
+/// Resolves the default drivers and `extra` (each of which must exist) in the kernel's
+/// `modules.dep`; default drivers this kernel lacks are skipped.
+fn drivers(base: &dyn BaseView, release: &str, extra: &[String]) -> Result<Drivers> {
     let moddir = format!("/lib/modules/{release}");
     let dep_text = base
         .read(&format!("{moddir}/modules.dep"))
@@ -165,10 +165,11 @@ pub fn build(
                 .collect()
         })
         .unwrap_or_default();
-    let (_, missing_extra) = load_order(&dep, &builtin, &extra);
+    let (_, missing_extra) = load_order(&dep, &builtin, extra);
     if !missing_extra.is_empty() {
         bail!(
-            "the recipe's initramfs modules {} are not in kernel {release} (not in modules.dep, not built in)",
+            "the recipe's initramfs modules {} are not in kernel {release} (not in modules.dep, \
+             not built in)",
             missing_extra.join(", ")
         );
     }
@@ -178,16 +179,17 @@ pub fn build(
         .chain(extra.iter().cloned())
         .collect();
     let (order, skipped) = load_order(&dep, &builtin, &wanted);
-    let busybox = base
-        .read("/bin/busybox")
-        .context("the image has no /bin/busybox (the busybox-static package)")?;
+    Ok(Drivers {
+        dep,
+        order,
+        skipped,
+    })
+}
 
-    let mut files: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut add = |e: Entry| {
-        files.insert(e.path.clone(), e);
-    };
-    add(dir("lib/modules"));
-    add(dir(&format!("lib/modules/{release}")));
+/// Everything but the modules: folders, device nodes, busybox, the first stage and what it
+/// reads about this image.
+fn skeleton(busybox: Vec<u8>, release: &str, label: &str, extra: &[String]) -> Vec<Entry> {
+    let mut v = vec![dir("lib/modules"), dir(&format!("lib/modules/{release}"))];
     for d in [
         "bin",
         "dev",
@@ -205,54 +207,68 @@ pub fn build(
         "usr/bin",
         "usr/sbin",
     ] {
-        add(dir(d));
+        v.push(dir(d));
     }
-    add(Entry {
-        path: "dev/console".into(),
-        mode: 0o600,
-        body: Body::CharDev(5, 1),
-    });
-    add(Entry {
-        path: "dev/null".into(),
-        mode: 0o666,
-        body: Body::CharDev(1, 3),
-    });
-    add(file("bin/busybox", 0o755, busybox));
-    add(Entry {
-        path: "bin/sh".into(),
-        mode: 0o777,
-        body: Body::Symlink("busybox".into()),
-    });
-    add(file("init", 0o755, INIT.as_bytes().to_vec()));
-    add(file(
-        "etc/ironbake/udhcpc.script",
-        0o755,
-        UDHCPC_SCRIPT.as_bytes().to_vec(),
-    ));
-    add(file(
-        "etc/ironbake/kernel-release",
-        0o644,
-        format!("{release}\n").into_bytes(),
-    ));
-    add(file(
-        "etc/ironbake/release",
-        0o644,
-        format!("{label}\n").into_bytes(),
-    ));
-    // busybox modprobe reads these: only the included modules' lines, so every alias it can
-    // resolve names a module that is here.
-    let included: BTreeSet<String> = order.iter().map(|p| module_name(p)).collect();
-    let dep_subset: String = order
+    let always: String = ALWAYS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .map(|m| format!("{m}\n"))
+        .collect();
+    v.extend([
+        Entry {
+            path: "dev/console".into(),
+            mode: 0o600,
+            body: Body::CharDev(5, 1),
+        },
+        Entry {
+            path: "dev/null".into(),
+            mode: 0o666,
+            body: Body::CharDev(1, 3),
+        },
+        file("bin/busybox", 0o755, busybox),
+        Entry {
+            path: "bin/sh".into(),
+            mode: 0o777,
+            body: Body::Symlink("busybox".into()),
+        },
+        file("init", 0o755, INIT.as_bytes().to_vec()),
+        file(
+            "etc/ironbake/udhcpc.script",
+            0o755,
+            UDHCPC_SCRIPT.as_bytes().to_vec(),
+        ),
+        file(
+            "etc/ironbake/kernel-release",
+            0o644,
+            format!("{release}\n").into_bytes(),
+        ),
+        file(
+            "etc/ironbake/release",
+            0o644,
+            format!("{label}\n").into_bytes(),
+        ),
+        file("etc/ironbake/modules.always", 0o644, always.into_bytes()),
+    ]);
+    v
+}
+
+/// The modules, their folders, and the `modules.dep` and `modules.alias` busybox modprobe
+/// reads: only the included modules' lines, so every alias it can resolve names a module
+/// that is here.
+fn module_entries(base: &dyn BaseView, release: &str, d: &Drivers) -> Result<Vec<Entry>> {
+    let moddir = format!("lib/modules/{release}");
+    let included: BTreeSet<String> = d.order.iter().map(|p| module_name(p)).collect();
+    let dep_subset: String = d
+        .order
         .iter()
         .map(|p| {
-            format!(
-                "{p}:{}\n",
-                dep[p].iter().map(|d| format!(" {d}")).collect::<String>()
-            )
+            let deps: String = d.dep[p].iter().map(|x| format!(" {x}")).collect();
+            format!("{p}:{deps}\n")
         })
         .collect();
     let alias_text = base
-        .read(&format!("{moddir}/modules.alias"))
+        .read(&format!("/{moddir}/modules.alias"))
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let alias_subset: String = alias_text
@@ -264,44 +280,58 @@ pub fn build(
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    add(file(
-        &format!("lib/modules/{release}/modules.dep"),
-        0o644,
-        dep_subset.into_bytes(),
-    ));
-    add(file(
-        &format!("lib/modules/{release}/modules.alias"),
-        0o644,
-        alias_subset.into_bytes(),
-    ));
-    let always: Vec<String> = ALWAYS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(extra.iter().cloned())
-        .collect();
-    add(file(
-        "etc/ironbake/modules.always",
-        0o644,
-        always
-            .iter()
-            .map(|m| format!("{m}\n"))
-            .collect::<String>()
-            .into_bytes(),
-    ));
-    for m in &order {
-        let path = format!("lib/modules/{release}/{m}");
+    let mut v = vec![
+        file(
+            &format!("{moddir}/modules.dep"),
+            0o644,
+            dep_subset.into_bytes(),
+        ),
+        file(
+            &format!("{moddir}/modules.alias"),
+            0o644,
+            alias_subset.into_bytes(),
+        ),
+    ];
+    for m in &d.order {
+        let path = format!("{moddir}/{m}");
         let mut parent = String::new();
         for part in path.split('/').take(path.split('/').count() - 1) {
             if !parent.is_empty() {
                 parent.push('/');
             }
             parent.push_str(part);
-            add(dir(&parent));
+            v.push(dir(&parent));
         }
         let data = base
             .read(&format!("/{path}"))
             .with_context(|| format!("reading /{path} from the image"))?;
-        add(file(&path, 0o644, data));
+        v.push(file(&path, 0o644, data));
+    }
+    Ok(v)
+}
+
+/// Builds the initramfs of an image from its root filesystem (`base`), for kernel `release`.
+/// `extra` are the recipe's own modules: each must exist. `label` goes into
+/// `/etc/ironbake/release` (`RECIPE@VERSION`).
+pub fn build(
+    base: &dyn BaseView,
+    release: &str,
+    extra: &[ModuleName],
+    label: &str,
+    epoch: u64,
+) -> Result<Built> {
+    let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
+    let d = drivers(base, release, &extra)?;
+    let busybox = base
+        .read("/bin/busybox")
+        .context("the image has no /bin/busybox (the busybox-static package)")?;
+    // One entry a path, sorted: folders that several modules share appear once.
+    let mut files: BTreeMap<String, Entry> = BTreeMap::new();
+    for e in skeleton(busybox, release, label, &extra)
+        .into_iter()
+        .chain(module_entries(base, release, &d)?)
+    {
+        files.insert(e.path.clone(), e);
     }
     let entries: Vec<Entry> = files.into_values().collect();
     let mut raw = Vec::new();
@@ -310,8 +340,8 @@ pub fn build(
     Ok(Built {
         bytes,
         uncompressed,
-        modules: order.len(),
-        skipped,
+        modules: d.order.len(),
+        skipped: d.skipped,
     })
 }
 

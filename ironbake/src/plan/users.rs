@@ -84,85 +84,87 @@ fn add_member(text: &str, group: &str, member_field: usize, member: &str) -> Opt
 pub fn add_users(base: &Accounts, users: &[UserSpec], days: u64) -> Result<Accounts> {
     let mut acc = base.clone();
     for u in users {
-        if uid_of(&acc.passwd, &u.name).is_some() {
-            bail!("user {:?} already exists in the image", u.name);
-        }
-        if acc
-            .passwd
-            .lines()
-            .any(|l| field(l, 2) == Some(&u.uid.to_string()))
-        {
-            bail!(
-                "user {:?}: uid {} is already taken in the image",
-                u.name,
-                u.uid
-            );
-        }
-        let gid = match u.gid {
-            Some(g) => {
-                if !acc
-                    .group
-                    .lines()
-                    .any(|l| field(l, 2) == Some(&g.to_string()))
-                {
-                    bail!(
-                        "user {:?}: primary gid {g} does not exist in the image",
-                        u.name
-                    );
-                }
-                g
-            }
-            None => {
-                if gid_of(&acc.group, &u.name).is_some() {
-                    bail!(
-                        "user {:?}: a group of that name already exists; set gid to use it",
-                        u.name
-                    );
-                }
-                if acc
-                    .group
-                    .lines()
-                    .any(|l| field(l, 2) == Some(&u.uid.to_string()))
-                {
-                    bail!(
-                        "user {:?}: gid {} (= uid) is already taken; set gid",
-                        u.name,
-                        u.uid
-                    );
-                }
-                push_line(&mut acc.group, &format!("{}:x:{}:", u.name, u.uid));
-                push_line(&mut acc.gshadow, &format!("{}:!::", u.name));
-                u.uid.get()
-            }
-        };
-        let home = u
-            .home
-            .as_ref()
-            .map_or_else(|| format!("/home/{}", u.name), |h| h.to_string());
-        push_line(
-            &mut acc.passwd,
-            &format!(
-                "{}:x:{}:{}:{}:{}:{}",
-                u.name, u.uid, gid, u.comment, home, u.shell
-            ),
-        );
-        push_line(
-            &mut acc.shadow,
-            &format!("{}:*:{days}:0:99999:7:::", u.name),
-        );
-        for g in &u.groups {
-            acc.group = add_member(&acc.group, g, 3, &u.name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "user {:?}: supplementary group {g:?} does not exist in the image",
-                    u.name
-                )
-            })?;
-            if let Some(gs) = add_member(&acc.gshadow, g, 3, &u.name) {
-                acc.gshadow = gs;
-            }
-        }
+        add_user(&mut acc, u, days)?;
     }
     Ok(acc)
+}
+
+/// Is `id` the numeric id (field 3) of a line of passwd- or group-format `text`?
+fn id_taken(text: &str, id: u32) -> bool {
+    let id = id.to_string();
+    text.lines().any(|l| field(l, 2) == Some(id.as_str()))
+}
+
+/// The primary group of `u`: the gid it names, which must exist, else a new group of its
+/// own name with gid = uid.
+fn primary_group(acc: &mut Accounts, u: &UserSpec) -> Result<u32> {
+    if let Some(g) = u.gid {
+        if !id_taken(&acc.group, g) {
+            bail!(
+                "user {:?}: primary gid {g} does not exist in the image",
+                u.name
+            );
+        }
+        return Ok(g);
+    }
+    if gid_of(&acc.group, &u.name).is_some() {
+        bail!(
+            "user {:?}: a group of that name already exists; set gid to use it",
+            u.name
+        );
+    }
+    if id_taken(&acc.group, u.uid.get()) {
+        bail!(
+            "user {:?}: gid {} (= uid) is already taken; set gid",
+            u.name,
+            u.uid
+        );
+    }
+    push_line(&mut acc.group, &format!("{}:x:{}:", u.name, u.uid));
+    push_line(&mut acc.gshadow, &format!("{}:!::", u.name));
+    Ok(u.uid.get())
+}
+
+/// Adds one user: passwd and shadow lines, its group, its supplementary groups.
+fn add_user(acc: &mut Accounts, u: &UserSpec, days: u64) -> Result<()> {
+    if uid_of(&acc.passwd, &u.name).is_some() {
+        bail!("user {:?} already exists in the image", u.name);
+    }
+    if id_taken(&acc.passwd, u.uid.get()) {
+        bail!(
+            "user {:?}: uid {} is already taken in the image",
+            u.name,
+            u.uid
+        );
+    }
+    let gid = primary_group(acc, u)?;
+    let home = u
+        .home
+        .as_ref()
+        .map_or_else(|| format!("/home/{}", u.name), |h| h.to_string());
+    push_line(
+        &mut acc.passwd,
+        &format!(
+            "{}:x:{}:{}:{}:{}:{}",
+            u.name, u.uid, gid, u.comment, home, u.shell
+        ),
+    );
+    push_line(
+        &mut acc.shadow,
+        &format!("{}:*:{days}:0:99999:7:::", u.name),
+    );
+    for g in &u.groups {
+        acc.group = add_member(&acc.group, g, 3, &u.name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "user {:?}: supplementary group {g:?} does not exist in the image",
+                u.name
+            )
+        })?;
+        if let Some(gs) = add_member(&acc.gshadow, g, 3, &u.name) {
+            acc.gshadow = gs;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
