@@ -1,6 +1,6 @@
 //! Dates without a date crate: RFC 2822 timestamps of Release files, civil dates for FAT
 //! entries and benchmark records (Howard Hinnant's algorithms, exact over the proleptic
-//! Gregorian calendar).
+//! Gregorian calendar). Pure: the caller says what time it is.
 
 /// Parses `Sat, 10 Aug 2024 09:36:41 UTC` (the form Release files use; `+0000`, `GMT` and
 /// `UTC` zones) into seconds since the epoch.
@@ -55,15 +55,6 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// Today's date (UTC) as `YYYY-MM-DD`.
-pub fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days((secs / 86400) as i64);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[cfg(test)]

@@ -100,6 +100,11 @@ pub const TEST: &[Need] = &[
         tool: "dpkg-deb",
         package: "dpkg",
     },
+    // The tidy tests check every shell script the project ships.
+    Need {
+        tool: "shellcheck",
+        package: "shellcheck",
+    },
     // libFuzzer (the fuzz targets' engine) is C++, compiled by the libfuzzer-sys crate.
     Need {
         tool: "c++",

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{project, require, scratch, snapshot, unsquashfs_cat, unsquashfs_list, xtask};
+use common::{project, require, scratch, snapshot, unsquashfs_cat, unsquashfs_list, run_ironbake};
 use sha2::{Digest, Sha256, Sha512};
 
 const TOOLS: &[&str] = &[
@@ -183,7 +183,7 @@ fn an_overlay_repository_is_used_only_when_its_key_signed_it() {
 
     // 1. Signed by another key: refused before anything is built.
     keys.clearsign("someone else <other@example.invalid>", &release, &inrelease);
-    let r = xtask(&project, &out, &cache, &["build", "ci-node"]);
+    let r = run_ironbake(&project, &out, &cache, &["build", "ci-node"]);
     assert!(
         !r.ok,
         "a repository signed by another key was used:\n{}",
@@ -213,7 +213,7 @@ fn an_overlay_repository_is_used_only_when_its_key_signed_it() {
     let toml = project.join("overlays/proxmox-kernel/overlay.toml");
     let text = fs::read_to_string(&toml).unwrap();
     fs::write(&toml, text.replace(&key_sha512, &wrong)).unwrap();
-    let r = xtask(&project, &out, &cache, &["build", "ci-node"]);
+    let r = run_ironbake(&project, &out, &cache, &["build", "ci-node"]);
     assert!(!r.ok, "a key that does not match its digest was used");
     for needle in [
         "does not match its pinned digest",
@@ -230,7 +230,7 @@ fn an_overlay_repository_is_used_only_when_its_key_signed_it() {
     fs::write(&toml, text).unwrap();
 
     // 3. Signed by its key: built, with the overlay's kernel package from the repository.
-    let r = xtask(&project, &out, &cache, &["build", "ci-node"]);
+    let r = run_ironbake(&project, &out, &cache, &["build", "ci-node"]);
     assert!(r.ok, "the build failed:\n{}", r.stderr);
     let current = fs::read_link(out.join("ci-node/current")).unwrap();
     let vdir = out.join("ci-node").join(current);

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{project, require, scratch, snapshot, xtask};
+use common::{project, require, scratch, snapshot, run_ironbake};
 
 /// Runs a build of `recipe` after `edit`; asserts it fails with every `needles` in stderr
 /// and that neither out/ nor the staging folder beside it gained anything.
@@ -19,7 +19,7 @@ fn refused(recipe: &str, edit: impl FnOnce(&Path), needles: &[&str]) -> String {
     fs::create_dir_all(out.join("ci-node/0.0.1-existing")).unwrap();
     fs::write(out.join("ci-node/0.0.1-existing/manifest.json"), "{}").unwrap();
     let before = snapshot(&out);
-    let r = xtask(
+    let r = run_ironbake(
         &project,
         &out,
         &dir.path().join("cache"),
@@ -194,7 +194,7 @@ fn a_missing_artifact_is_named() {
         &[
             "artifact \"tool\" of overlay \"base\"",
             "/nonexistent/ironbake/tool",
-            "cargo xtask build ci-node --without base",
+            "ironbake build ci-node --without base",
         ],
     );
 }
@@ -222,7 +222,7 @@ fn without_an_overlay_the_recipe_lacks_is_refused() {
     let dir = scratch("bad-without");
     let project = project(dir.path());
     let out = dir.path().join("out");
-    let r = xtask(
+    let r = run_ironbake(
         &project,
         &out,
         &dir.path().join("cache"),
@@ -302,7 +302,7 @@ fn an_unreachable_apt_source_is_named_with_a_way_past_it() {
         &[
             "apt source \"http://127.0.0.1:9/debian\"",
             "cannot be reached",
-            "cargo xtask build ci-node --without extra",
+            "ironbake build ci-node --without extra",
         ],
     );
 }
@@ -348,4 +348,26 @@ fn an_mmdebstrap_failure_quotes_its_last_lines() {
         ],
     );
     eprintln!("{err}");
+}
+
+/// The "out/ unchanged" check of these tests sees what a path-and-length listing would miss:
+/// a file rewritten with other bytes of the same length, and `current` moved to another
+/// version.
+#[test]
+fn the_unchanged_check_sees_a_same_length_rewrite_and_a_moved_current() {
+    let dir = scratch("snapshot");
+    let out = dir.path().join("out");
+    for v in ["1-a", "1-b"] {
+        fs::create_dir_all(out.join("r").join(v)).unwrap();
+        fs::write(out.join("r").join(v).join("manifest.json"), "{\"v\":1}").unwrap();
+    }
+    std::os::unix::fs::symlink("1-a", out.join("r/current")).unwrap();
+    let before = snapshot(&out);
+    fs::write(out.join("r/1-a/manifest.json"), "{\"v\":2}").unwrap();
+    assert_ne!(snapshot(&out), before, "a same-length rewrite is seen");
+    fs::write(out.join("r/1-a/manifest.json"), "{\"v\":1}").unwrap();
+    assert_eq!(snapshot(&out), before);
+    fs::remove_file(out.join("r/current")).unwrap();
+    std::os::unix::fs::symlink("1-b", out.join("r/current")).unwrap();
+    assert_ne!(snapshot(&out), before, "a moved current is seen");
 }

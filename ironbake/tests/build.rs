@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{entry, project, require, scratch, unsquashfs_cat, unsquashfs_list, xtask};
+use common::{entry, project, require, scratch, unsquashfs_cat, unsquashfs_list, run_ironbake};
 use netboot::layout;
 
 const TOOLS: &[&str] = &["mmdebstrap", "mksquashfs", "unsquashfs"];
@@ -28,7 +28,7 @@ fn fixture() -> &'static Fixture {
         let dir = scratch("ci-node-a");
         let project = project(dir.path());
         let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
-        let r = xtask(&project, &out, &cache, &["build", "ci-node"]);
+        let r = run_ironbake(&project, &out, &cache, &["build", "ci-node"]);
         assert!(r.ok, "build failed:\n{}\n{}", r.stdout, r.stderr);
         let version = layout::read_current(&out.join("ci-node"))
             .unwrap()
@@ -52,7 +52,7 @@ fn ci_node_builds_twice_from_empty_caches_to_identical_bytes() {
     let dir = scratch("ci-node-b");
     let project_b = project(dir.path());
     let (out_b, cache_b) = (dir.path().join("out"), dir.path().join("cache"));
-    let r = xtask(&project_b, &out_b, &cache_b, &["build", "ci-node"]);
+    let r = run_ironbake(&project_b, &out_b, &cache_b, &["build", "ci-node"]);
     assert!(r.ok, "second build failed:\n{}\n{}", r.stdout, r.stderr);
     let va = a.out.join("ci-node").join(&a.version);
     let vb = out_b.join("ci-node").join(&a.version);
@@ -365,14 +365,14 @@ fn the_published_version_is_complete_and_verifies() {
     let efi = fs::read(ipxe.join("snponly.efi")).unwrap();
     assert_eq!(&efi[..2], b"MZ", "snponly.efi is a PE/EFI binary");
 
-    let r = xtask(&f.project, &f.out, &f.cache, &["list"]);
+    let r = run_ironbake(&f.project, &f.out, &f.cache, &["list"]);
     assert!(
         r.ok && r.stdout.contains(&format!("{}  ", f.version))
             && r.stdout.contains("ci-node  Small Debian"),
         "{}",
         r.stdout
     );
-    let r = xtask(&f.project, &f.out, &f.cache, &["verify", "ci-node"]);
+    let r = run_ironbake(&f.project, &f.out, &f.cache, &["verify", "ci-node"]);
     assert!(
         r.ok && r.stdout.contains("intact"),
         "{}{}",
@@ -396,7 +396,7 @@ fn verify_reports_what_was_changed() {
     fs::write(dst.join("cmdline"), "console=ttyS0 init=/bin/sh\n").unwrap();
     fs::write(dst.join("extra"), "x").unwrap();
     fs::remove_file(dst.join("node-templates/etc/hosts.j2")).unwrap();
-    let r = xtask(
+    let r = run_ironbake(
         &f.project,
         &out,
         &f.cache,
@@ -431,7 +431,7 @@ fn an_overlay_edit_reuses_the_package_layer_and_publishes_a_new_version() {
     let dir = scratch("edit");
     let project = project(dir.path());
     let out = dir.path().join("out");
-    let r = xtask(&project, &out, &f.cache, &["build", "ci-node"]);
+    let r = run_ironbake(&project, &out, &f.cache, &["build", "ci-node"]);
     assert!(
         r.ok && r.stderr.contains("package layer: cached"),
         "{}{}",
@@ -442,7 +442,7 @@ fn an_overlay_edit_reuses_the_package_layer_and_publishes_a_new_version() {
         out.join("ci-node").join(&f.version).is_dir(),
         "same inputs, same version"
     );
-    let again = xtask(&project, &out, &f.cache, &["build", "ci-node"]);
+    let again = run_ironbake(&project, &out, &f.cache, &["build", "ci-node"]);
     assert!(
         again.ok && again.stdout.contains("already published"),
         "{}",
@@ -454,7 +454,7 @@ fn an_overlay_edit_reuses_the_package_layer_and_publishes_a_new_version() {
         "debian ALL=(ALL:ALL) ALL\n",
     )
     .unwrap();
-    let r = xtask(&project, &out, &f.cache, &["build", "ci-node"]);
+    let r = run_ironbake(&project, &out, &f.cache, &["build", "ci-node"]);
     assert!(
         r.ok && r.stderr.contains("package layer: cached"),
         "{}{}",
@@ -510,7 +510,7 @@ fn a_mksquashfs_failure_is_quoted_and_publishes_nothing() {
     fs::write(&fake, "#!/bin/sh\necho 'Parallel mksquashfs: Using 2 processors'\necho 'FATAL ERROR: Failed to write to output filesystem: No space left on device' >&2\nexit 1\n").unwrap();
     fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = dir.path().join("out");
-    let r = common::xtask_env(
+    let r = common::ironbake_env(
         &project,
         &out,
         &f.cache,
@@ -565,7 +565,7 @@ fn a_build_killed_during_mmdebstrap_leaves_out_as_it_was() {
     )
     .unwrap();
     let cache = dir.path().join("cache");
-    let mut child = common::xtask_command(&project, &out, &cache, &["build", "ci-node"])
+    let mut child = common::ironbake_command(&project, &out, &cache, &["build", "ci-node"])
         .process_group(0)
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{entry, project, require, scratch, serve_dir, unsquashfs_cat, unsquashfs_list, xtask};
+use common::{entry, project, require, scratch, serve_dir, unsquashfs_cat, unsquashfs_list, run_ironbake};
 use netboot::boot::SETTINGS_PREFIX;
 use netboot::nodes::Inventories;
 use sha2::{Digest, Sha256};
@@ -127,7 +127,7 @@ fn k3s_node_builds_with_a_stand_in_and_each_node_gets_only_its_own_token() {
     fs::write(&inv, text).unwrap();
 
     // Build: nothing about secrets is needed, or given, here.
-    let r = xtask(&project, &out, &cache, &["build", "k3s-node"]);
+    let r = run_ironbake(&project, &out, &cache, &["build", "k3s-node"]);
     assert!(r.ok, "the build failed:\n{}", r.stderr);
     assert!(
         r.stderr

@@ -3,7 +3,6 @@
 //! the kernel unpacks after the initramfs). Pure functions; [`crate::http`] serves them.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -16,7 +15,7 @@ pub const INITRD: &str = "initrd.img";
 /// The kernel file in a published version.
 pub const KERNEL: &str = "vmlinuz";
 /// Where node templates are published in a version folder.
-pub const NODE_TEMPLATES: &str = "node-templates";
+pub use crate::layout::NODE_TEMPLATES;
 /// Where the settings archive puts files: the first stage copies `ironbake/node/*` onto the
 /// root (see ARCHITECTURE.md).
 pub const SETTINGS_PREFIX: &str = "ironbake/node";
@@ -86,52 +85,6 @@ pub fn ipxe_script(
 /// which moves on to its next boot option.
 pub fn ipxe_refusal(mac: &str, why: &str) -> String {
     format!("#!ipxe\necho ironbake: not booting {mac}: {why}\nsleep 5\nexit 1\n")
-}
-
-/// Reads a published version's node templates (`node-templates/**.j2`), with the modes its
-/// manifest gives them (0644 when it names none).
-pub fn load_node_templates(
-    version_dir: &Path,
-    manifest: &Manifest,
-) -> std::io::Result<Vec<TemplateSource>> {
-    let root = version_dir.join(NODE_TEMPLATES);
-    let mut out = Vec::new();
-    if !root.is_dir() {
-        return Ok(out);
-    }
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            let p = e.path();
-            if e.file_type()?.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p
-                .strip_prefix(&root)
-                .expect("under root")
-                .to_string_lossy()
-                .into_owned();
-            let Some(dest) = rel.strip_suffix(".j2") else {
-                continue;
-            };
-            let dest = format!("/{dest}");
-            let mode = manifest
-                .node_template_modes
-                .get(&dest)
-                .and_then(|m| u32::from_str_radix(m, 8).ok())
-                .unwrap_or(0o644);
-            out.push(TemplateSource {
-                file: format!("{NODE_TEMPLATES}/{rel}"),
-                dest,
-                text: std::fs::read_to_string(&p)?,
-                mode,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.dest.cmp(&b.dest));
-    Ok(out)
 }
 
 /// What a node template sees: the recipe's variables as top-level names, `ironbake.recipe`

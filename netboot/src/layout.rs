@@ -525,6 +525,55 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+/// The folder of a version that holds its node templates.
+pub const NODE_TEMPLATES: &str = "node-templates";
+
+/// Reads a published version's node templates (`node-templates/**.j2`), with the modes its
+/// manifest gives them (0644 when it names none).
+pub fn load_node_templates(
+    version_dir: &Path,
+    manifest: &Manifest,
+) -> io::Result<Vec<crate::template::TemplateSource>> {
+    let root = version_dir.join(NODE_TEMPLATES);
+    let mut out = Vec::new();
+    if !root.is_dir() {
+        return Ok(out);
+    }
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p
+                .strip_prefix(&root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            let Some(dest) = rel.strip_suffix(".j2") else {
+                continue;
+            };
+            let dest = format!("/{dest}");
+            let mode = manifest
+                .node_template_modes
+                .get(&dest)
+                .and_then(|m| u32::from_str_radix(m, 8).ok())
+                .unwrap_or(0o644);
+            out.push(crate::template::TemplateSource {
+                file: format!("{NODE_TEMPLATES}/{rel}"),
+                dest,
+                text: fs::read_to_string(&p)?,
+                mode,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.dest.cmp(&b.dest));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

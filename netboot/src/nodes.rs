@@ -427,7 +427,7 @@ impl Inventories {
                 Some(v) => Arc::clone(v),
                 None => {
                     let v = Arc::new(
-                        boot::load_node_templates(&t.version_dir, &t.manifest).map_err(
+                        layout::load_node_templates(&t.version_dir, &t.manifest).map_err(
                             |source| TargetError::Io {
                                 what: format!(
                                     "reading {}/{}",

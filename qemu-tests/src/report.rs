@@ -61,13 +61,22 @@ impl Report {
     pub fn new(bench: &'static str, markdown: String, figures: Vec<Figure>) -> Report {
         Report {
             bench,
-            date: ironbake::date::today(),
+            date: today(),
             machine: machine(),
             markdown,
             figures,
             failed: None,
         }
     }
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = ironbake::date::civil_from_days((secs / 86400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The machine, for benchmark records: cores, CPU model, memory.

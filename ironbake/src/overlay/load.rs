@@ -187,3 +187,62 @@ pub fn tree_digest(dir: &Path) -> Result<String> {
     }
     Ok(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_folder_loads_with_files_templates_and_a_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = dir.path().join("overlays/demo");
+        std::fs::create_dir_all(o.join("files/etc/x.d")).unwrap();
+        std::fs::create_dir_all(o.join("templates/etc")).unwrap();
+        std::fs::create_dir_all(o.join("node-templates/etc")).unwrap();
+        std::fs::write(o.join("overlay.toml"), "units = [\"a.service\"]\n").unwrap();
+        std::fs::write(o.join("files/etc/x.d/run"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            o.join("files/etc/x.d/run"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("run", o.join("files/etc/x.d/link")).unwrap();
+        std::fs::write(o.join("templates/etc/motd.j2"), "hi {{ who }}\n").unwrap();
+        std::fs::write(
+            o.join("node-templates/etc/hostname.j2"),
+            "{{ node.name }}\n",
+        )
+        .unwrap();
+        let ov = load(dir.path(), "demo").unwrap();
+        assert_eq!(
+            ov.files.keys().collect::<Vec<_>>(),
+            ["/etc", "/etc/x.d", "/etc/x.d/link", "/etc/x.d/run"]
+        );
+        assert!(matches!(
+            ov.files["/etc/x.d/run"],
+            FileEntry::File { mode: 0o755, .. }
+        ));
+        assert_eq!(
+            ov.files["/etc/x.d/link"],
+            FileEntry::Symlink {
+                target: "run".into()
+            }
+        );
+        assert_eq!(ov.templates[0].dest, "/etc/motd");
+        assert_eq!(ov.templates[0].file, "overlays/demo/templates/etc/motd.j2");
+        assert_eq!(ov.node_templates[0].dest, "/etc/hostname");
+        let before = ov.sha256.clone();
+        std::fs::write(o.join("templates/etc/motd.j2"), "hello {{ who }}\n").unwrap();
+        assert_ne!(
+            load(dir.path(), "demo").unwrap().sha256,
+            before,
+            "an edit changes the digest"
+        );
+        std::fs::write(o.join("templates/etc/plain"), "x").unwrap();
+        assert!(format!("{:#}", load(dir.path(), "demo").unwrap_err()).contains("must end in .j2"));
+        assert!(
+            format!("{:#}", load(dir.path(), "nope").unwrap_err()).contains("overlays here: demo")
+        );
+    }
+}

@@ -68,19 +68,19 @@ pub struct Run {
 }
 
 /// Runs `ironbake ARGS` against a project, out and cache folder.
-pub fn xtask(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Run {
-    xtask_env(project, out, cache, args, &[])
+pub fn run_ironbake(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Run {
+    ironbake_env(project, out, cache, args, &[])
 }
 
-/// [`xtask`] with extra environment variables.
-pub fn xtask_env(
+/// [`run_ironbake`] with extra environment variables.
+pub fn ironbake_env(
     project: &Path,
     out: &Path,
     cache: &Path,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Run {
-    let o = xtask_command(project, out, cache, args)
+    let o = ironbake_command(project, out, cache, args)
         .envs(env.iter().copied())
         .output()
         .expect("running ironbake");
@@ -92,7 +92,7 @@ pub fn xtask_env(
 }
 
 /// The command for `ironbake ARGS`, not yet started.
-pub fn xtask_command(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Command {
+pub fn ironbake_command(project: &Path, out: &Path, cache: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ironbake"));
     c.args(args)
         .arg("--project")
@@ -113,8 +113,11 @@ pub fn copy_version(src: &Path, dst: &Path) {
     }
 }
 
-/// Every path under `dir` with its size, for before/after comparisons.
-pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
+/// Every path under `dir` with what it is: a folder (with its mode), a file (its mode, size
+/// and sha256), or a symlink (its target); for before/after comparisons that catch a
+/// same-length rewrite or a moved `current`.
+pub fn snapshot(dir: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
     if !dir.exists() {
         return vec![];
     }
@@ -123,10 +126,17 @@ pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
         .into_iter()
         .map(|e| e.unwrap())
         .map(|e| {
-            (
-                e.path().display().to_string(),
-                e.path().symlink_metadata().map(|m| m.len()).unwrap_or(0),
-            )
+            let m = e.path().symlink_metadata().unwrap();
+            let mode = m.permissions().mode() & 0o7777;
+            let what = if m.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(e.path()).unwrap().display())
+            } else if m.is_dir() {
+                format!("dir {mode:04o}")
+            } else {
+                let (sha, len) = netboot::layout::sha256_file(e.path()).unwrap();
+                format!("file {mode:04o} {len} {sha}")
+            };
+            (e.path().display().to_string(), what)
         })
         .collect();
     v.sort();

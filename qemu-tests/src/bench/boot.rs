@@ -49,7 +49,7 @@ pub fn run(project: &Path) -> Result<Report> {
     let _ = writeln!(
         md,
         "### boot, {} (`cargo xtask bench boot`)\n",
-        ironbake::date::today()
+        crate::report::today()
     );
     let _ = writeln!(
         md,

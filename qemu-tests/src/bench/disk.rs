@@ -217,7 +217,7 @@ fn report(m: &mut Measured) -> Report {
     let _ = writeln!(
         md,
         "### disk, {} (`cargo xtask bench disk`)\n",
-        ironbake::date::today()
+        crate::report::today()
     );
     let _ = writeln!(
         md,

@@ -148,7 +148,7 @@ fn report(m: &Manifest, ours: u64, anchor: u64, anchor_s: f64, stages: &mut [Vec
     let _ = writeln!(
         md,
         "### initramfs, {} (`cargo xtask bench initramfs`)\n",
-        ironbake::date::today()
+        crate::report::today()
     );
     let _ = writeln!(
         md,

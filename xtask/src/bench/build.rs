@@ -195,7 +195,7 @@ fn report(rows: &[Row], without: &[String]) -> Report {
     let _ = writeln!(
         md,
         "### build, {} (`cargo xtask bench build{how}`)\n",
-        ironbake::date::today()
+        qemu_tests::report::today()
     );
     let _ = writeln!(
         md,

@@ -13,7 +13,7 @@ pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm) -> Rep
     let _ = writeln!(
         md,
         "### serve, {} (`cargo xtask bench serve`)\n",
-        ironbake::date::today()
+        crate::report::today()
     );
     let _ = writeln!(
         md,
