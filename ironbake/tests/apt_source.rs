@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{project, require, scratch, snapshot, unsquashfs_cat, unsquashfs_list, run_ironbake};
+use common::{project, require, run_ironbake, scratch, snapshot, unsquashfs_cat, unsquashfs_list};
 use sha2::{Digest, Sha256, Sha512};
 
 const TOOLS: &[&str] = &[

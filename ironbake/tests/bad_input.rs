@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{project, require, scratch, snapshot, run_ironbake};
+use common::{project, require, run_ironbake, scratch, snapshot};
 
 /// Runs a build of `recipe` after `edit`; asserts it fails with every `needles` in stderr
 /// and that neither out/ nor the staging folder beside it gained anything.

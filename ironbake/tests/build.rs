@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{entry, project, require, scratch, unsquashfs_cat, unsquashfs_list, run_ironbake};
+use common::{entry, project, require, run_ironbake, scratch, unsquashfs_cat, unsquashfs_list};
 use netboot::layout;
 
 const TOOLS: &[&str] = &["mmdebstrap", "mksquashfs", "unsquashfs"];

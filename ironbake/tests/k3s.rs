@@ -10,7 +10,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{entry, project, require, scratch, serve_dir, unsquashfs_cat, unsquashfs_list, run_ironbake};
+use common::{
+    entry, project, require, run_ironbake, scratch, serve_dir, unsquashfs_cat, unsquashfs_list,
+};
 use netboot::boot::SETTINGS_PREFIX;
 use netboot::nodes::Inventories;
 use sha2::{Digest, Sha256};

@@ -3,7 +3,7 @@
 //! checks that the list there and the tests agree. Run with the unit tests (tier a).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ironbake::exec::Tool;
 
@@ -462,7 +462,10 @@ fn the_architecture_invariants_are_held_by_tests() {
     let bullets: Vec<String> = section
         .split("\n- ")
         .skip(1)
-        .map(|b| b.split("\n\n").next().unwrap().replace('\n', " "))
+        .map(|b| {
+            let b = b.split("\n\n").next().unwrap();
+            b.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
         .collect();
     assert!(bullets.len() >= 6, "{} invariants", bullets.len());
     let mut unheld = Vec::new();

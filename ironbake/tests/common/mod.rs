@@ -129,7 +129,10 @@ pub fn snapshot(dir: &Path) -> Vec<(String, String)> {
             let m = e.path().symlink_metadata().unwrap();
             let mode = m.permissions().mode() & 0o7777;
             let what = if m.file_type().is_symlink() {
-                format!("link -> {}", std::fs::read_link(e.path()).unwrap().display())
+                format!(
+                    "link -> {}",
+                    std::fs::read_link(e.path()).unwrap().display()
+                )
             } else if m.is_dir() {
                 format!("dir {mode:04o}")
             } else {
