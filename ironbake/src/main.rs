@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    ironbake::cli::quiet_on_closed_pipe();
     let cli = ironbake::cli::Cli::parse();
     if !cli.command.logs_itself() {
         ironbake::cli::init_tracing(cli.global.verbose);

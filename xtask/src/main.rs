@@ -178,6 +178,7 @@ impl Chore {
 }
 
 fn main() -> ExitCode {
+    cli::quiet_on_closed_pipe();
     cli::set_invoked_as("cargo xtask");
     let x = Xtask::parse();
     let logs_itself = matches!(&x.command, Chore::Product(c) if c.logs_itself());

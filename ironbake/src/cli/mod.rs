@@ -132,6 +132,18 @@ pub fn init_tracing(verbose: bool) {
         .init();
 }
 
+/// Lets a closed pipe end the process quietly, as it does a C tool (`ironbake list | head`):
+/// Rust ignores SIGPIPE, so printing to a closed pipe would panic instead. Called by `main`
+/// before anything else runs.
+pub fn quiet_on_closed_pipe() {
+    #[allow(unsafe_code)]
+    // SAFETY: setting a signal's disposition to its default, before any other thread exists,
+    // is async-signal-safe and touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 static INVOKED_AS: OnceLock<&'static str> = OnceLock::new();
 
 /// Says how the user runs these commands (`ironbake`, or `cargo xtask` in the repository),
