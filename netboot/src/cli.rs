@@ -55,6 +55,27 @@ pub struct ServeArgs {
     /// Largest TFTP block size granted (RFC 2348).
     #[arg(long, value_name = "bytes", default_value_t = 1468)]
     pub tftp_max_blksize: u16,
+    /// TFTP transfers at once, in all.
+    #[arg(long, value_name = "n", default_value_t = 256)]
+    pub tftp_max_transfers: usize,
+    /// TFTP transfers at once to one source address.
+    #[arg(long, value_name = "n", default_value_t = 16)]
+    pub tftp_max_per_source: usize,
+    /// Seconds a client has to send a request's headers (from connecting, or from the first
+    /// byte of a later request).
+    #[arg(long, value_name = "seconds", default_value_t = 10.0)]
+    pub http_header_timeout: f64,
+    /// Seconds with nothing read or written after which an HTTP connection is closed (a slow
+    /// download that keeps moving is never cut).
+    #[arg(long, value_name = "seconds", default_value_t = 30.0)]
+    pub http_idle_timeout: f64,
+    /// HTTP connections at once, in all (lowered to what the open-file limit allows).
+    #[arg(long, value_name = "n", default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// HTTP connections at once from one source address (at most three quarters of the
+    /// total, so one source cannot take them all).
+    #[arg(long, value_name = "n", default_value_t = 64)]
+    pub http_max_per_source: usize,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -78,7 +99,15 @@ impl ServeArgs {
             tftp: crate::tftp::Config {
                 max_window: self.tftp_max_window,
                 max_blksize: self.tftp_max_blksize,
+                max_transfers: self.tftp_max_transfers,
+                max_per_source: self.tftp_max_per_source,
                 ..Default::default()
+            },
+            http: crate::http::Limits {
+                header_timeout: std::time::Duration::from_secs_f64(self.http_header_timeout),
+                idle_timeout: std::time::Duration::from_secs_f64(self.http_idle_timeout),
+                max_connections: self.http_max_connections,
+                max_per_source: self.http_max_per_source,
             },
         }
     }
@@ -107,7 +136,13 @@ impl ServeArgs {
             .build()?;
         let hub = std::sync::Arc::new(crate::hub::Hub::new());
         rt.block_on(crate::serve::run(cfg, hub, |_| {}, async {
-            let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C, or systemd stopping the service.
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         }))?;
         Ok(())
     }

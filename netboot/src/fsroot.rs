@@ -1,4 +1,4 @@
-//! Paths named by clients (TFTP file names, HTTP request paths), resolved under the served root
+//! Paths named by clients (TFTP file names, HTTP request paths), opened under the served root
 //! without ever leaving it. One function, used by every server, so the rules are the same
 //! everywhere:
 //!
@@ -6,16 +6,27 @@
 //! - refused: NUL and other control bytes, backslashes, `..` and `.` components, empty names,
 //!   names starting with `.` (staging and temporary files are never served), names longer than
 //!   [`MAX_NAME`] bytes or with a component longer than 255 bytes;
-//! - symlinks are followed (`current` is one), but the final target must still lie under the
-//!   root and must be a regular file.
+//! - symlinks are followed (`current` is one), but only while they stay under the root;
+//! - only regular files are served.
+//!
+//! The file served is the file checked: [`Root::open`] opens the name in one step beneath the
+//! root's directory handle, with `openat2(2)` and `RESOLVE_BENEATH` (Linux 5.6 and later), so
+//! the kernel refuses any resolution that would leave the root, however the tree changes while
+//! the server runs (a folder swapped for a symlink between a check and an open is exactly what
+//! a check-then-open would miss). Nothing is looked up by path a second time: the size, the
+//! time and the bytes all come from the one open file.
 
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
 /// The longest name accepted, in bytes.
 pub const MAX_NAME: usize = 1024;
 
 /// Why a name was refused. The `Display` text is what a client sees (TFTP error message,
-/// HTTP body); it never reveals paths outside the root.
+/// HTTP body); it never reveals paths.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// Empty after dropping leading slashes.
@@ -42,6 +53,9 @@ pub enum PathError {
     /// It is a folder or a special file.
     #[error("not a regular file")]
     NotAFile,
+    /// The file is there but cannot be read (its mode, an IO error): the details are logged.
+    #[error("cannot read the file")]
+    Unreadable,
 }
 
 /// Checks `requested` against the rules (no IO) and returns it relative to the root, without
@@ -81,66 +95,106 @@ pub fn check_name(requested: &str) -> Result<&str, PathError> {
     Ok(rel)
 }
 
-/// Resolves `requested` under `root` (which should be canonical: see [`canonical_root`]) to a
-/// regular file's real path.
-pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, PathError> {
-    let rel = check_name(requested)?;
-    let joined = root.join(rel);
-    let real = match std::fs::canonicalize(&joined) {
-        Ok(p) => p,
-        Err(_) => {
-            // A dangling link or a missing file: say "outside" only if a link points out.
-            return Err(if leaves_root(root, &joined) {
-                PathError::Outside
-            } else {
-                PathError::NotFound
-            });
-        }
-    };
-    if !real.starts_with(root) {
-        return Err(PathError::Outside);
-    }
-    match std::fs::metadata(&real) {
-        Ok(m) if m.is_file() => Ok(real),
-        Ok(_) => Err(PathError::NotAFile),
-        Err(_) => Err(PathError::NotFound),
-    }
+/// The served root: a handle on its folder, under which every name is opened.
+#[derive(Debug)]
+pub struct Root {
+    dir: OwnedFd,
+    path: PathBuf,
 }
 
-/// Does some symlink on the way to `path` point outside `root`?
-fn leaves_root(root: &Path, path: &Path) -> bool {
-    let mut cur = PathBuf::new();
-    for c in path.components() {
-        cur.push(c);
-        if let Ok(target) = std::fs::read_link(&cur) {
-            let abs = cur.parent().map_or(target.clone(), |p| p.join(&target));
-            let norm = normalize(&abs);
-            if !norm.starts_with(root) {
-                return true;
+/// A file opened under the root, with what was read of it through the same handle.
+#[derive(Debug)]
+pub struct Opened {
+    /// The open file.
+    pub file: File,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Where it really is, relative to the root (symlinks such as `current` resolved), as the
+    /// kernel names the open file; `None` where `/proc` does not say.
+    pub real: Option<PathBuf>,
+}
+
+impl Root {
+    /// Opens the folder at `path` as the served root; fails if it is not a folder, or if this
+    /// kernel cannot open files beneath it (`openat2`, Linux 5.6 and later).
+    pub fn new(path: &Path) -> std::io::Result<Root> {
+        let path = std::fs::canonicalize(path)?;
+        let dir: OwnedFd = File::open(&path)?.into();
+        let root = Root { dir, path };
+        rustix::fs::openat2(
+            root.dir.as_fd(),
+            ".",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH,
+        )
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "this kernel cannot open files beneath a folder (openat2 with RESOLVE_BENEATH, \
+                 Linux 5.6 and later): {e}"
+            ))
+        })?;
+        Ok(root)
+    }
+
+    /// The root's canonical path (for logs and the published-version lookups).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens `requested` (a client's name) under the root: the rules of this module, then one
+    /// `openat2` beneath the root, then the checks on the open file.
+    pub fn open(&self, requested: &str) -> Result<Opened, PathError> {
+        let rel = check_name(requested)?;
+        let fd = rustix::fs::openat2(
+            self.dir.as_fd(),
+            rel,
+            // Non-blocking so that a FIFO under the root cannot hang the open; it is refused
+            // below as not a regular file.
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR => PathError::NotFound,
+            rustix::io::Errno::XDEV | rustix::io::Errno::LOOP => PathError::Outside,
+            rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => PathError::Unreadable,
+            _ => {
+                tracing::warn!(name = rel, "opening under the root: {e}");
+                PathError::Unreadable
             }
+        })?;
+        let st = rustix::fs::fstat(&fd).map_err(|_| PathError::Unreadable)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(PathError::NotAFile);
         }
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            .ok()
+            .and_then(|p| p.strip_prefix(&self.path).ok().map(Path::to_path_buf));
+        Ok(Opened {
+            file: File::from(fd),
+            size: st.st_size as u64,
+            mtime: st.st_mtime,
+            real,
+        })
     }
-    false
-}
 
-/// `a/b/../c` -> `a/c`, lexically.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
+    /// Opens a file the server itself names (a `SHA256SUMS` beside a served file) under the
+    /// root, by its path relative to the root.
+    pub fn open_own(&self, rel: &Path) -> Option<File> {
+        let fd = rustix::fs::openat2(
+            self.dir.as_fd(),
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| File::from(fd))
     }
-    out
-}
-
-/// The canonical form of the served root, which [`resolve`] compares against.
-pub fn canonical_root(root: &Path) -> std::io::Result<PathBuf> {
-    std::fs::canonicalize(root)
 }
 
 #[cfg(test)]
@@ -181,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn files_resolve_inside_and_links_out_are_refused() {
+    fn files_open_inside_and_links_out_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("out");
         std::fs::create_dir_all(root.join("r/1")).unwrap();
@@ -191,15 +245,20 @@ mod tests {
         std::os::unix::fs::symlink("../../secret", root.join("r/leak")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
         std::os::unix::fs::symlink("../nowhere", root.join("dangling")).unwrap();
-        let root = canonical_root(&root).unwrap();
-        assert_eq!(
-            resolve(&root, "/r/current/vmlinuz").unwrap(),
-            root.join("r/1/vmlinuz")
-        );
-        assert_eq!(resolve(&root, "r/leak"), Err(PathError::Outside));
-        assert_eq!(resolve(&root, "etc/passwd"), Err(PathError::Outside));
-        assert_eq!(resolve(&root, "dangling"), Err(PathError::Outside));
-        assert_eq!(resolve(&root, "r/1"), Err(PathError::NotAFile));
-        assert_eq!(resolve(&root, "r/2/vmlinuz"), Err(PathError::NotFound));
+        std::os::unix::fs::symlink("1/vmlinuz", root.join("r/inside")).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, &root.join("r/fifo"), Mode::from_raw_mode(0o600))
+            .unwrap();
+        let root = Root::new(&root).unwrap();
+        let o = root.open("/r/current/vmlinuz").unwrap();
+        assert_eq!((o.size, o.real.as_deref()), (1, Some(Path::new("r/1/vmlinuz"))));
+        assert_eq!(root.open("r/inside").unwrap().size, 1);
+        let err = |name: &str| root.open(name).unwrap_err();
+        assert_eq!(err("r/leak"), PathError::Outside);
+        assert_eq!(err("etc/passwd"), PathError::Outside);
+        assert_eq!(err("dangling"), PathError::Outside);
+        assert_eq!(err("r/1"), PathError::NotAFile);
+        assert_eq!(err("r/fifo"), PathError::NotAFile, "and the open did not hang");
+        assert_eq!(err("r/2/vmlinuz"), PathError::NotFound);
+        assert_eq!(err("r/1/vmlinuz/x"), PathError::NotFound);
     }
 }

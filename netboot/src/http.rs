@@ -16,9 +16,11 @@
 //! versioned paths (`no-cache` under `current`, which moves).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -43,7 +45,10 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
+    /// The served root's path (published versions are looked up there).
     root: PathBuf,
+    /// The served root, under which every file is opened.
+    files: Arc<fsroot::Root>,
     http_base: String,
     nodes: Arc<Inventories>,
     hub: Arc<Hub>,
@@ -54,11 +59,17 @@ struct Inner {
 }
 
 impl AppState {
-    /// State for a server of `root` (canonical), reachable by nodes at `http_base`.
-    pub fn new(root: PathBuf, http_base: String, nodes: Arc<Inventories>, hub: Arc<Hub>) -> Self {
+    /// State for a server of `files`, reachable by nodes at `http_base`.
+    pub fn new(
+        files: Arc<fsroot::Root>,
+        http_base: String,
+        nodes: Arc<Inventories>,
+        hub: Arc<Hub>,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
-                root,
+                root: files.path().to_path_buf(),
+                files,
                 http_base: http_base.trim_end_matches('/').to_string(),
                 nodes,
                 hub,
@@ -88,36 +99,250 @@ pub fn router(state: AppState) -> Router {
 /// A body chunk ([`CHUNK`]) is still written whole.
 const MAX_BUF: usize = 8 * 1024;
 
+/// How long clients may take and how many connections they may hold. Defaults suit a LAN
+/// whose clients are iPXE and the first stage (they send a request at once and fetch files
+/// one after the other), and a misbehaving device rather than an attacker.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// From a connection's start (or the first byte of a later request) to the end of the
+    /// request's headers.
+    pub header_timeout: Duration,
+    /// Nothing read or written on a connection for this long closes it (a keep-alive client
+    /// that went quiet, a client that stopped reading a download). A slow client that keeps
+    /// reading is never cut.
+    pub idle_timeout: Duration,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_per_source: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_per_source: 64,
+        }
+    }
+}
+
+/// File descriptors each connection may hold: its socket and the file it is sending.
+const FDS_PER_CONNECTION: u64 = 2;
+/// File descriptors kept for everything else (TFTP transfers, logs, the inventory).
+const FDS_KEPT: u64 = 64;
+
+impl Limits {
+    /// These limits within what `nofile` file descriptors allow, each source kept to three
+    /// quarters of the total at most, so one source can never take every connection.
+    pub fn within(&self, nofile: u64) -> Limits {
+        let fit = (nofile.saturating_sub(FDS_KEPT) / FDS_PER_CONNECTION).max(4) as usize;
+        let total = self.max_connections.min(fit).max(1);
+        let per_source = self.max_per_source.min(total - total / 4).max(1);
+        Limits {
+            max_connections: total,
+            max_per_source: per_source,
+            ..self.clone()
+        }
+    }
+}
+
+/// Open connections, in all and by source address.
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place in [`Open`], given back when it closes however it closes.
+struct Admitted {
+    open: Arc<Mutex<Open>>,
+    ip: IpAddr,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.total -= 1;
+        if let Some(n) = o.by_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                o.by_source.remove(&self.ip);
+            }
+        }
+        self.hub.metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Admits a connection from `ip`, or says which cap it met.
+fn admit(
+    open: &Arc<Mutex<Open>>,
+    ip: IpAddr,
+    limits: &Limits,
+    hub: &Arc<Hub>,
+) -> Result<Admitted, &'static str> {
+    let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+    if o.total >= limits.max_connections {
+        return Err("the server has as many connections as it takes");
+    }
+    let n = o.by_source.entry(ip).or_insert(0);
+    if *n >= limits.max_per_source {
+        return Err("this address has as many connections as one source may");
+    }
+    *n += 1;
+    o.total += 1;
+    hub.metrics.http_connections.fetch_add(1, Ordering::Relaxed);
+    Ok(Admitted {
+        open: Arc::clone(open),
+        ip,
+        hub: Arc::clone(hub),
+    })
+}
+
+/// What a refused connection is told, without reading its request: HTTP/1.1 503 with
+/// `Retry-After` (iPXE and wget retry), then the connection is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
+Content-Type: text/plain\r\nContent-Length: 31\r\n\r\ntoo many connections; try again\n";
+
+/// A connection's socket, noting the moment anything was last read or written.
+struct Watched {
+    stream: tokio::net::TcpStream,
+    last: Arc<AtomicU64>,
+    epoch: tokio::time::Instant,
+}
+
+impl Watched {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.stream).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Serves `app` on `listener`: HTTP/1.1 with keep-alive (what iPXE and the first stage speak),
-/// each connection's peer address given to the handlers as `ConnectInfo`.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    use tower::ServiceExt as _;
+/// each connection's peer address given to the handlers as `ConnectInfo`, within `limits`
+/// (which [`Limits::within`] has fitted to the file descriptors the process may open).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    hub: Arc<Hub>,
+) -> std::io::Result<()> {
+    let open = Arc::new(Mutex::new(Open::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             // Out of file descriptors and the like: wait a little, keep serving the others.
             Err(e) => {
                 tracing::warn!("HTTP accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admitted = match admit(&open, peer.ip(), &limits, &hub) {
+            Ok(a) => a,
+            Err(why) => {
+                Metrics::inc(&hub.metrics.http_refused);
+                tracing::warn!(%peer, "HTTP connection refused: {why}");
+                // The socket buffer of a new connection takes this whole; never wait on it.
+                let _ = stream.try_write(BUSY);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    app.clone().oneshot(req.map(Body::new))
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(MAX_BUF)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "HTTP connection: {e}");
+        tokio::spawn(connection(stream, peer, app.clone(), limits.clone(), admitted));
+    }
+}
+
+/// Serves one connection until it ends, its headers take too long, or it goes idle.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    admitted: Admitted,
+) {
+    use tower::ServiceExt as _;
+    let epoch = tokio::time::Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = Watched {
+        stream,
+        last: Arc::clone(&last),
+        epoch,
+    };
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(MAX_BUF)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle_ms = limits.idle_timeout.as_millis() as u64;
+    let mut tick = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "HTTP connection: {e}");
+                }
+                return;
             }
-        });
+            _ = tick.tick() => {
+                let quiet = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+                if quiet >= idle_ms {
+                    Metrics::inc(&admitted.hub.metrics.http_idle_closed);
+                    tracing::debug!(%peer, quiet_ms = quiet, "HTTP connection closed: idle");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -221,7 +446,7 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
             text(
                 &s.hub,
                 StatusCode::OK,
-                boot::ipxe_refusal(&mac, &e.to_string().replace('\n', " ")),
+                boot::ipxe_refusal(&mac, &e.for_client()),
             )
         }
     }
@@ -245,7 +470,8 @@ async fn settings(
         Ok(None) => return text(&s.hub, StatusCode::NOT_FOUND, "unknown machine\n".into()),
         Err(e) => {
             tracing::error!(%peer, %mac, "settings: {e}");
-            return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+            let body = format!("{}\n", e.for_client());
+            return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, body);
         }
     };
     match s.nodes.settings(&t) {
@@ -266,7 +492,8 @@ async fn settings(
         }
         Err(e) => {
             tracing::error!(%peer, %mac, node = %t.name, "settings archive: {e}");
-            text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+            let body = format!("{}\n", e.for_client());
+            text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, body)
         }
     }
 }
@@ -353,59 +580,63 @@ fn content_type(path: &Path) -> &'static str {
 }
 
 impl Inner {
-    /// The published digest of `real` (a canonical path under the root): from the nearest
-    /// `SHA256SUMS` that lists it, else computed once and remembered.
-    fn digest(&self, real: &Path, size: u64, mtime: i64) -> std::io::Result<String> {
-        let mut dir = real.parent();
-        while let Some(d) = dir {
-            if !d.starts_with(&self.root) {
-                break;
-            }
-            let sums = {
-                let mut cache = self.sums.lock().unwrap_or_else(|e| e.into_inner());
-                match cache.get(d) {
-                    Some(s) => Some(Arc::clone(s)),
-                    None => match std::fs::read_to_string(d.join(layout::SHA256SUMS)) {
-                        Ok(text) => {
-                            let map: BTreeMap<String, String> = text
-                                .lines()
-                                .filter_map(|l| l.split_once("  "))
-                                .map(|(h, p)| (p.to_string(), h.to_string()))
-                                .collect();
-                            let map = Arc::new(map);
-                            cache.insert(d.to_path_buf(), Arc::clone(&map));
-                            Some(map)
-                        }
-                        Err(_) => None,
-                    },
+    /// The published digest of an opened file: from the nearest `SHA256SUMS` above where it
+    /// really is that lists it (read beneath the root too), else computed from the open file
+    /// once and remembered by (where, size, mtime).
+    fn digest(&self, o: &fsroot::Opened) -> std::io::Result<String> {
+        if let Some(real) = &o.real {
+            let mut dir = real.parent();
+            while let Some(d) = dir {
+                if let Some(h) = self.sums_of(d).and_then(|sums| {
+                    let rel = real.strip_prefix(d).expect("under d").to_string_lossy();
+                    sums.get(rel.as_ref()).cloned()
+                }) {
+                    return Ok(h);
                 }
-            };
-            if let Some(sums) = sums {
-                let rel = real.strip_prefix(d).expect("under d").to_string_lossy();
-                if let Some(h) = sums.get(rel.as_ref()) {
-                    return Ok(h.clone());
-                }
+                dir = d.parent();
             }
-            if d == self.root {
-                break;
-            }
-            dir = d.parent();
         }
-        let key = (real.to_path_buf(), size, mtime);
-        if let Some(h) = self
-            .computed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+        let key = (o.real.clone().unwrap_or_default(), o.size, o.mtime);
+        if o.real.is_some()
+            && let Some(h) = self
+                .computed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
         {
             return Ok(h.clone());
         }
-        let (h, _) = layout::sha256_reader(std::fs::File::open(real)?)?;
-        self.computed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, h.clone());
+        let (h, _) = layout::sha256_reader(o.file.try_clone()?)?;
+        if o.real.is_some() {
+            self.computed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, h.clone());
+        }
         Ok(h)
+    }
+
+    /// The parsed `SHA256SUMS` of folder `d` (relative to the root), if it has one; published
+    /// folders never change, so each is read once.
+    fn sums_of(&self, d: &Path) -> Option<Arc<BTreeMap<String, String>>> {
+        let mut cache = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(d) {
+            return Some(Arc::clone(s));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut self.files.open_own(&d.join(layout::SHA256SUMS))?,
+            &mut text,
+        )
+        .ok()?;
+        let map: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, p)| (p.to_string(), h.to_string()))
+            .collect();
+        let map = Arc::new(map);
+        cache.insert(d.to_path_buf(), Arc::clone(&map));
+        Some(map)
     }
 }
 
@@ -539,30 +770,33 @@ async fn file(
             "bad percent-encoding\n".into(),
         );
     };
-    let real = match fsroot::resolve(&s.root, &name) {
-        Ok(p) => p,
+    let opened = match s.files.open(&name) {
+        Ok(o) => o,
         Err(e) => {
             let status = match e {
                 PathError::NotFound | PathError::NotAFile => StatusCode::NOT_FOUND,
+                PathError::Unreadable => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::FORBIDDEN,
             };
-            if status == StatusCode::FORBIDDEN {
-                tracing::warn!(%peer, path = %name, "refused: {e}");
-            } else {
+            if status == StatusCode::NOT_FOUND {
                 tracing::debug!(%peer, path = %name, "not found");
+            } else {
+                tracing::warn!(%peer, path = %name, "refused: {e}");
             }
             return text(&s.hub, status, format!("{e}\n"));
         }
     };
-    let meta = match std::fs::metadata(&real) {
-        Ok(m) => m,
-        Err(e) => return text(&s.hub, StatusCode::NOT_FOUND, format!("{e}\n")),
-    };
-    let size = meta.len();
-    use std::os::unix::fs::MetadataExt;
-    let digest = match s.digest(&real, size, meta.mtime()) {
+    let size = opened.size;
+    let digest = match s.digest(&opened) {
         Ok(d) => d,
-        Err(e) => return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => {
+            tracing::error!(%peer, path = %name, "reading to hash: {e}");
+            return text(
+                &s.hub,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the file\n".into(),
+            );
+        }
     };
     let etag = format!("\"{digest}\"");
     let moving = name.split('/').any(|c| c == "current");
@@ -624,7 +858,7 @@ async fn file(
         _ => None,
     };
 
-    let ctype = content_type(&real);
+    let ctype = content_type(Path::new(&name));
     let (status, pieces, len) = match &ranges {
         None => (
             StatusCode::OK,
@@ -687,17 +921,11 @@ async fn file(
     if method == Method::HEAD {
         return (status, base, Body::empty()).into_response();
     }
-    let f = match std::fs::File::open(&real) {
-        Ok(f) => f,
-        Err(e) => return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-    };
+    let f = opened.file;
 
     // Boot progress: the kernel and initramfs when their fetch starts, the image when a layer
     // has been sent in full (the first stage fetches layers whole, resuming with ranges).
-    let file_name = real
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = name.rsplit('/').next().unwrap_or_default().to_string();
     let stage = match file_name.as_str() {
         boot::KERNEL => Some(Stage::Kernel),
         boot::INITRD => Some(Stage::Initrd),

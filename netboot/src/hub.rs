@@ -2,7 +2,10 @@
 //! `GET /api/v1/nodes`), the machines seen that the inventory does not list (for
 //! `GET /api/v1/discovered`), and what the server has learnt about which IP is which MAC.
 //!
-//! Every method takes `&self` and is cheap; the servers call them from any task.
+//! Every method takes `&self` and is cheap; the servers call them from any task. Every table
+//! is bounded, because anyone on the LAN can invent MAC and IP addresses: at most
+//! [`MAX_DISCOVERED`] discovered machines and [`MAX_TRACKED`] boots and IP addresses, the
+//! ones seen longest ago forgotten first (and counted, in `/metrics`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+/// The most machines `/api/v1/discovered` lists; beyond it the one seen longest ago goes.
+pub const MAX_DISCOVERED: usize = 1024;
+/// The most boots and IP-to-MAC entries kept; beyond it the one seen longest ago goes.
+pub const MAX_TRACKED: usize = 4096;
 
 /// A step of a node's network boot, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -103,6 +111,16 @@ pub struct Metrics {
     pub http_bytes: AtomicU64,
     /// HTTP requests answered with a 4xx or 5xx status.
     pub http_errors: AtomicU64,
+    /// HTTP connections refused because their source, or the server, had as many as allowed.
+    pub http_refused: AtomicU64,
+    /// HTTP connections closed because nothing moved on them for the idle timeout.
+    pub http_idle_closed: AtomicU64,
+    /// HTTP connections open now.
+    pub http_connections: AtomicU64,
+    /// Discovered machines forgotten to keep the list bounded.
+    pub discovered_dropped: AtomicU64,
+    /// Boots and IP addresses forgotten to keep the tables bounded.
+    pub tracked_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -146,6 +164,8 @@ pub struct BootRecord {
     pub started_wall: Option<SystemTime>,
     #[serde(skip)]
     started: Option<Instant>,
+    #[serde(skip)]
+    last: Option<Instant>,
 }
 
 /// A machine the inventory does not list, as `GET /api/v1/discovered` shows it.
@@ -159,14 +179,19 @@ pub struct Discovered {
     pub vendor_class: String,
     /// When it was first seen, seconds since the Unix epoch.
     pub first_seen_unix: u64,
+    /// When it was last seen, seconds since the Unix epoch.
+    pub last_seen_unix: u64,
     /// How many requests it has made since.
     pub requests: u64,
+    #[serde(skip)]
+    last: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
 struct Board {
     boots: BTreeMap<String, BootRecord>,
-    ips: BTreeMap<IpAddr, String>,
+    /// IP -> (MAC, when last learnt).
+    ips: BTreeMap<IpAddr, (String, Instant)>,
     discovered: BTreeMap<String, Discovered>,
     /// Sum and count of each stage's time since boot start, for `/metrics`.
     stage_sums: BTreeMap<Stage, (f64, u64)>,
@@ -178,6 +203,28 @@ pub struct Hub {
     /// The counters.
     pub metrics: Metrics,
     board: Mutex<Board>,
+}
+
+/// Removes the entries of `map` seen longest ago (by `seen`) until it has room for one more
+/// under `max`; returns how many went.
+fn make_room<K: Ord + Clone, V>(
+    map: &mut BTreeMap<K, V>,
+    max: usize,
+    seen: impl Fn(&V) -> Option<Instant>,
+) -> u64 {
+    let mut dropped = 0;
+    while map.len() >= max {
+        let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| seen(v))
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        map.remove(&oldest);
+        dropped += 1;
+    }
+    dropped
 }
 
 fn unix_now() -> u64 {
@@ -221,9 +268,11 @@ impl Hub {
                 .is_some_and(|last| stage < last.stage && last.stage >= Stage::Script),
         };
         if restart {
-            let old = b.boots.get(mac);
-            let ip = old.and_then(|r| r.ip.clone());
-            let old_name = old.and_then(|r| r.name.clone());
+            let old = b.boots.remove(mac);
+            let ip = old.as_ref().and_then(|r| r.ip.clone());
+            let old_name = old.and_then(|r| r.name);
+            let dropped = make_room(&mut b.boots, MAX_TRACKED, |r| r.last);
+            Metrics::add(&self.metrics.tracked_dropped, dropped);
             b.boots.insert(
                 mac.to_string(),
                 BootRecord {
@@ -234,10 +283,12 @@ impl Hub {
                     stages: Vec::new(),
                     started_wall: Some(SystemTime::now()),
                     started: Some(now),
+                    last: Some(now),
                 },
             );
         }
         let rec = b.boots.get_mut(mac).expect("inserted above");
+        rec.last = Some(now);
         if name.is_some() {
             rec.name = name.map(str::to_string);
         }
@@ -260,7 +311,11 @@ impl Hub {
     /// Remembers that `ip` is `mac` (learnt from a request that named its MAC).
     pub fn learn_ip(&self, ip: IpAddr, mac: &str) {
         let mut b = self.board();
-        b.ips.insert(ip, mac.to_string());
+        if !b.ips.contains_key(&ip) {
+            let dropped = make_room(&mut b.ips, MAX_TRACKED, |(_, t)| Some(*t));
+            Metrics::add(&self.metrics.tracked_dropped, dropped);
+        }
+        b.ips.insert(ip, (mac.to_string(), Instant::now()));
         if let Some(r) = b.boots.get_mut(mac) {
             r.ip = Some(ip.to_string());
         }
@@ -269,7 +324,7 @@ impl Hub {
     /// The MAC behind `ip`: what the server learnt, else the kernel's neighbour table (the
     /// peer has just sent us a packet, so the kernel knows its link-layer address).
     pub fn mac_for_ip(&self, ip: IpAddr) -> Option<String> {
-        if let Some(m) = self.board().ips.get(&ip) {
+        if let Some((m, _)) = self.board().ips.get(&ip) {
             return Some(m.clone());
         }
         // thread-self: the table of this thread's network namespace (`/proc/net` follows the
@@ -289,6 +344,8 @@ impl Hub {
         match b.discovered.get_mut(mac) {
             Some(d) => {
                 d.requests += 1;
+                d.last = Some(Instant::now());
+                d.last_seen_unix = unix_now();
                 if d.arch.is_empty() && !arch.is_empty() {
                     d.arch = arch.to_string();
                 }
@@ -298,6 +355,8 @@ impl Hub {
                 false
             }
             None => {
+                let dropped = make_room(&mut b.discovered, MAX_DISCOVERED, |d| d.last);
+                Metrics::add(&self.metrics.discovered_dropped, dropped);
                 b.discovered.insert(
                     mac.to_string(),
                     Discovered {
@@ -305,7 +364,9 @@ impl Hub {
                         arch: arch.to_string(),
                         vendor_class: vendor_class.to_string(),
                         first_seen_unix: unix_now(),
+                        last_seen_unix: unix_now(),
                         requests: 1,
+                        last: Some(Instant::now()),
                     },
                 );
                 true
@@ -327,7 +388,7 @@ impl Hub {
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "ironbake_dhcp_packets_total",
                 "DHCP packets received",
@@ -388,11 +449,36 @@ impl Hub {
                 "HTTP 4xx and 5xx answers",
                 &m.http_errors,
             ),
+            (
+                "ironbake_http_refused_total",
+                "HTTP connections refused at the total or per-source cap",
+                &m.http_refused,
+            ),
+            (
+                "ironbake_http_idle_closed_total",
+                "HTTP connections closed after the idle timeout",
+                &m.http_idle_closed,
+            ),
+            (
+                "ironbake_discovered_dropped_total",
+                "Discovered machines forgotten to keep the list bounded",
+                &m.discovered_dropped,
+            ),
+            (
+                "ironbake_tracked_dropped_total",
+                "Boots and IP addresses forgotten to keep the tables bounded",
+                &m.tracked_dropped,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP ironbake_http_connections HTTP connections open now.\n# TYPE ironbake_http_connections gauge\nironbake_http_connections {}",
+            m.http_connections.load(Ordering::Relaxed)
+        );
         let b = self.board();
         let name = "ironbake_boot_stage_seconds";
         let _ = writeln!(
@@ -473,6 +559,36 @@ mod tests {
         assert!(!hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007"));
         let d = hub.discovered_list();
         assert_eq!((d.len(), d[0].requests), (1, 2));
+    }
+
+    #[test]
+    fn the_discovered_list_stops_at_its_bound_forgetting_the_oldest() {
+        let hub = Hub::new();
+        let mac = |i: u32| format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        hub.discovered(&mac(0), "x64 UEFI", "PXEClient");
+        for i in 1..10_000 {
+            hub.discovered(&mac(i), "x64 UEFI", "PXEClient");
+            if i % 100 == 0 {
+                // The first machine keeps asking: it is not the oldest, so it stays.
+                hub.discovered(&mac(0), "", "");
+            }
+        }
+        let d = hub.discovered_list();
+        assert_eq!(d.len(), MAX_DISCOVERED);
+        assert!(d.iter().any(|m| m.mac == mac(0)), "the one still asking stays");
+        assert!(d.iter().any(|m| m.mac == mac(9_999)), "the newest is there");
+        assert!(!d.iter().any(|m| m.mac == mac(1)), "the oldest went");
+        let dropped = 10_000 - MAX_DISCOVERED as u64;
+        assert!(
+            hub.render_metrics()
+                .contains(&format!("ironbake_discovered_dropped_total {dropped}\n")),
+            "{}",
+            hub.render_metrics()
+        );
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            hub.learn_ip(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), &mac(i));
+        }
+        assert_eq!(hub.board().ips.len(), MAX_TRACKED);
     }
 
     #[test]

@@ -66,6 +66,31 @@ pub enum TargetError {
     },
 }
 
+impl TargetError {
+    /// What a client (an iPXE console, an HTTP body) is told: enough to know where to look,
+    /// never a path of the server's (that goes to the server's log with the whole error).
+    pub fn for_client(&self) -> String {
+        match self {
+            TargetError::NotPublished { recipe, .. } => {
+                format!("recipe {recipe} has no published version on this server")
+            }
+            TargetError::Layout(_) => {
+                "the published version cannot be read (the server's log says why)".into()
+            }
+            TargetError::Template(_) => {
+                "a node template failed for this node (the server's log says where)".into()
+            }
+            TargetError::MissingSecret { secret, node, .. } => {
+                format!("node {node} has no secret {secret} on the server (its log says which file)")
+            }
+            TargetError::UnknownNode { node, .. } => format!("no node named {node}"),
+            TargetError::Io { .. } => {
+                "the server cannot read what this node needs (its log says why)".into()
+            }
+        }
+    }
+}
+
 /// What one machine boots.
 #[derive(Debug, Clone)]
 pub struct Target {

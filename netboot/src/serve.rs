@@ -37,8 +37,32 @@ pub struct Config {
     pub pxe_port: u16,
     /// Only answer DHCP on this interface (`SO_BINDTODEVICE`).
     pub interface: Option<String>,
-    /// TFTP tuning.
+    /// TFTP tuning and limits.
     pub tftp: tftp::Config,
+    /// HTTP timeouts and connection caps (fitted to the open-file limit at start).
+    pub http: crate::http::Limits,
+}
+
+/// Raises this process's soft limit on open files to its hard limit (no privilege needed),
+/// so the connection caps, not the default of 1024 descriptors, decide who is served;
+/// returns the soft limit in force.
+pub fn raise_open_files() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The kernel refuses more than fs.nr_open (1048576 by default), infinity included.
+    const MOST: u64 = 1 << 20;
+    let l = getrlimit(Resource::Nofile);
+    let hard = l.maximum.unwrap_or(MOST).min(MOST);
+    let soft = l.current.unwrap_or(MOST).min(MOST);
+    if soft < hard {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: l.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
+        }
+    }
+    soft
 }
 
 /// Why the server could not start or stopped.
@@ -114,8 +138,13 @@ pub async fn run(
     if !cfg.root.is_dir() {
         return Err(ServeError::NoRoot(cfg.root.display().to_string()));
     }
-    let root = crate::fsroot::canonical_root(&cfg.root)
-        .map_err(|_| ServeError::NoRoot(cfg.root.display().to_string()))?;
+    let files = Arc::new(crate::fsroot::Root::new(&cfg.root).map_err(|source| {
+        ServeError::Stopped {
+            what: "opening the root",
+            source,
+        }
+    })?);
+    let root = files.path().to_path_buf();
     let nodes = Arc::new(Inventories::load(&cfg.inventory, cfg.state_dir.clone())?);
     let listed = nodes.get().server.as_ref().and_then(|s| s.address);
     let advertise = match (cfg.advertise, cfg.bind.is_unspecified(), listed) {
@@ -167,6 +196,8 @@ pub async fn run(
         None
     };
 
+    let nofile = raise_open_files();
+    let limits = cfg.http.within(nofile);
     let bound = Bound {
         http: http_local,
         tftp: tftp_local,
@@ -179,6 +210,13 @@ pub async fn run(
         advertise = %advertise,
         root = %root.display(),
         inventory = %cfg.inventory.display(),
+        open_files = nofile,
+        http_max_connections = limits.max_connections,
+        http_max_per_source = limits.max_per_source,
+        http_header_timeout_s = limits.header_timeout.as_secs_f64(),
+        http_idle_timeout_s = limits.idle_timeout.as_secs_f64(),
+        tftp_max_transfers = cfg.tftp.max_transfers,
+        tftp_max_per_source = cfg.tftp.max_per_source,
         "netboot serving"
     );
     on_bound(&bound);
@@ -186,17 +224,18 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     {
         let state = crate::http::AppState::new(
-            root.clone(),
+            Arc::clone(&files),
             http_base.clone(),
             Arc::clone(&nodes),
             Arc::clone(&hub),
         );
         let app = crate::http::router(state);
-        tasks.spawn(async move { ("HTTP", crate::http::serve(listener, app).await) });
+        let hub = Arc::clone(&hub);
+        tasks.spawn(async move { ("HTTP", crate::http::serve(listener, app, limits, hub).await) });
     }
     {
-        let (root, hub, tcfg) = (root.clone(), Arc::clone(&hub), cfg.tftp.clone());
-        tasks.spawn(async move { ("TFTP", tftp::serve(tftp_sock, root, tcfg, hub).await) });
+        let (files, hub, tcfg) = (Arc::clone(&files), Arc::clone(&hub), cfg.tftp.clone());
+        tasks.spawn(async move { ("TFTP", tftp::serve(tftp_sock, files, tcfg, hub).await) });
     }
     if let Some((s67, s4011)) = dhcp_socks {
         let dcfg = dhcp::Config {

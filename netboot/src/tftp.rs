@@ -27,26 +27,37 @@
 //! an ACK for a block in flight slides the window and sends the blocks that now fit. An ACK
 //! for a block already acknowledged does nothing, so duplicated ACKs never cause duplicated
 //! DATA (the Sorcerer's Apprentice bug). Only a timeout sends the unacknowledged window again,
-//! and each further timeout doubles the wait; after [`Config::max_retries`] retransmissions
-//! without progress, or once [`Config::transfer_deadline`] has passed, the transfer is
-//! abandoned. The file is read through a small buffer as the window moves; only the blocks in
-//! flight are held in memory.
+//! and each further timeout doubles the wait, up to 4 s; after [`Config::max_retries`]
+//! retransmissions without progress, or once [`Config::transfer_deadline`] has passed, the
+//! transfer is abandoned. The file is read through a small buffer as the window moves; only
+//! the blocks in flight are held in memory.
 //!
-//! Refusals: requests beyond [`Config::max_transfers`] get error 0 ("server busy, try again");
-//! a second RRQ from an `ip:port` whose transfer is still running is ignored. Names go through
-//! [`crate::fsroot::resolve`]; a refused name gets error 1 (missing file, folder, empty name)
+//! Limits, so that one machine (a looping firmware, a flood of requests it never
+//! acknowledges) cannot keep the others from their bootloader:
+//!
+//! - at most [`Config::max_transfers`] transfers at once (256), and at most
+//!   [`Config::max_per_source`] (16) to one source address; a request beyond either gets
+//!   error 0 ("server busy" or "too many transfers to this address"), and every other
+//!   address is still served;
+//! - a client that stops acknowledging loses its transfer once the retries run out: with the
+//!   defaults (1 s first timeout, 5 retries, waits of 1, 2, 4, 4, 4 and 4 s) 19 s after its
+//!   last acknowledgement; a `timeout` option above [`MAX_TIMEOUT_OPTION`] (10 s) is
+//!   declined, so a client cannot stretch that to minutes;
+//! - no transfer lasts more than [`Config::transfer_deadline`] (120 s) in all;
+//! - a second RRQ from an `ip:port` whose transfer is still running is ignored. Names go through
+//! [`crate::fsroot::Root::open`]; a refused name gets error 1 (missing file, folder, empty name)
 //! or error 2 (anything that tries to leave the root or breaks the naming rules), with the
 //! reason's text. Refusals are sent from the listening socket. Malformed requests (see
 //! [`parse_request`]) are logged and dropped without an answer.
 //!
-//! Not done: single-port mode, per-source rate limits, clearing the IP DF bit, and choosing
+//! Not done: single-port mode, rate limits (of packets, as opposed to transfers), clearing
+//! the IP DF bit, and choosing
 //! the reply address when the listening socket is bound to a wildcard address (the transfer
 //! socket then binds the wildcard too and the kernel picks the source address).
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +78,9 @@ pub struct Config {
     pub max_window: u16,
     /// Transfers served at once; further requests get an error packet.
     pub max_transfers: usize,
+    /// Transfers served at once to one source address; further requests from it get an
+    /// error packet, while other addresses are still served.
+    pub max_per_source: usize,
     /// The first retransmission timeout (a client's `timeout` option overrides it).
     pub initial_timeout: Duration,
     /// Retransmissions of one window before the transfer is abandoned.
@@ -81,8 +95,9 @@ impl Default for Config {
             max_blksize: 1468,
             max_window: 16,
             max_transfers: 256,
+            max_per_source: 16,
             initial_timeout: Duration::from_secs(1),
-            max_retries: 6,
+            max_retries: 5,
             transfer_deadline: Duration::from_secs(120),
         }
     }
@@ -115,6 +130,10 @@ const REPLY_BUFFER: usize = 1024;
 const MAX_ERROR_MESSAGE: usize = 200;
 /// The shortest retransmission timeout used, whatever the configuration says.
 const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest wait between two retransmissions.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// The longest `timeout` option granted (RFC 2349 allows 255 s); longer asks are declined.
+pub const MAX_TIMEOUT_OPTION: Duration = Duration::from_secs(10);
 
 /// TFTP error codes (RFC 1350, RFC 2347).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +384,9 @@ fn negotiate(opts: &Options, cfg: &Config, size: u64) -> Negotiated {
     if opts.tsize.is_some() && size > 0 {
         n.oack.push(("tsize", size.to_string()));
     }
-    if let Some(t) = opts.timeout {
+    // A longer timeout than MAX_TIMEOUT_OPTION is declined (not acknowledged): a client that
+    // stops answering would otherwise hold a transfer for minutes.
+    if let Some(t) = opts.timeout.filter(|t| u64::from(*t) <= MAX_TIMEOUT_OPTION.as_secs()) {
         n.timeout = Duration::from_secs(u64::from(t));
         n.oack.push(("timeout", t.to_string()));
     }
@@ -376,9 +397,11 @@ fn negotiate(opts: &Options, cfg: &Config, size: u64) -> Negotiated {
     n
 }
 
-/// The wait after `retries` retransmissions: `base`, doubled each time.
+/// The wait after `retries` retransmissions: `base`, doubled each time, but never more than
+/// [`MAX_BACKOFF`] (or `base` itself, when a client asked for a longer timeout).
 fn backoff(base: Duration, retries: u32) -> Duration {
     base.saturating_mul(1 << retries.min(16))
+        .min(MAX_BACKOFF.max(base))
 }
 
 /// An ERROR packet; the message is cut to [`MAX_ERROR_MESSAGE`] bytes and loses any NUL.
@@ -536,7 +559,7 @@ fn transient(e: &io::Error) -> bool {
     )
 }
 
-/// The answer for a name [`fsroot::resolve`] refused.
+/// The answer for a name [`fsroot::Root::open`] refused.
 fn path_error_code(e: &PathError) -> ErrorCode {
     match e {
         PathError::NotFound | PathError::Empty | PathError::NotAFile => ErrorCode::FileNotFound,
@@ -548,7 +571,7 @@ fn path_error_code(e: &PathError) -> ErrorCode {
 struct Server {
     socket: UdpSocket,
     local_ip: IpAddr,
-    root: PathBuf,
+    root: Arc<fsroot::Root>,
     cfg: Config,
     hub: Arc<Hub>,
     /// Peers with a transfer running.
@@ -571,12 +594,12 @@ impl Drop for Slot {
 /// socket fails. See the module doc for the protocol.
 pub async fn serve(
     socket: tokio::net::UdpSocket,
-    root: PathBuf,
+    root: Arc<fsroot::Root>,
     cfg: Config,
     hub: Arc<Hub>,
 ) -> std::io::Result<()> {
     let local = socket.local_addr()?;
-    info!(%local, root = %root.display(), "TFTP server listening");
+    info!(%local, root = %root.path().display(), "TFTP server listening");
     let server = Arc::new(Server {
         socket,
         local_ip: local.ip(),
@@ -653,22 +676,24 @@ impl Server {
                 debug!(%peer, file = ?req.filename, "duplicate TFTP request ignored");
                 return;
             }
+            let from_source = live.iter().filter(|p| p.ip() == peer.ip()).count();
             if live.len() >= self.cfg.max_transfers {
-                None
+                Err("server busy, try again")
+            } else if from_source >= self.cfg.max_per_source {
+                Err("too many transfers to this address at once, try again")
             } else {
                 live.insert(peer);
-                Some(Slot {
+                Ok(Slot {
                     server: Arc::clone(self),
                     peer,
                 })
             }
         };
         match slot {
-            Some(slot) => {
+            Ok(slot) => {
                 tokio::spawn(transfer(Arc::clone(self), req, peer, slot));
             }
-            None => {
-                let why = "server busy, try again";
+            Err(why) => {
                 self.refuse(peer, &req.filename, ErrorCode::NotDefined, why)
                     .await;
             }
@@ -679,12 +704,12 @@ impl Server {
 /// Runs one accepted request to its end; `_slot` is held until then.
 async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Slot) {
     let name = req.filename;
-    let resolved = {
-        let (root, name) = (server.root.clone(), name.clone());
-        tokio::task::spawn_blocking(move || fsroot::resolve(&root, &name)).await
+    let opened = {
+        let (root, name) = (Arc::clone(&server.root), name.clone());
+        tokio::task::spawn_blocking(move || root.open(&name)).await
     };
-    let path = match resolved {
-        Ok(Ok(path)) => path,
+    let (file, size) = match opened {
+        Ok(Ok(o)) => (tokio::fs::File::from_std(o.file), o.size),
         Ok(Err(e)) => {
             server
                 .refuse(peer, &name, path_error_code(&e), &e.to_string())
@@ -694,28 +719,6 @@ async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Sl
         Err(e) => {
             error!(%peer, file = ?name, error = %e, "TFTP name lookup failed");
             Metrics::inc(&server.hub.metrics.tftp_errors);
-            return;
-        }
-    };
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            let (code, why) = match e.kind() {
-                io::ErrorKind::NotFound => (ErrorCode::FileNotFound, "no such file"),
-                io::ErrorKind::PermissionDenied => (ErrorCode::AccessViolation, "access violation"),
-                _ => (ErrorCode::NotDefined, "cannot open the file"),
-            };
-            warn!(%peer, file = ?name, error = %e, "TFTP file cannot be opened");
-            server.refuse(peer, &name, code, why).await;
-            return;
-        }
-    };
-    let size = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(e) => {
-            warn!(%peer, file = ?name, error = %e, "TFTP file cannot be examined");
-            let why = "cannot open the file";
-            server.refuse(peer, &name, ErrorCode::NotDefined, why).await;
             return;
         }
     };
@@ -1206,10 +1209,13 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles() {
+    fn backoff_doubles_up_to_its_cap() {
         let s = Duration::from_secs(1);
-        assert_eq!(backoff(s, 0), s);
-        assert_eq!(backoff(s, 3), 8 * s);
+        let waits: Vec<u64> = (0..=5).map(|r| backoff(s, r).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 4, 4, 4]);
+        assert_eq!(waits.iter().sum::<u64>(), 19, "an abandoned transfer goes in 19 s");
+        assert_eq!(backoff(Duration::from_millis(100), 2), Duration::from_millis(400));
+        assert_eq!(backoff(Duration::from_secs(10), 3), Duration::from_secs(10));
         assert_eq!(backoff(Duration::MAX, 40), Duration::MAX);
     }
 

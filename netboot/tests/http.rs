@@ -95,7 +95,7 @@ fn start(default_recipe: bool) -> Fixture {
     let nodes = Arc::new(Inventories::load(&inventory, Some(dir.path().join("state"))).unwrap());
     let hub = Arc::new(Hub::new());
     let (tx, rx) = std::sync::mpsc::channel();
-    let root_c = std::fs::canonicalize(&root).unwrap();
+    let root_c = Arc::new(netboot::fsroot::Root::new(&root).unwrap());
     let hub_c = Arc::clone(&hub);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

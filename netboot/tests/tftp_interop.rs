@@ -71,7 +71,8 @@ impl Server {
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         std::os::unix::fs::symlink("../secret", root.join("leak")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("passwd-link")).unwrap();
-        let root = fsroot::canonical_root(&root).unwrap();
+        let files = Arc::new(fsroot::Root::new(&root).unwrap());
+        let root = files.path().to_path_buf();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -82,7 +83,7 @@ impl Server {
             .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
             .unwrap();
         let addr = socket.local_addr().unwrap();
-        let task = tftp::serve(socket, root.clone(), cfg, Arc::clone(&hub));
+        let task = tftp::serve(socket, files, cfg, Arc::clone(&hub));
         rt.spawn(async move {
             if let Err(e) = task.await {
                 panic!("TFTP server failed: {e}");

@@ -50,6 +50,7 @@ impl Server {
             pxe_port: 4011,
             interface: Some("br0".into()),
             tftp: netboot::tftp::Config::default(),
+            http: netboot::http::Limits::default(),
         };
         Self::start_with(&lan.ns, cfg, dir)
     }
