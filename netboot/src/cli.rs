@@ -137,8 +137,9 @@ impl ServeArgs {
         let hub = std::sync::Arc::new(crate::hub::Hub::new());
         rt.block_on(crate::serve::run(cfg, hub, |_| {}, async {
             // Ctrl-C, or systemd stopping the service.
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -170,9 +170,12 @@ impl Root {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(PathError::NotAFile);
         }
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-            .ok()
-            .and_then(|p| p.strip_prefix(&self.path).ok().map(Path::to_path_buf));
+        let real = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .ok()
+        .and_then(|p| p.strip_prefix(&self.path).ok().map(Path::to_path_buf));
         Ok(Opened {
             file: File::from(fd),
             size: st.st_size as u64,
@@ -246,18 +249,29 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
         std::os::unix::fs::symlink("../nowhere", root.join("dangling")).unwrap();
         std::os::unix::fs::symlink("1/vmlinuz", root.join("r/inside")).unwrap();
-        rustix::fs::mkfifoat(rustix::fs::CWD, &root.join("r/fifo"), Mode::from_raw_mode(0o600))
-            .unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &root.join("r/fifo"),
+            Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
         let root = Root::new(&root).unwrap();
         let o = root.open("/r/current/vmlinuz").unwrap();
-        assert_eq!((o.size, o.real.as_deref()), (1, Some(Path::new("r/1/vmlinuz"))));
+        assert_eq!(
+            (o.size, o.real.as_deref()),
+            (1, Some(Path::new("r/1/vmlinuz")))
+        );
         assert_eq!(root.open("r/inside").unwrap().size, 1);
         let err = |name: &str| root.open(name).unwrap_err();
         assert_eq!(err("r/leak"), PathError::Outside);
         assert_eq!(err("etc/passwd"), PathError::Outside);
         assert_eq!(err("dangling"), PathError::Outside);
         assert_eq!(err("r/1"), PathError::NotAFile);
-        assert_eq!(err("r/fifo"), PathError::NotAFile, "and the open did not hang");
+        assert_eq!(
+            err("r/fifo"),
+            PathError::NotAFile,
+            "and the open did not hang"
+        );
         assert_eq!(err("r/2/vmlinuz"), PathError::NotFound);
         assert_eq!(err("r/1/vmlinuz/x"), PathError::NotFound);
     }

@@ -172,7 +172,10 @@ impl Drop for Admitted {
                 o.by_source.remove(&self.ip);
             }
         }
-        self.hub.metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub
+            .metrics
+            .http_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -294,7 +297,13 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, app.clone(), limits.clone(), admitted));
+        tokio::spawn(connection(
+            stream,
+            peer,
+            app.clone(),
+            limits.clone(),
+            admitted,
+        ));
     }
 }
 

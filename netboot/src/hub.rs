@@ -564,7 +564,15 @@ mod tests {
     #[test]
     fn the_discovered_list_stops_at_its_bound_forgetting_the_oldest() {
         let hub = Hub::new();
-        let mac = |i: u32| format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        let mac = |i: u32| {
+            format!(
+                "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+                i >> 24,
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff
+            )
+        };
         hub.discovered(&mac(0), "x64 UEFI", "PXEClient");
         for i in 1..10_000 {
             hub.discovered(&mac(i), "x64 UEFI", "PXEClient");
@@ -575,7 +583,10 @@ mod tests {
         }
         let d = hub.discovered_list();
         assert_eq!(d.len(), MAX_DISCOVERED);
-        assert!(d.iter().any(|m| m.mac == mac(0)), "the one still asking stays");
+        assert!(
+            d.iter().any(|m| m.mac == mac(0)),
+            "the one still asking stays"
+        );
         assert!(d.iter().any(|m| m.mac == mac(9_999)), "the newest is there");
         assert!(!d.iter().any(|m| m.mac == mac(1)), "the oldest went");
         let dropped = 10_000 - MAX_DISCOVERED as u64;

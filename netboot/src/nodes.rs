@@ -81,7 +81,9 @@ impl TargetError {
                 "a node template failed for this node (the server's log says where)".into()
             }
             TargetError::MissingSecret { secret, node, .. } => {
-                format!("node {node} has no secret {secret} on the server (its log says which file)")
+                format!(
+                    "node {node} has no secret {secret} on the server (its log says which file)"
+                )
             }
             TargetError::UnknownNode { node, .. } => format!("no node named {node}"),
             TargetError::Io { .. } => {

@@ -138,12 +138,13 @@ pub async fn run(
     if !cfg.root.is_dir() {
         return Err(ServeError::NoRoot(cfg.root.display().to_string()));
     }
-    let files = Arc::new(crate::fsroot::Root::new(&cfg.root).map_err(|source| {
-        ServeError::Stopped {
-            what: "opening the root",
-            source,
-        }
-    })?);
+    let files =
+        Arc::new(
+            crate::fsroot::Root::new(&cfg.root).map_err(|source| ServeError::Stopped {
+                what: "opening the root",
+                source,
+            })?,
+        );
     let root = files.path().to_path_buf();
     let nodes = Arc::new(Inventories::load(&cfg.inventory, cfg.state_dir.clone())?);
     let listed = nodes.get().server.as_ref().and_then(|s| s.address);

@@ -386,7 +386,10 @@ fn negotiate(opts: &Options, cfg: &Config, size: u64) -> Negotiated {
     }
     // A longer timeout than MAX_TIMEOUT_OPTION is declined (not acknowledged): a client that
     // stops answering would otherwise hold a transfer for minutes.
-    if let Some(t) = opts.timeout.filter(|t| u64::from(*t) <= MAX_TIMEOUT_OPTION.as_secs()) {
+    if let Some(t) = opts
+        .timeout
+        .filter(|t| u64::from(*t) <= MAX_TIMEOUT_OPTION.as_secs())
+    {
         n.timeout = Duration::from_secs(u64::from(t));
         n.oack.push(("timeout", t.to_string()));
     }
@@ -1213,8 +1216,15 @@ mod tests {
         let s = Duration::from_secs(1);
         let waits: Vec<u64> = (0..=5).map(|r| backoff(s, r).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 4, 4, 4]);
-        assert_eq!(waits.iter().sum::<u64>(), 19, "an abandoned transfer goes in 19 s");
-        assert_eq!(backoff(Duration::from_millis(100), 2), Duration::from_millis(400));
+        assert_eq!(
+            waits.iter().sum::<u64>(),
+            19,
+            "an abandoned transfer goes in 19 s"
+        );
+        assert_eq!(
+            backoff(Duration::from_millis(100), 2),
+            Duration::from_millis(400)
+        );
         assert_eq!(backoff(Duration::from_secs(10), 3), Duration::from_secs(10));
         assert_eq!(backoff(Duration::MAX, 40), Duration::MAX);
     }
