@@ -121,6 +121,8 @@ impl ServeArgs {
             LogFormat::Text => tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_target(false)
+                // Colours only for a person at a terminal, never into a file or the journal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .try_init(),
             LogFormat::Json => tracing_subscriber::fmt()
                 .json()

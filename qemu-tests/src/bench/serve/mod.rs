@@ -24,6 +24,7 @@ use crate::netns::Netns;
 use crate::report::Report;
 
 mod record;
+mod slow;
 mod storm;
 
 const SERVER: &str = "10.44.0.1";
@@ -192,8 +193,11 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 struct Bench {
     /// The server's namespace.
     s: Netns,
-    /// The clients' namespace, across the shaped veth link.
+    /// The clients' namespace, across the shaped veth link; its bridge is the LAN's switch.
     c: Netns,
+    /// The storm's machines: [`SOURCES`] namespaces on the switch, each its own address
+    /// (as real nodes are), so that per-source limits apply as they would on a LAN.
+    nodes: Vec<Netns>,
     work: PathBuf,
     root: PathBuf,
     netboot: PathBuf,
@@ -249,12 +253,13 @@ pub fn run(project: &Path) -> Result<Report> {
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("root");
     write_files(&root)?;
-    let (s, c) = lan()?;
+    let (s, c, nodes) = lan()?;
     let scratch = work.join("dl");
     std::fs::create_dir_all(&scratch)?;
     let b = Bench {
         s,
         c,
+        nodes,
         root,
         netboot,
         scratch,
@@ -263,7 +268,8 @@ pub fn run(project: &Path) -> Result<Report> {
     let tftp = tftp(&b)?;
     let http = http(&b)?;
     let storm = storm::run(&b)?;
-    let mut report = record::report(&b, &tftp, &http, &storm);
+    let slow = slow::run(&b)?;
+    let mut report = record::report(&b, &tftp, &http, &storm, &slow);
     if storm.finished != storm::NODES {
         report.failed = Some(format!(
             "{} of {} nodes did not finish the boot storm",
@@ -295,38 +301,46 @@ fn write_files(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The LAN: server and client namespaces joined by a veth pair shaped to 1 Gbit/s.
-fn lan() -> Result<(Netns, Netns)> {
+/// How many source addresses the storm's machines come from.
+pub const SOURCES: usize = 10;
+
+/// The LAN: server and client namespaces joined by a veth pair shaped to 1 Gbit/s; in the
+/// client namespace a bridge (the switch) holds that link and one veth to each of
+/// [`SOURCES`] node namespaces (10.44.0.20 and up).
+fn lan() -> Result<(Netns, Netns, Vec<Netns>)> {
     let s = Netns::new("bsrv")?;
     let c = Netns::new("bcli")?;
     let veth = [
-        "link",
-        "add",
-        "vs",
-        "netns",
-        s.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vc",
-        "netns",
+        "link", "add", "vs", "netns", s.name(), "type", "veth", "peer", "name", "vc", "netns",
         c.name(),
     ];
     ip(None, &veth)?;
-    ip(
-        Some(&s),
-        &["addr", "add", &format!("{SERVER}/24"), "dev", "vs"],
-    )?;
-    ip(
-        Some(&c),
-        &["addr", "add", &format!("{CLIENT}/24"), "dev", "vc"],
-    )?;
+    ip(Some(&s), &["addr", "add", &format!("{SERVER}/24"), "dev", "vs"])?;
     ip(Some(&s), &["link", "set", "vs", "up"])?;
+    ip(Some(&c), &["link", "add", "br0", "type", "bridge"])?;
+    ip(Some(&c), &["link", "set", "vc", "master", "br0"])?;
+    ip(Some(&c), &["addr", "add", &format!("{CLIENT}/24"), "dev", "br0"])?;
     ip(Some(&c), &["link", "set", "vc", "up"])?;
+    ip(Some(&c), &["link", "set", "br0", "up"])?;
     tc(&s, "vs")?;
     tc(&c, "vc")?;
-    Ok((s, c))
+    let mut nodes = Vec::new();
+    for i in 0..SOURCES {
+        let n = Netns::new(&format!("bn{i}"))?;
+        let (inner, outer) = (format!("n{i}"), format!("p{i}"));
+        let veth = [
+            "link", "add", &outer, "netns", c.name(), "type", "veth", "peer", "name", &inner,
+            "netns", n.name(),
+        ];
+        ip(None, &veth)?;
+        ip(Some(&c), &["link", "set", &outer, "master", "br0"])?;
+        ip(Some(&c), &["link", "set", &outer, "up"])?;
+        let addr = format!("10.44.0.{}/24", 20 + i);
+        ip(Some(&n), &["addr", "add", &addr, "dev", &inner])?;
+        ip(Some(&n), &["link", "set", &inner, "up"])?;
+        nodes.push(n);
+    }
+    Ok((s, c, nodes))
 }
 
 /// TFTP rows: (server, window asked for, MB/s per link).

@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 
+use super::slow::{ATTEMPTS, Slow};
 use super::storm::{NODES, Storm, node_bytes};
-use super::{Bench, HttpRows, RUNS, TftpRows, links, pkg_version};
+use super::{Bench, HttpRows, RUNS, SOURCES, TftpRows, links, pkg_version};
 use crate::report::{Figure, Report, machine};
 
 /// The record of one run.
-pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm) -> Report {
+pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm, slow: &Slow) -> Report {
     let links = links(b);
     let mut md = String::new();
     let _ = writeln!(
@@ -29,6 +30,7 @@ pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm) -> Rep
     let mut figures = tftp_section(&mut md, tftp, &links);
     figures.extend(http_section(&mut md, http, &links));
     figures.extend(storm_section(&mut md, storm));
+    figures.extend(slow_section(&mut md, slow));
     Report::new("serve", md, figures)
 }
 
@@ -115,10 +117,10 @@ fn http_section(
 fn storm_section(md: &mut String, s: &Storm) -> Vec<Figure> {
     let _ = writeln!(
         md,
-        "\nBoot storm, LAN link: {NODES} simulated nodes at once, each fetching a 1 MB \
-         bootloader over TFTP (blksize 1468, windowsize 4, as edk2 asks) then an 8 MB kernel, \
-         a 4 MB initramfs and a 32 MB image over HTTP ({:.0} MB per node); a node retries a \
-         failed fetch after 1 s.\n",
+        "\nBoot storm, LAN link: {NODES} simulated nodes at once, from {SOURCES} addresses, \
+         each fetching a 1 MB bootloader over TFTP (blksize 1468, windowsize 4, as edk2 asks) \
+         then an 8 MB kernel, a 4 MB initramfs and a 32 MB image over HTTP ({:.0} MB per node); \
+         a node retries a failed fetch after 1 s. The server runs with its default limits.\n",
         node_bytes() as f64 / 1e6
     );
     let share = 100.0 * s.aggregate / s.single.1;
@@ -171,6 +173,54 @@ fn storm_section(md: &mut String, s: &Storm) -> Vec<Figure> {
         ),
         Figure::goal(
             "boot storm: server peak memory",
+            "under 50 MB",
+            format!("{:.1} MB", s.peak_mb),
+            s.peak_mb < 50.0,
+        ),
+    ]
+}
+
+fn slow_section(md: &mut String, s: &Slow) -> Vec<Figure> {
+    let limits: Vec<String> = s.limits.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+    let _ = writeln!(
+        md,
+        "\nSlow clients, LAN link: one address opens {ATTEMPTS} connections and sends no \
+         request (half of them part of a request line), while another machine fetches the \
+         storm's files, as `netboot serve` runs by default; its limits, from its start line: \
+         {}.\n",
+        limits.join(", ")
+    );
+    let slowdown = s.other_s.1 / s.other_s.0;
+    let rows = [
+        ("connections kept / refused with 503".to_string(), format!("{} / {}", s.held, s.refused)),
+        (
+            "kept ones closed by the server (header timeout), the last after".into(),
+            format!("{}/{}, {:.1} s", s.closed.0, s.held, s.closed.1),
+        ),
+        (
+            "another machine's fetch: alone / meanwhile".into(),
+            format!("{:.2} / {:.2} s ({slowdown:.2}x)", s.other_s.0, s.other_s.1),
+        ),
+        ("server peak memory, VmHWM".into(), format!("{:.1} MB", s.peak_mb)),
+    ];
+    let _ = writeln!(md, "| figure | value |");
+    let _ = writeln!(md, "| --- | ---: |");
+    for (name, value) in rows {
+        let _ = writeln!(md, "| {name} | {value} |");
+    }
+    vec![
+        Figure::goal(
+            "slow clients: kept ones closed by the server",
+            "all",
+            format!("{}/{}", s.closed.0, s.held),
+            s.closed.0 == s.held && s.held > 0,
+        ),
+        Figure::info(
+            "slow clients: another machine's fetch meanwhile / alone",
+            format!("{slowdown:.2}x"),
+        ),
+        Figure::goal(
+            "slow clients: server peak memory",
             "under 50 MB",
             format!("{:.1} MB", s.peak_mb),
             s.peak_mb < 50.0,
