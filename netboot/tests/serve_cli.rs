@@ -1,6 +1,7 @@
 //! Tier (b): `netboot serve` refuses bad settings at start, saying what and where, and serves
 //! on high ports unprivileged-style (as the tests run it).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -161,4 +162,52 @@ fn it_serves_and_logs_json_lines() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The unit the README installs runs the server as its own user with `CAP_NET_BIND_SERVICE`
+/// and nothing more (as the VM test that boots a node through such a server does, with
+/// setpriv), its state folder the one writable place; and systemd's own analysis rates its
+/// exposure under 2.0 (a unit running it as root rates 9.6).
+#[test]
+fn the_service_unit_runs_it_with_least_privilege() {
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/netboot.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    let set = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(set("User"), ["netboot"]);
+    assert_eq!(set("AmbientCapabilities"), ["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(set("CapabilityBoundingSet"), ["CAP_NET_BIND_SERVICE"]);
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+        ("StateDirectory", "netboot"),
+    ] {
+        assert_eq!(set(key), [value], "{key}");
+    }
+    let exec = set("ExecStart").join(" ");
+    assert!(exec.contains("--state /var/lib/netboot"), "{exec}");
+    let ok = std::env::var("CI").as_deref() != Ok("true");
+    let analyze = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(&unit_path)
+        .output();
+    match analyze {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let level = text
+                .lines()
+                .find(|l| l.contains("Overall exposure level"))
+                .unwrap_or("");
+            eprintln!("{level}");
+            assert!(out.status.success(), "exposure over 2.0: {level}\n{text}");
+        }
+        Err(e) if ok => eprintln!("SKIPPED: systemd-analyze: {e}"),
+        Err(e) => panic!("CI=true and systemd-analyze cannot run: {e}"),
+    }
 }

@@ -124,43 +124,13 @@ impl Server {
 
     /// `GET path` from the server's own HTTP port, from inside its namespace.
     pub fn get(&self, path: &str) -> Result<String> {
-        let ns = self.ns_file.clone();
-        let path = path.to_string();
-        std::thread::spawn(move || -> Result<String> {
-            let f = std::fs::File::open(&ns)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            let mut s = TcpStream::connect((SERVER_IP, HTTP_PORT))?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            let body = out
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .context("no HTTP body")?;
-            Ok(body)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the GET thread panicked"))?
+        get_in(&self.ns_file, path)
     }
 
     /// The first line a TCP service at `addr` sends (an SSH banner), read from inside the
     /// server's namespace.
     pub fn banner(&self, addr: std::net::SocketAddr) -> Result<String> {
-        let ns = self.ns_file.clone();
-        std::thread::spawn(move || -> Result<String> {
-            let f = std::fs::File::open(&ns)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            let s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))?;
-            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line)?;
-            Ok(line.trim_end().to_string())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
+        banner_in(&self.ns_file, addr)
     }
 
     /// The server's log so far.
@@ -177,5 +147,153 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// `GET path` from the boot server's HTTP port, from inside the namespace at `ns`.
+fn get_in(ns: &Path, path: &str) -> Result<String> {
+    let ns = ns.to_path_buf();
+    let path = path.to_string();
+    std::thread::spawn(move || -> Result<String> {
+        let f = std::fs::File::open(&ns)?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut s = TcpStream::connect((SERVER_IP, HTTP_PORT))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .context("no HTTP body")?;
+        Ok(body)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the GET thread panicked"))?
+}
+
+/// The first line a TCP service at `addr` sends, read from inside the namespace at `ns`.
+fn banner_in(ns: &Path, addr: std::net::SocketAddr) -> Result<String> {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || -> Result<String> {
+        let f = std::fs::File::open(&ns)?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line)?;
+        Ok(line.trim_end().to_string())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
+}
+
+/// The user and group the unprivileged server runs as: no account of this machine's (a
+/// number only), as a system user of its own would be.
+pub const UNPRIVILEGED: u32 = 64_321;
+
+/// `netboot serve` as a process of its own inside the LAN, run the way `netboot.service`
+/// runs it: as an unprivileged user ([`UNPRIVILEGED`]), with `CAP_NET_BIND_SERVICE` and no
+/// other capability (ambient, permitted and bounding sets), no new privileges, the state
+/// folder its only writable place (it owns it; `out/` and the inventory belong to root).
+/// Killed on drop.
+pub struct Process {
+    child: std::process::Child,
+    /// Its log (standard output and error).
+    pub log: PathBuf,
+    ns_file: PathBuf,
+}
+
+impl Process {
+    /// Starts the `netboot` binary at `program` for `root` and `inventory` on the LAN's
+    /// server address, as [`Server::start`] does in-process; returns once it says it serves.
+    pub fn start_unprivileged(
+        program: &Path,
+        lan: &Lan,
+        root: &Path,
+        inventory: &Path,
+        dir: &Path,
+    ) -> Result<Process> {
+        let state = dir.join("netboot-state");
+        std::fs::create_dir_all(&state)?;
+        std::os::unix::fs::chown(&state, Some(UNPRIVILEGED), Some(UNPRIVILEGED))
+            .context("giving the state folder to the server's user")?;
+        let log = dir.join("netboot.log");
+        let out = std::fs::File::create(&log)?;
+        let id = UNPRIVILEGED.to_string();
+        let child = lan
+            .ns
+            .command("setpriv")
+            .args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+            .args([
+                "--inh-caps=-all,+net_bind_service",
+                "--ambient-caps=-all,+net_bind_service",
+            ])
+            .args([
+                "--bounding-set=-all,+net_bind_service",
+                "--no-new-privs",
+                "--",
+            ])
+            .arg(program)
+            .arg("serve")
+            .arg("--root")
+            .arg(root)
+            .arg("--inventory")
+            .arg(inventory)
+            .arg("--state")
+            .arg(&state)
+            .args(["--bind", SERVER_IP, "--interface", "br0"])
+            .args(["--http-port", &HTTP_PORT.to_string(), "--tftp-port", "69"])
+            .env("NETBOOT_LOG", "debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting netboot under setpriv (util-linux)")?;
+        let mut p = Process {
+            child,
+            log,
+            ns_file: PathBuf::from(format!("/run/netns/{}", lan.ns.name())),
+        };
+        let started = std::time::Instant::now();
+        while !p.log_text().contains("netboot serving") {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("netboot stopped ({status}):\n{}", p.log_text());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("netboot did not start in 30 s:\n{}", p.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(p)
+    }
+
+    /// Its process id (`ip netns exec` and `setpriv` both exec, so this is netboot's own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `GET path` from its HTTP port, from inside its namespace.
+    pub fn get(&self, path: &str) -> Result<String> {
+        get_in(&self.ns_file, path)
+    }
+
+    /// The first line a TCP service at `addr` sends, read from inside the namespace.
+    pub fn banner(&self, addr: std::net::SocketAddr) -> Result<String> {
+        banner_in(&self.ns_file, addr)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -7,8 +7,10 @@ use qemu_tests::deadline;
 use qemu_tests::fixture::{ci_node, one_at_a_time, test_dir};
 use qemu_tests::lan::Lan;
 use qemu_tests::qemu::{FIRMWARE_RETRY_LINE, Nic, Vm, VmConfig, ovmf, ovmf_retrying};
-use qemu_tests::server::Server;
+use qemu_tests::server::{Process, Server, UNPRIVILEGED};
 
+/// The boot server as `netboot.service` runs it (a user of its own, `CAP_NET_BIND_SERVICE`
+/// only), and a node booting through it.
 #[test]
 fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
     if !qemu_tests::require::vm_tests() {
@@ -24,7 +26,9 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
         "[nodes.pxe0]\nmac = \"52:54:00:00:00:21\"\nrecipe = \"ci-node\"\n",
     )
     .unwrap();
-    let server = Server::start(&lan, &img.out, &inventory, &dir).unwrap();
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_netboot-under-test"));
+    let server = Process::start_unprivileged(program, &lan, &img.out, &inventory, &dir).unwrap();
+    assert_least_privilege(server.pid());
     let cfg = VmConfig {
         name: "pxe0".into(),
         boot: ovmf(),
@@ -123,6 +127,30 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
         !metrics.contains("ironbake_tftp_transfers_total 0\n"),
         "{metrics}"
     );
+}
+
+/// The process `pid` runs as [`UNPRIVILEGED`] with `CAP_NET_BIND_SERVICE` and nothing else,
+/// and can gain nothing more.
+fn assert_least_privilege(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let id = UNPRIVILEGED.to_string();
+    assert_eq!(field("Uid"), [id.as_str(); 4].join(" "), "{status}");
+    assert_eq!(field("Gid"), [id.as_str(); 4].join(" "), "{status}");
+    assert_eq!(field("Groups"), "", "{status}");
+    // CAP_NET_BIND_SERVICE is capability 10.
+    for set in ["CapEff", "CapPrm", "CapAmb", "CapBnd"] {
+        assert_eq!(field(set), "0000000000000400", "{set}: {status}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
 }
 
 /// A VM on `lan` that PXE-boots with `mac`.

@@ -311,15 +311,31 @@ fn lan() -> Result<(Netns, Netns, Vec<Netns>)> {
     let s = Netns::new("bsrv")?;
     let c = Netns::new("bcli")?;
     let veth = [
-        "link", "add", "vs", "netns", s.name(), "type", "veth", "peer", "name", "vc", "netns",
+        "link",
+        "add",
+        "vs",
+        "netns",
+        s.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vc",
+        "netns",
         c.name(),
     ];
     ip(None, &veth)?;
-    ip(Some(&s), &["addr", "add", &format!("{SERVER}/24"), "dev", "vs"])?;
+    ip(
+        Some(&s),
+        &["addr", "add", &format!("{SERVER}/24"), "dev", "vs"],
+    )?;
     ip(Some(&s), &["link", "set", "vs", "up"])?;
     ip(Some(&c), &["link", "add", "br0", "type", "bridge"])?;
     ip(Some(&c), &["link", "set", "vc", "master", "br0"])?;
-    ip(Some(&c), &["addr", "add", &format!("{CLIENT}/24"), "dev", "br0"])?;
+    ip(
+        Some(&c),
+        &["addr", "add", &format!("{CLIENT}/24"), "dev", "br0"],
+    )?;
     ip(Some(&c), &["link", "set", "vc", "up"])?;
     ip(Some(&c), &["link", "set", "br0", "up"])?;
     tc(&s, "vs")?;
@@ -329,8 +345,18 @@ fn lan() -> Result<(Netns, Netns, Vec<Netns>)> {
         let n = Netns::new(&format!("bn{i}"))?;
         let (inner, outer) = (format!("n{i}"), format!("p{i}"));
         let veth = [
-            "link", "add", &outer, "netns", c.name(), "type", "veth", "peer", "name", &inner,
-            "netns", n.name(),
+            "link",
+            "add",
+            &outer,
+            "netns",
+            c.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+            "netns",
+            n.name(),
         ];
         ip(None, &veth)?;
         ip(Some(&c), &["link", "set", &outer, "master", "br0"])?;

@@ -192,7 +192,10 @@ fn slow_section(md: &mut String, s: &Slow) -> Vec<Figure> {
     );
     let slowdown = s.other_s.1 / s.other_s.0;
     let rows = [
-        ("connections kept / refused with 503".to_string(), format!("{} / {}", s.held, s.refused)),
+        (
+            "connections kept / refused with 503".to_string(),
+            format!("{} / {}", s.held, s.refused),
+        ),
         (
             "kept ones closed by the server (header timeout), the last after".into(),
             format!("{}/{}, {:.1} s", s.closed.0, s.held, s.closed.1),
@@ -201,7 +204,10 @@ fn slow_section(md: &mut String, s: &Slow) -> Vec<Figure> {
             "another machine's fetch: alone / meanwhile".into(),
             format!("{:.2} / {:.2} s ({slowdown:.2}x)", s.other_s.0, s.other_s.1),
         ),
-        ("server peak memory, VmHWM".into(), format!("{:.1} MB", s.peak_mb)),
+        (
+            "server peak memory, VmHWM".into(),
+            format!("{:.1} MB", s.peak_mb),
+        ),
     ];
     let _ = writeln!(md, "| figure | value |");
     let _ = writeln!(md, "| --- | ---: |");
