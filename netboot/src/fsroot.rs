@@ -251,7 +251,7 @@ mod tests {
         std::os::unix::fs::symlink("1/vmlinuz", root.join("r/inside")).unwrap();
         rustix::fs::mkfifoat(
             rustix::fs::CWD,
-            &root.join("r/fifo"),
+            root.join("r/fifo"),
             Mode::from_raw_mode(0o600),
         )
         .unwrap();

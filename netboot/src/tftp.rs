@@ -44,11 +44,12 @@
 //!   last acknowledgement; a `timeout` option above [`MAX_TIMEOUT_OPTION`] (10 s) is
 //!   declined, so a client cannot stretch that to minutes;
 //! - no transfer lasts more than [`Config::transfer_deadline`] (120 s) in all;
-//! - a second RRQ from an `ip:port` whose transfer is still running is ignored. Names go through
-//! [`crate::fsroot::Root::open`]; a refused name gets error 1 (missing file, folder, empty name)
-//! or error 2 (anything that tries to leave the root or breaks the naming rules), with the
-//! reason's text. Refusals are sent from the listening socket. Malformed requests (see
-//! [`parse_request`]) are logged and dropped without an answer.
+//! - a second RRQ from an `ip:port` whose transfer is still running is ignored.
+//!
+//! Names go through [`crate::fsroot::Root::open`]; a refused name gets error 1 (missing file,
+//! folder, empty name) or error 2 (anything that tries to leave the root or breaks the naming
+//! rules), with the reason's text. Refusals are sent from the listening socket. Malformed
+//! requests (see [`parse_request`]) are logged and dropped without an answer.
 //!
 //! Not done: single-port mode, rate limits (of packets, as opposed to transfers), clearing
 //! the IP DF bit, and choosing
