@@ -122,3 +122,13 @@ pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
 }
+
+/// A two-column `| figure | value |` table of `rows`, appended to `md`.
+pub fn figure_table(md: &mut String, rows: &[(String, String)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(md, "| figure | value |");
+    let _ = writeln!(md, "| --- | ---: |");
+    for (name, value) in rows {
+        let _ = writeln!(md, "| {name} | {value} |");
+    }
+}

@@ -136,17 +136,8 @@ pub fn read_layout(target: &Path) -> Result<Layout> {
 mod tests {
     use super::*;
     use crate::disk::esp::read_esp;
-    use crate::disk::layout::{Sizes, layout};
+    use crate::disk::layout::{layout, sizes};
     use crate::disk::node_settings::{NODE_SETTINGS, set_node_settings};
-
-    fn sizes() -> Sizes {
-        Sizes {
-            esp_mib: 64,
-            base_mib: 8,
-            overlay_mib: 1,
-            data_mib: 4,
-        }
-    }
 
     #[test]
     fn a_layout_reads_back_from_the_written_table() {

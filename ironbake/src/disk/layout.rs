@@ -182,18 +182,20 @@ pub fn roomy_mib(bytes: u64) -> u64 {
     mib.div_ceil(64).max(1) * 64
 }
 
+/// A small layout's sizes, for the disk modules' tests.
+#[cfg(test)]
+pub(crate) fn sizes() -> Sizes {
+    Sizes {
+        esp_mib: 64,
+        base_mib: 8,
+        overlay_mib: 1,
+        data_mib: 4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sizes() -> Sizes {
-        Sizes {
-            esp_mib: 64,
-            base_mib: 8,
-            overlay_mib: 1,
-            data_mib: 4,
-        }
-    }
 
     #[test]
     fn the_layout_is_aligned_ordered_and_named() {

@@ -289,11 +289,8 @@ fn report(m: &mut Measured) -> Report {
             format!("**{:.2}**", l / p),
         ),
     ];
-    let _ = writeln!(md, "| figure | value |");
-    let _ = writeln!(md, "| --- | ---: |");
-    for (name, value) in rows {
-        let _ = writeln!(md, "| {name} | {value} |");
-    }
+    let rows: Vec<(String, String)> = rows.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    crate::report::figure_table(&mut md, &rows);
     let figures = vec![
         Figure::info("image write, ours / anchor", format!("{:.2}x", o / a)),
         Figure::info(

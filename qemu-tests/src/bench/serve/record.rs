@@ -153,11 +153,8 @@ fn storm_section(md: &mut String, s: &Storm) -> Vec<Figure> {
             format!("{:.1} MB", s.peak_mb),
         ),
     ];
-    let _ = writeln!(md, "| figure | value |");
-    let _ = writeln!(md, "| --- | ---: |");
-    for (name, value) in rows {
-        let _ = writeln!(md, "| {name} | {value} |");
-    }
+    let rows: Vec<(String, String)> = rows.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    crate::report::figure_table(md, &rows);
     vec![
         Figure::goal(
             "boot storm: nodes finished",
@@ -209,11 +206,8 @@ fn slow_section(md: &mut String, s: &Slow) -> Vec<Figure> {
             format!("{:.1} MB", s.peak_mb),
         ),
     ];
-    let _ = writeln!(md, "| figure | value |");
-    let _ = writeln!(md, "| --- | ---: |");
-    for (name, value) in rows {
-        let _ = writeln!(md, "| {name} | {value} |");
-    }
+    let rows: Vec<(String, String)> = rows.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    crate::report::figure_table(md, &rows);
     vec![
         Figure::goal(
             "slow clients: kept ones closed by the server",
