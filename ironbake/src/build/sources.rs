@@ -70,14 +70,7 @@ pub fn pin(paths: &Paths, name: &str, recipe: &Recipe, overlays: &[Overlay]) -> 
     let mut first_release = None;
     for s in main_sources(paths, recipe)? {
         let rel = apt::fetch_release(&s, name)?;
-        uses.push(SourceUse {
-            origin: s.origin,
-            uri: s.uri,
-            suite: s.suite,
-            components: s.components,
-            release_sha256: sha256_hex(&rel),
-            key: None,
-        });
+        uses.push(used(s, &rel, None));
         first_release.get_or_insert(rel);
     }
     for ov in overlays {
@@ -89,19 +82,26 @@ pub fn pin(paths: &Paths, name: &str, recipe: &Recipe, overlays: &[Overlay]) -> 
             let key_name = format!("{}-{}.{}", ov.name, declared.name, declared.key_extension());
             let key_bytes =
                 fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-            uses.push(SourceUse {
-                origin: s.origin,
-                uri: s.uri,
-                suite: s.suite,
-                components: s.components,
-                release_sha256: sha256_hex(&rel),
-                key: Some((key_name.clone(), sha256_hex(&key_bytes))),
-            });
+            let key = (key_name.clone(), sha256_hex(&key_bytes));
+            uses.push(used(s, &rel, Some(key)));
             keys.push((key_name, key_path));
         }
     }
     let epoch = source_date_epoch(recipe, first_release.as_deref())?;
     Ok(Pinned { uses, keys, epoch })
+}
+
+/// A source as the package layer uses it: pinned by the digest of its index `release`, with
+/// its key's file name and digest when it has one.
+fn used(s: Source, release: &[u8], key: Option<(String, String)>) -> SourceUse {
+    SourceUse {
+        origin: s.origin,
+        uri: s.uri,
+        suite: s.suite,
+        components: s.components,
+        release_sha256: sha256_hex(release),
+        key,
+    }
 }
 
 /// SOURCE_DATE_EPOCH for a build (see [`pin`]).
