@@ -52,6 +52,8 @@ struct Inner {
     http_base: String,
     nodes: Arc<Inventories>,
     hub: Arc<Hub>,
+    /// The fleet API, when the server has a state folder.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Parsed `SHA256SUMS` by folder (published folders never change).
     sums: Mutex<HashMap<PathBuf, Arc<BTreeMap<String, String>>>>,
     /// Digests computed for files no `SHA256SUMS` lists, by (path, size, mtime).
@@ -73,6 +75,7 @@ impl AppState {
                 http_base: http_base.trim_end_matches('/').to_string(),
                 nodes,
                 hub,
+                fleet: None,
                 sums: Mutex::new(HashMap::new()),
                 computed: Mutex::new(HashMap::new()),
             }),
@@ -80,18 +83,36 @@ impl AppState {
     }
 }
 
-/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+impl AppState {
+    /// The same state with the fleet API ([`crate::fleet::api`]) mounted.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_fleet before the state is shared")
+            .fleet = Some(fleet);
+        self
+    }
+}
+
+/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`. With a
+/// fleet, `POST /api/v1/ready` takes only signed reports (see [`crate::fleet::auth`]);
+/// without one (no state folder), the image's plain report is recorded as it comes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let fleet = state.inner.fleet.clone();
+    let mut r = Router::new()
         .route("/boot.ipxe", get(script_by_query))
         .route("/boot/{file}", get(script_by_path))
         .route("/nodes/{mac}/settings.img", get(settings))
-        .route("/api/v1/ready", post(ready))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/discovered", get(discovered))
-        .route("/metrics", get(metrics))
-        .fallback(file)
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    if fleet.is_none() {
+        r = r.route("/api/v1/ready", post(ready));
+    }
+    let r = r.fallback(file).with_state(state);
+    match fleet {
+        Some(f) => r.merge(crate::fleet::api::router(f)),
+        None => r,
+    }
 }
 
 /// How much response data hyper buffers per connection before it stops pulling the body: with
@@ -355,7 +376,7 @@ async fn connection(
     }
 }
 
-fn count(hub: &Hub, status: StatusCode) {
+pub(crate) fn count(hub: &Hub, status: StatusCode) {
     Metrics::inc(&hub.metrics.http_requests);
     if status.is_client_error() || status.is_server_error() {
         Metrics::inc(&hub.metrics.http_errors);

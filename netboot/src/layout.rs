@@ -525,6 +525,17 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+/// Is `version` a valid published version name (letters, digits, `.`, `-`, `_`, `+`; not
+/// starting with `.` or `-`), so it names one folder and never climbs out of one?
+pub fn valid_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 128
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        && !version.starts_with(['.', '-'])
+}
+
 /// The folder of a version that holds its node templates.
 pub const NODE_TEMPLATES: &str = "node-templates";
 

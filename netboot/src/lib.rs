@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cpio;
 pub mod dhcp;
 pub mod diag;
+pub mod fleet;
 pub mod fsroot;
 pub mod http;
 pub mod hub;

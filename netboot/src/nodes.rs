@@ -123,6 +123,7 @@ pub struct Inventories {
     shown: String,
     secrets_path: PathBuf,
     state_dir: Option<PathBuf>,
+    state: Option<Arc<crate::fleet::State>>,
     loaded: Mutex<Loaded>,
     manifests: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
     templates: Mutex<HashMap<PathBuf, Arc<Vec<TemplateSource>>>>,
@@ -150,11 +151,21 @@ impl Inventories {
                 );
             }
         }
+        let state = match &state_dir {
+            Some(dir) => Some(Arc::new(crate::fleet::State::load(dir).map_err(
+                |source| LoadError::State {
+                    path: dir.display().to_string(),
+                    source,
+                },
+            )?)),
+            None => None,
+        };
         Ok(Inventories {
             path: path.to_path_buf(),
             shown,
             secrets_path: secrets_path.clone(),
             state_dir,
+            state,
             loaded: Mutex::new(Loaded {
                 mtime: mtime(path),
                 inventory: Arc::new(inv),
@@ -187,8 +198,18 @@ impl Inventories {
         Arc::clone(&l.inventory)
     }
 
+    /// The server's fleet state (keys, desired versions), when it has a state folder.
+    pub fn state(&self) -> Option<&Arc<crate::fleet::State>> {
+        self.state.as_ref()
+    }
+
+    /// The inventory file, as messages name it.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
     /// The nodes' secrets, reloaded first if the file changed.
-    fn secrets(&self) -> Arc<Secrets> {
+    pub fn secrets(&self) -> Arc<Secrets> {
         let mut l = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let now = mtime(&self.secrets_path);
         if now != l.secrets_mtime {
@@ -264,7 +285,13 @@ impl Inventories {
             },
         };
         let recipe_dir = root.join(&recipe);
-        let version = match pinned {
+        let desired = self
+            .state
+            .as_ref()
+            .and_then(|s| s.desired.get(&name))
+            .filter(|w| w.recipe == recipe)
+            .map(|w| w.version);
+        let version = match pinned.or(desired) {
             Some(v) => v,
             None => {
                 layout::read_current(&recipe_dir)?.ok_or_else(|| TargetError::NotPublished {
@@ -327,6 +354,8 @@ impl Inventories {
             mac: mac.to_string(),
             recipe: recipe.to_string(),
             version: None,
+            wol: None,
+            bmc: None,
             vars: BTreeMap::new(),
         });
         let mut node_vars = inventory::node_context(&name, &node);
@@ -489,6 +518,13 @@ impl Inventories {
                 dest: "/etc/machine-id".into(),
                 data: format!("{id}\n").into_bytes(),
                 mode: 0o444,
+            });
+        }
+        if let Some(state) = &self.state {
+            extra.push(ExtraFile {
+                dest: crate::fleet::auth::NODE_KEY_PATH.into(),
+                data: format!("{}\n", state.keys.node_key(&t.name)).into_bytes(),
+                mode: 0o600,
             });
         }
         if let Some((private, public)) = self.host_key(&t.name)? {

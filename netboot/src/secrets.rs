@@ -7,6 +7,10 @@
 //! # secrets.toml (mode 0600)
 //! [nodes.k3s0]
 //! k3s_token = "K10...::server:..."
+//!
+//! [bmc.machine3]       # the boot server's login to the node's BMC (never sent to a node)
+//! username = "admin"
+//! password = "..."
 //! ```
 //!
 //! A node template that uses `node.secrets` must be given a mode without group or other bits
@@ -29,6 +33,29 @@ pub struct Secrets {
     /// Each node's secrets, by node name.
     #[serde(default)]
     pub nodes: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// Each node's BMC login, by node name (`[bmc.NODE] username = ..., password = ...`);
+    /// used by the boot server only, never given to a node.
+    #[serde(default)]
+    pub bmc: BTreeMap<String, BmcLogin>,
+}
+
+/// A BMC's login.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcLogin {
+    /// The user.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BmcLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BmcLogin")
+            .field("username", &self.username)
+            .field("password", &"(hidden)")
+            .finish()
+    }
 }
 
 impl Secrets {

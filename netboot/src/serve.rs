@@ -230,6 +230,31 @@ pub async fn run(
             Arc::clone(&nodes),
             Arc::clone(&hub),
         );
+        let state = match nodes.state() {
+            Some(st) => {
+                let fleet = crate::fleet::Fleet::new(
+                    Arc::clone(st),
+                    Arc::clone(&nodes),
+                    Arc::clone(&hub),
+                    root.clone(),
+                )
+                .map_err(|source| ServeError::Stopped {
+                    what: "loading the rollouts",
+                    source,
+                })?;
+                tracing::info!(
+                    token = %st.keys.token_file.display(),
+                    "fleet API on: power and rollout requests need the admin token"
+                );
+                state.with_fleet(fleet)
+            }
+            None => {
+                tracing::warn!(
+                    "no --state folder: no fleet API (power, rollouts), and node reports are not signed"
+                );
+                state
+            }
+        };
         let app = crate::http::router(state);
         let hub = Arc::clone(&hub);
         tasks.spawn(async move { ("HTTP", crate::http::serve(listener, app, limits, hub).await) });

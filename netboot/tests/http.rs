@@ -3,10 +3,13 @@
 //! refused.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+mod common;
+
+use common::write_version;
 use netboot::hub::Hub;
 use netboot::layout;
 use netboot::nodes::Inventories;
@@ -30,46 +33,6 @@ struct Fixture {
     version: String,
     root: PathBuf,
     inventory: PathBuf,
-}
-
-fn write_version(root: &Path) -> (String, String) {
-    let mut m = layout::parse_manifest(include_str!("data/manifest.json")).unwrap();
-    let vdir = root.join(&m.recipe).join(&m.version);
-    std::fs::create_dir_all(vdir.join("node-templates/etc")).unwrap();
-    let files: Vec<(&str, Vec<u8>)> = vec![
-        ("vmlinuz", vec![1u8; 5000]),
-        ("initrd.img", vec![2u8; 4001]),
-        (
-            "base.squashfs",
-            (0..200_000u32).map(|i| (i % 251) as u8).collect(),
-        ),
-        ("overlay.squashfs", vec![3u8; 4096]),
-        (
-            "node-templates/etc/hostname.j2",
-            b"{{ node.name }} {{ site }} {{ node.rack }}\n".to_vec(),
-        ),
-    ];
-    m.outputs.clear();
-    for (name, data) in &files {
-        std::fs::write(vdir.join(name), data).unwrap();
-        let (sha256, size) = layout::sha256_file(&vdir.join(name)).unwrap();
-        m.outputs.push(layout::OutputRecord {
-            path: name.to_string(),
-            size,
-            sha256,
-        });
-    }
-    m.outputs.sort_by(|a, b| a.path.cmp(&b.path));
-    let json = serde_json::to_vec_pretty(&m).unwrap();
-    std::fs::write(vdir.join(layout::MANIFEST), &json).unwrap();
-    let (msha, _) = layout::sha256_reader(&json[..]).unwrap();
-    std::fs::write(
-        vdir.join(layout::SHA256SUMS),
-        layout::sha256sums_text(&m.outputs, &msha),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(&m.version, root.join(&m.recipe).join("current")).unwrap();
-    (m.recipe.clone(), m.version.clone())
 }
 
 fn start(default_recipe: bool) -> Fixture {

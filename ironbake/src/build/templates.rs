@@ -86,6 +86,8 @@ fn nodes_of(inv: &inventory::Inventory, recipe: &str) -> Vec<(String, inventory:
                 mac: "00:00:00:00:00:00".into(),
                 recipe: recipe.into(),
                 version: None,
+                wol: None,
+                bmc: None,
                 vars: BTreeMap::new(),
             },
         ));

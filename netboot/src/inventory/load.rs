@@ -22,6 +22,14 @@ pub enum LoadError {
     /// The secrets file beside it cannot be used.
     #[error(transparent)]
     Secrets(crate::secrets::SecretsError),
+    /// The server's state folder (keys, desired versions) cannot be used.
+    #[error("state folder {path}: {source}")]
+    State {
+        /// The folder.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Reads `inventory.toml` under `project`; a missing file is an empty inventory.

@@ -65,6 +65,57 @@ pub struct ServerInfo {
     /// What it is, for people.
     #[serde(default)]
     pub description: String,
+    /// Where Wake-on-LAN magic packets go, for nodes that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wol: Option<Wol>,
+}
+
+/// Where a node's Wake-on-LAN magic packet goes (`wol = { broadcast = "192.168.88.255" }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Wol {
+    /// The broadcast address of the node's LAN (the subnet's, or 255.255.255.255 with an
+    /// `interface`).
+    pub broadcast: std::net::Ipv4Addr,
+    /// The UDP port.
+    #[serde(default = "wol_port")]
+    pub port: u16,
+    /// The server's interface to send it out of (needed for 255.255.255.255 when the server
+    /// has no default route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+fn wol_port() -> u16 {
+    crate::fleet::power::WOL_PORT
+}
+
+/// A node's BMC (`bmc = { address = "192.168.88.40" }`); its login is in secrets.toml under
+/// `[bmc.NODE]`, never here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Bmc {
+    /// The protocol.
+    #[serde(default)]
+    pub kind: BmcKind,
+    /// Its address (name or IP).
+    pub address: String,
+    /// Its port.
+    #[serde(default = "ipmi_port")]
+    pub port: u16,
+}
+
+fn ipmi_port() -> u16 {
+    623
+}
+
+/// How a BMC is spoken to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BmcKind {
+    /// IPMI 2.0 over LAN (`ipmitool -I lanplus`).
+    #[default]
+    Ipmi,
 }
 
 /// Settings for machines the inventory does not list.
@@ -87,6 +138,12 @@ pub struct Node {
     /// The published version it boots; the recipe's `current` when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Where its Wake-on-LAN packet goes (else `[server] wol`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wol: Option<Wol>,
+    /// Its BMC, if it has one: power goes through it instead of Wake-on-LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<Bmc>,
     /// Per-node variables for node templates.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,

@@ -1,0 +1,484 @@
+//! Tier (a): the fleet API in process, on loopback. The admin token guards every change; node
+//! messages pass only signed with the node's key and a fresh nonce; desired versions must be
+//! published and verify; and a rollout against a node that this test plays (a simulated
+//! node: it answers the server's commands and reports as the agent would) moves it, refuses a
+//! second rollout on the same node, and puts a node whose boot fails back on its version.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netboot::fleet::auth::{self, Keys};
+use netboot::fleet::{Fleet, power};
+use netboot::hub::Hub;
+use netboot::nodes::Inventories;
+
+const V1: &str = "0.1.0-0bb621c634";
+const V2: &str = "0.1.0-2222222222";
+const V3: &str = "0.1.0-3333333333";
+
+struct Server {
+    _dir: tempfile::TempDir,
+    base: String,
+    state: PathBuf,
+    root: PathBuf,
+    token: String,
+    key: String,
+    /// Where the server's magic packets for ci0 land.
+    wol: std::net::UdpSocket,
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("out");
+    std::fs::create_dir_all(&root).unwrap();
+    let (recipe, v1) = common::write_version(&root);
+    assert_eq!(v1, V1);
+    common::copy_version(&root, &recipe, V1, V2);
+    common::copy_version(&root, &recipe, V1, V3);
+    let wol = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    wol.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "[nodes.ci0]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"{recipe}\"\n\
+             wol = {{ broadcast = \"127.0.0.1\", port = {} }}\n\
+             [nodes.pinned]\nmac = \"52:54:00:00:00:02\"\nrecipe = \"{recipe}\"\nversion = \"{V1}\"\n",
+            wol.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let nodes = Arc::new(Inventories::load(&inventory, Some(state.clone())).unwrap());
+    let keys = Keys::load(&state).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root_c = root.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let hub = Arc::new(Hub::new());
+            let files = Arc::new(netboot::fsroot::Root::new(&root_c).unwrap());
+            let mut fleet = Fleet::new(
+                Arc::clone(nodes.state().unwrap()),
+                Arc::clone(&nodes),
+                Arc::clone(&hub),
+                root_c.clone(),
+            )
+            .unwrap();
+            Arc::get_mut(&mut fleet).unwrap().hold = Duration::from_secs(2);
+            let st =
+                netboot::http::AppState::new(files, base.clone(), nodes, hub).with_fleet(fleet);
+            tx.send(base).unwrap();
+            axum::serve(
+                l,
+                netboot::http::router(st).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+    });
+    Server {
+        base: rx.recv().unwrap(),
+        token: keys.token.clone(),
+        key: keys.node_key("ci0"),
+        state,
+        root,
+        wol,
+        _dir: dir,
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+impl Server {
+    /// `(status, body)` of METHOD PATH with `body`, with the admin token when `token`.
+    fn call(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let a = agent();
+        let mut resp = match method {
+            "GET" => a.get(&url).call(),
+            "DELETE" => {
+                let r = a.delete(&url);
+                match token {
+                    Some(t) => r.header("Authorization", &format!("Bearer {t}")).call(),
+                    None => r.call(),
+                }
+            }
+            _ => {
+                let r = if method == "PUT" {
+                    a.put(&url)
+                } else {
+                    a.post(&url)
+                };
+                let r = match token {
+                    Some(t) => r.header("Authorization", &format!("Bearer {t}")),
+                    None => r,
+                };
+                r.send(body)
+            }
+        }
+        .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap())
+    }
+
+    /// A signed message from ci0 (as its agent sends it): `(status, answer, answer ok)`.
+    fn report(&self, kind: &str, boot: &str, version: &str, ready: &str) -> (u16, String, bool) {
+        let (_, nonce) = self.call("GET", "/api/v1/agent/nonce?node=ci0", "", None);
+        let nonce = nonce.trim();
+        let body = format!(
+            "node=ci0\nnonce={nonce}\nkind={kind}\nboot={boot}\nrecipe=ci-node\nversion={version}\n\
+             uptime=9.5\nstate=running\nready={ready}\nfailed={}\n{}",
+            if ready == "failed" {
+                "broken.service"
+            } else {
+                ""
+            },
+            if ready == "failed" {
+                "log=broken.service: it broke\n"
+            } else {
+                ""
+            },
+        );
+        let sig = auth::sign(self.key.as_bytes(), body.as_bytes());
+        let mut resp = agent()
+            .post(&format!("{}/api/v1/agent", self.base))
+            .header(auth::SIGNATURE_HEADER, &sig)
+            .send(&body)
+            .unwrap();
+        let status = resp.status().as_u16();
+        let answer_sig = resp
+            .headers()
+            .get(auth::SIGNATURE_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let answer = resp.body_mut().read_to_string().unwrap();
+        let ok = answer_sig
+            .is_some_and(|s| auth::verify(self.key.as_bytes(), answer.as_bytes(), &s))
+            && answer.starts_with(&format!("nonce={nonce}\n"));
+        (status, answer, ok)
+    }
+
+    fn boots(&self) -> String {
+        self.call("GET", "/boot.ipxe?mac=52:54:00:00:00:01", "", None)
+            .1
+    }
+
+    fn rollout(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(
+            &self
+                .call("GET", &format!("/api/v1/rollouts/{id}"), "", None)
+                .1,
+        )
+        .unwrap()
+    }
+
+    /// Waits for rollout `id` to reach `state`, playing ci0: `on_command` says what the node
+    /// does when the server asks it to restart (or powers it on).
+    fn play_until(
+        &self,
+        id: &str,
+        state: &str,
+        mut on_restart: impl FnMut(&Server) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // A command that came in the answer to the node's own boot report.
+        let mut again = false;
+        loop {
+            let r = self.rollout(id);
+            if r["state"] == state {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout never reached {state}: {r:#}"
+            );
+            // A woken node, or a command in the heartbeat's answer: the node restarts.
+            let mut buf = [0u8; 200];
+            self.wol.set_nonblocking(true).unwrap();
+            let woken = self.wol.recv(&mut buf).is_ok_and(|n| {
+                n == 102 && buf[..102] == power::magic_packet([0x52, 0x54, 0, 0, 0, 1])
+            });
+            self.wol.set_nonblocking(false).unwrap();
+            let commanded = std::mem::take(&mut again)
+                || !woken
+                    && r["progress"]["ci0"]["step"] != "waiting"
+                    && self.live_boot().is_some()
+                    && {
+                        let (_, answer, ok) = self.report(
+                            "heartbeat",
+                            &self.live_boot().unwrap(),
+                            &self.live_version(),
+                            "yes",
+                        );
+                        assert!(ok, "answers are signed over the nonce: {answer}");
+                        answer.contains("command=reboot")
+                    };
+            if woken || commanded {
+                again = on_restart(self);
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn fleet(&self) -> serde_json::Value {
+        serde_json::from_str(&self.call("GET", "/api/v1/fleet", "", None).1).unwrap()
+    }
+
+    fn live_boot(&self) -> Option<String> {
+        self.fleet()[0]["live"]["boot"].as_str().map(str::to_string)
+    }
+
+    fn live_version(&self) -> String {
+        self.fleet()[0]["live"]["version"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Boots ci0 as the server now says (a new boot), reporting `ready`; true if the answer
+/// asks it to reboot again.
+fn boot_as(s: &Server, n: &mut u32, ready: &str) -> bool {
+    *n += 1;
+    let script = s.boots();
+    let version = [V1, V2, V3]
+        .into_iter()
+        .find(|v| script.contains(&format!("/{v}/vmlinuz")))
+        .unwrap_or_else(|| panic!("{script}"));
+    let kind = if ready == "yes" { "ready" } else { "heartbeat" };
+    let (st, answer, ok) = s.report(kind, &format!("boot-{n}"), version, ready);
+    assert!(st == 200 && ok, "{st} {answer}");
+    answer.contains("command=reboot")
+}
+
+#[test]
+fn changes_need_the_admin_token_and_change_nothing_without_it() {
+    let s = start();
+    let cases = [
+        (
+            "POST",
+            "/api/v1/power",
+            r#"{"action": "off", "all": true}"#.to_string(),
+        ),
+        (
+            "PUT",
+            "/api/v1/desired/ci0",
+            format!(r#"{{"version": "{V2}"}}"#),
+        ),
+        ("DELETE", "/api/v1/desired/ci0", String::new()),
+        (
+            "POST",
+            "/api/v1/rollouts",
+            r#"{"recipe": "ci-node"}"#.to_string(),
+        ),
+        ("POST", "/api/v1/rollouts/x/abort", String::new()),
+        ("POST", "/api/v1/rollouts/x/resume", String::new()),
+    ];
+    for (method, path, body) in &cases {
+        for token in [None, Some("wrong"), Some("")] {
+            let (st, said) = s.call(method, path, body, token);
+            assert_eq!(st, 401, "{method} {path} with {token:?}: {said}");
+            assert!(said.contains("admin token"), "{said}");
+        }
+    }
+    assert!(
+        !s.state.join("desired.json").exists(),
+        "nothing was written"
+    );
+    assert_eq!(s.call("GET", "/api/v1/rollouts", "", None).1.trim(), "[]");
+    assert!(s.boots().contains(&format!("/{V1}/vmlinuz")));
+}
+
+#[test]
+fn node_messages_must_be_signed_with_the_node_key_and_a_fresh_nonce() {
+    let s = start();
+    // The image's old plain report, and a forged one: refused, the node is not ready.
+    let plain = r#"{"node":"ci0","recipe":"ci-node","version":"x","uptime_s":1.0}"#;
+    let (st, said) = s.call("POST", "/api/v1/ready", plain, None);
+    assert_eq!(st, 400, "{said}");
+    let (_, nonce) = s.call("GET", "/api/v1/agent/nonce?node=ci0", "", None);
+    let body = format!(
+        "node=ci0\nnonce={}\nkind=ready\nboot=b\nversion={V2}\nready=yes\n",
+        nonce.trim()
+    );
+    let forged = auth::sign(b"a key that is not ci0's", body.as_bytes());
+    let resp = agent()
+        .post(&format!("{}/api/v1/ready", s.base))
+        .header(auth::SIGNATURE_HEADER, &forged)
+        .send(&body)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let unsigned = agent()
+        .post(&format!("{}/api/v1/ready", s.base))
+        .send(&body)
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    assert!(s.fleet()[0]["live"]["boot"].is_null(), "{:#}", s.fleet());
+
+    // Signed with the key and a nonce: taken, and the answer is signed too.
+    let (st, answer, ok) = s.report("ready", "b1", V1, "yes");
+    assert!(st == 200 && ok, "{st} {answer}");
+    assert_eq!(s.fleet()[0]["live"]["version"], V1);
+    // The same message again (a replay) fails on its used nonce.
+    let (_, nonce) = s.call("GET", "/api/v1/agent/nonce?node=ci0", "", None);
+    let body = format!(
+        "node=ci0\nnonce={}\nkind=ready\nboot=b2\nversion={V2}\nready=yes\n",
+        nonce.trim()
+    );
+    let sig = auth::sign(s.key.as_bytes(), body.as_bytes());
+    let send = || {
+        agent()
+            .post(&format!("{}/api/v1/agent", s.base))
+            .header(auth::SIGNATURE_HEADER, &sig)
+            .send(&body)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send(), 200);
+    assert_eq!(send(), 401, "a replayed message is refused");
+    // Nonces only for nodes the inventory lists.
+    assert_eq!(
+        s.call("GET", "/api/v1/agent/nonce?node=nobody", "", None).0,
+        404
+    );
+}
+
+#[test]
+fn a_desired_version_must_be_published_and_verify() {
+    let s = start();
+    let t = Some(s.token.as_str());
+    let put = |v: &str| {
+        s.call(
+            "PUT",
+            "/api/v1/desired/ci0",
+            &format!(r#"{{"version": "{v}"}}"#),
+            t,
+        )
+    };
+    let (st, said) = put("0.1.0-nothere");
+    assert!(st == 404 && said.contains("not published"), "{st} {said}");
+    let (st, said) = put("../../etc");
+    assert_eq!(st, 400, "{said}");
+    // A version whose file no longer matches its manifest.
+    std::fs::write(s.root.join("ci-node").join(V3).join("vmlinuz"), b"tampered").unwrap();
+    let (st, said) = put(V3);
+    assert!(st == 422 && said.contains("does not verify"), "{st} {said}");
+    assert!(!s.state.join("desired.json").exists());
+    assert!(s.boots().contains(&format!("/{V1}/vmlinuz")));
+
+    let (st, said) = put(V2);
+    assert_eq!(st, 200, "{said}");
+    assert!(
+        s.boots().contains(&format!("/{V2}/vmlinuz")),
+        "the node now boots its desired version"
+    );
+    let (st, _) = s.call("DELETE", "/api/v1/desired/ci0", "", t);
+    assert_eq!(st, 200);
+    assert!(
+        s.boots().contains(&format!("/{V1}/vmlinuz")),
+        "and current again without one"
+    );
+}
+
+#[test]
+fn a_rollout_moves_the_node_and_a_failed_boot_is_put_back() {
+    let s = start();
+    let t = Some(s.token.as_str());
+    let mut boots = 0;
+
+    // The node is off: the rollout wakes it (a magic packet), it boots V2 and is ready.
+    let (st, said) = s.call(
+        "POST",
+        "/api/v1/rollouts",
+        &format!(
+            r#"{{"recipe": "ci-node", "version": "{V2}", "nodes": ["ci0"], "timeout_s": 30}}"#
+        ),
+        t,
+    );
+    assert_eq!(st, 201, "{said}");
+    let id = serde_json::from_str::<serde_json::Value>(&said).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second rollout on the same node, while the first runs: refused.
+    let (st, said) = s.call(
+        "POST",
+        "/api/v1/rollouts",
+        &format!(r#"{{"recipe": "ci-node", "version": "{V3}", "nodes": ["ci0"]}}"#),
+        t,
+    );
+    assert!(st == 409 && said.contains(&id), "{st} {said}");
+    // A pinned node is not moved by rollouts.
+    let (st, said) = s.call(
+        "POST",
+        "/api/v1/rollouts",
+        r#"{"recipe": "ci-node", "nodes": ["pinned"]}"#,
+        t,
+    );
+    assert!(st == 400 && said.contains("pinned"), "{st} {said}");
+    let r = s.play_until(&id, "succeeded", |s| boot_as(s, &mut boots, "yes"));
+    assert_eq!(r["progress"]["ci0"]["step"], "ready", "{r:#}");
+    assert_eq!(s.live_version(), V2);
+
+    // V3 fails its boot: the node says multi-user will not come; it is put back on V2,
+    // rebooted through its agent, and ready there again; the rollout fails naming it.
+    let (st, said) = s.call(
+        "POST",
+        "/api/v1/rollouts",
+        &format!(r#"{{"recipe": "ci-node", "version": "{V3}", "timeout_s": 30}}"#),
+        t,
+    );
+    assert_eq!(st, 400, "the pinned node boots ci-node too: {said}");
+    // (V3's kernel was not tampered with here.)
+    let (st, said) = s.call(
+        "POST",
+        "/api/v1/rollouts",
+        &format!(
+            r#"{{"recipe": "ci-node", "version": "{V3}", "nodes": ["ci0"], "timeout_s": 30}}"#
+        ),
+        t,
+    );
+    assert_eq!(st, 201, "{said}");
+    let id = serde_json::from_str::<serde_json::Value>(&said).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.play_until(&id, "failed", |s| {
+        let on_v3 = s.boots().contains(&format!("/{V3}/vmlinuz"));
+        boot_as(s, &mut boots, if on_v3 { "failed" } else { "yes" })
+    });
+    let p = &r["progress"]["ci0"];
+    assert_eq!(p["step"], "rolled-back", "{r:#}");
+    assert!(
+        r["error"].as_str().unwrap().contains("ci0: not ready on"),
+        "{r:#}"
+    );
+    assert!(
+        p["reached"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("running {V3}")),
+        "{r:#}"
+    );
+    assert_eq!(p["log"][0], "broken.service: it broke", "{r:#}");
+    assert_eq!(s.live_version(), V2);
+    assert!(s.boots().contains(&format!("/{V2}/vmlinuz")));
+}
