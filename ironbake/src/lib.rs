@@ -18,6 +18,7 @@ pub mod date;
 mod digest;
 pub mod disk;
 pub mod exec;
+pub mod fleet;
 pub mod host;
 mod initramfs;
 mod ipxe;

@@ -1,5 +1,6 @@
 //! The `ironbake` command line: argument types and dispatch only. Each command group has its
-//! own file (`build.rs`: build, list, verify; `disk.rs`; `inventory.rs`; `serve.rs`), each
+//! own file (`build.rs`: build, list, verify; `disk.rs`; `fleet.rs`: power, rollout;
+//! `inventory.rs`; `serve.rs`), each
 //! command a struct with `run`. `cargo xtask` forwards these same commands (its own chores
 //! aside), so both spell them alike.
 
@@ -14,6 +15,7 @@ use crate::project::{self, Paths};
 
 mod build;
 mod disk;
+mod fleet;
 mod inventory;
 mod serve;
 
@@ -91,6 +93,12 @@ pub enum Command {
     /// Disk images and disks (a recipe with the "disk" output).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Power nodes on (Wake-on-LAN or BMC), off or reboot them (their agent or BMC), or
+    /// show their state, through the boot server.
+    Power(fleet::Power),
+    /// Roll a version out to a recipe's nodes: canaries first, then batches; a node that is
+    /// not ready on it in time is put back and the rollout stops.
+    Rollout(fleet::Rollout),
 }
 
 impl Command {
@@ -108,6 +116,8 @@ impl Command {
             Command::Serve(c) => serve::run(*c, global),
             Command::Inventory(c) => c.run(global),
             Command::Disk(c) => c.run(global),
+            Command::Power(c) => c.run(global),
+            Command::Rollout(c) => c.run(global),
         }
     }
 }
