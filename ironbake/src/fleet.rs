@@ -224,7 +224,9 @@ fn observed(
     match action {
         "on" | "reboot" => {
             let new_boot = live["boot"] != before["live"]["boot"] && !live["boot"].is_null();
-            let fresh = live["last_seen_unix"].as_u64().is_some_and(|t| t >= asked_unix);
+            let fresh = live["last_seen_unix"]
+                .as_u64()
+                .is_some_and(|t| t >= asked_unix);
             Ok((new_boot && fresh && live["ready"] == "yes").then(|| {
                 format!(
                     "up: ready on {}@{}",
@@ -295,7 +297,11 @@ pub fn rollout(c: &Client, req: &RolloutRequest, out: &mut impl Write) -> Result
         r["version"].as_str().unwrap_or(""),
         r["nodes"]
             .as_array()
-            .map(|n| n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+            .map(|n| n
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
             .unwrap_or_default(),
         r["canary"],
         r["max_unavailable"],
@@ -344,7 +350,11 @@ pub fn follow(c: &Client, id: &str, out: &mut impl Write) -> Result<bool> {
         match r["state"].as_str() {
             Some("running") => {}
             Some("succeeded") => {
-                writeln!(out, "rollout {id}: succeeded: every node ready on {}", r["version"])?;
+                writeln!(
+                    out,
+                    "rollout {id}: succeeded: every node ready on {}",
+                    r["version"]
+                )?;
                 return Ok(true);
             }
             Some(state) => {

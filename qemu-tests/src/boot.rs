@@ -299,6 +299,7 @@ pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
                 name: name.clone(),
                 boot: ovmf_disk(),
                 mem_mib: 1536,
+                cpus: 2,
                 nic: None,
                 disks: vec![disk_copy(&image, name, m, &paths.out, &inventory, &dir)?],
                 links: vec![],
@@ -307,6 +308,7 @@ pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
                 name: name.clone(),
                 boot: ovmf(),
                 mem_mib: 1536,
+                cpus: 2,
                 nic: Some(Nic {
                     mac: mac.clone(),
                     tap: lan.tap()?,

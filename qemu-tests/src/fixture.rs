@@ -101,3 +101,68 @@ pub fn test_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("creating the test folder");
     d
 }
+
+/// Three versions of `ci-node` published side by side in `target/qemu-tests/fleet-out`, for
+/// the fleet tests, built from copies of the project (the package layer is the shared one):
+/// A is the project's own; B changes one file of the base overlay (what an admin's edit does);
+/// C is B plus a unit that multi-user requires and that fails, so C never reaches ready.
+/// `current` is A.
+#[derive(Debug)]
+pub struct FleetVersions {
+    /// The published root.
+    pub out: PathBuf,
+    /// A, B, C.
+    pub versions: [String; 3],
+}
+
+/// [`FleetVersions`], built on first use.
+pub fn fleet_versions() -> &'static FleetVersions {
+    static V: OnceLock<FleetVersions> = OnceLock::new();
+    V.get_or_init(|| {
+        let root = crate::project();
+        let work = root.join("target").join("qemu-tests");
+        let out = work.join("fleet-out");
+        let _ = std::fs::remove_dir_all(&out);
+        let project = work.join("fleet-project");
+        let _ = std::fs::remove_dir_all(&project);
+        ironbake::project::copy_inputs(&root, &project).expect("copying the project");
+        let build = || {
+            let mut paths = ironbake::Paths::in_project(&project);
+            paths.out = out.clone();
+            paths.cache = work.join("cache");
+            ironbake::build(
+                &paths,
+                "ci-node",
+                &ironbake::BuildOptions::default(),
+                &ironbake::progress::Progress::new(false),
+            )
+            .unwrap_or_else(|e| panic!("building ci-node for the fleet tests: {e:#}"))
+            .manifest
+            .version
+        };
+        let a = build();
+        let base = project.join("overlays/base");
+        std::fs::create_dir_all(base.join("files/etc/ironbake")).unwrap();
+        std::fs::write(base.join("files/etc/ironbake/release-note"), "B\n").unwrap();
+        let b = build();
+        std::fs::write(
+            base.join("files/usr/lib/systemd/system/ironbake-broken.service"),
+            "[Unit]\nDescription=a unit that fails, which multi-user requires (version C)\n\
+             Before=multi-user.target\n\n[Service]\nType=oneshot\n\
+             ExecStart=/bin/sh -c 'echo version C is broken on purpose; exit 3'\n\n\
+             [Install]\nRequiredBy=multi-user.target\n",
+        )
+        .unwrap();
+        let toml = base.join("overlay.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        let edited = text.replacen("units = [", "units = [\"ironbake-broken.service\", ", 1);
+        assert_ne!(edited, text, "the base overlay no longer lists units");
+        std::fs::write(&toml, edited).unwrap();
+        let c = build();
+        ironbake::publish::set_current(&out, "ci-node", &a).expect("current back to A");
+        FleetVersions {
+            out,
+            versions: [a, b, c],
+        }
+    })
+}

@@ -121,6 +121,8 @@ pub struct VmConfig {
     pub boot: Boot,
     /// Memory in MiB: the image lives in RAM.
     pub mem_mib: u32,
+    /// Virtual CPUs (TCG runs each on a host thread: VMs side by side take one each).
+    pub cpus: u32,
     /// Its network card; `None` for a VM with no network at all.
     pub nic: Option<Nic>,
     /// Raw disk images, attached as virtio disks in order.
@@ -163,12 +165,34 @@ pub struct Vm {
 impl Vm {
     /// Starts `cfg` inside `ns`, with its console log at `dir/NAME.console.log`.
     pub fn start(ns: &Netns, cfg: &VmConfig, dir: &Path) -> Result<Vm> {
-        std::fs::create_dir_all(dir)?;
         let log = dir.join(format!("{}.console.log", cfg.name));
         let qemu_log = dir.join(format!("{}.qemu.log", cfg.name));
         // A log left by an earlier run would be read before QEMU truncates it.
+        std::fs::create_dir_all(dir)?;
         std::fs::write(&log, b"")?;
         let mut cmd = ns.command("qemu-system-x86_64");
+        Self::arguments(&mut cmd, cfg, dir, &log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&qemu_log)?)
+            .stderr(File::create(dir.join(format!("{}.qemu.err", cfg.name)))?);
+        eprintln!("[{}] {:?}", cfg.name, cmd);
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        Ok(Vm {
+            child,
+            console: Console::new(&log),
+            log,
+        })
+    }
+
+    /// QEMU's arguments for `cfg` (its serial console appended to `log`), added to `cmd`;
+    /// a BMC simulator that starts the VM itself uses them too.
+    pub fn arguments(
+        cmd: &mut std::process::Command,
+        cfg: &VmConfig,
+        dir: &Path,
+        log: &Path,
+    ) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
         cmd.args([
             // KVM opens but fails on these machines (nested); TCG always works.
             "-accel",
@@ -177,7 +201,7 @@ impl Vm {
             "-machine",
             "q35",
             "-smp",
-            "2",
+            &cfg.cpus.to_string(),
             "-m",
             &cfg.mem_mib.to_string(),
             // No default devices (VGA, floppy, ...): fewer things to probe, faster boots.
@@ -188,7 +212,10 @@ impl Vm {
             "-device",
             "virtio-rng-pci",
         ]);
-        cmd.arg("-serial").arg(format!("file:{}", log.display()));
+        // The console, appended to (a VM powered on again keeps one log).
+        cmd.arg("-chardev")
+            .arg(format!("file,id=console,path={},append=on", log.display()));
+        cmd.args(["-serial", "chardev:console"]);
         if !matches!(
             cfg.boot,
             Boot::Pxe { retry: true, .. } | Boot::Disk { reboot: true, .. }
@@ -210,12 +237,12 @@ impl Vm {
                     .arg(append);
             }
             Boot::Disk { code, vars, .. } => {
-                firmware(&mut cmd, &cfg.name, dir, code, vars)?;
+                firmware(cmd, &cfg.name, dir, code, vars)?;
                 // Boot from the first disk.
                 cmd.args(["-boot", "c"]);
             }
             Boot::Pxe { code, vars, retry } => {
-                firmware(&mut cmd, &cfg.name, dir, code, vars)?;
+                firmware(cmd, &cfg.name, dir, code, vars)?;
                 // Boot from the network first, as a node set up for PXE does.
                 cmd.args(["-boot", "n"]);
                 if *retry {
@@ -269,16 +296,29 @@ impl Vm {
             cmd.arg("-device")
                 .arg(format!("virtio-net-pci,netdev=c{i},mac={},romfile=", c.mac));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&qemu_log)?)
-            .stderr(File::create(dir.join(format!("{}.qemu.err", cfg.name)))?);
-        eprintln!("[{}] {:?}", cfg.name, cmd);
-        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        Ok(Vm {
-            child,
-            console: Console::new(&log),
-            log,
-        })
+        Ok(())
+    }
+
+    /// Waits for QEMU to end by itself (the guest powered off); its exit status.
+    pub fn wait_exit(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= end {
+                anyhow::bail!(
+                    "{what}: QEMU still running after {} s\n--- console ---\n{}",
+                    deadline.as_secs(),
+                    self.console.tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Is QEMU still running?

@@ -137,6 +137,28 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Runs `f` on a thread inside the server's namespace (a client of its API).
+    pub fn in_lan<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let ns = self.ns_file.clone();
+        std::thread::spawn(move || -> Result<T> {
+            let file = std::fs::File::open(&ns)?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(f())
+        })
+    }
+
+    /// A client of the server's fleet API with its admin token (use it from [`Self::in_lan`]).
+    pub fn fleet_client(&self, dir: &Path) -> Result<ironbake::fleet::Client> {
+        let token = ironbake::fleet::read_token(&dir.join("netboot-state").join("admin-token"))?;
+        Ok(ironbake::fleet::Client::new(
+            &format!("http://{SERVER_IP}:{HTTP_PORT}"),
+            token,
+        ))
+    }
 }
 
 impl Drop for Server {

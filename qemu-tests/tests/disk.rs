@@ -52,6 +52,7 @@ fn boot(
         name: name.into(),
         boot: firmware,
         mem_mib: 1024,
+        cpus: 2,
         nic: None,
         disks: vec![disk.to_path_buf()],
         links: vec![],

@@ -65,6 +65,7 @@ fn vm(lan: &Lan, img: &Image, name: &str, initrd: PathBuf, node: &str) -> VmConf
             append: cmdline(img, node),
         },
         mem_mib: 1536,
+        cpus: 2,
         nic: Some(Nic {
             mac: "52:54:00:00:00:01".into(),
             tap: lan.tap().unwrap(),
@@ -330,6 +331,7 @@ fn local_mode_boots_the_layers_from_gpt_partitions_with_no_network() {
             ),
         },
         mem_mib: 1024,
+        cpus: 2,
         nic: None,
         disks: vec![disk],
         links: vec![],

@@ -77,6 +77,7 @@ fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
             name: name.into(),
             boot: ovmf(),
             mem_mib: 1536,
+            cpus: 2,
             nic: Some(Nic {
                 mac: node.mac.clone(),
                 tap: lan.tap().unwrap(),

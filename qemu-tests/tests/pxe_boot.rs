@@ -33,6 +33,7 @@ fn ci_node_pxe_boots_through_the_boot_server_to_ready() {
         name: "pxe0".into(),
         boot: ovmf(),
         mem_mib: 1536,
+        cpus: 2,
         nic: Some(Nic {
             mac: "52:54:00:00:00:21".into(),
             tap: lan.tap().unwrap(),
@@ -159,6 +160,7 @@ fn pxe_vm(lan: &Lan, name: &str, mac: &str) -> VmConfig {
         name: name.into(),
         boot: ovmf(),
         mem_mib: 1536,
+        cpus: 2,
         nic: Some(Nic {
             mac: mac.into(),
             tap: lan.tap().unwrap(),

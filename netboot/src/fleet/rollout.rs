@@ -111,7 +111,7 @@ pub struct NodeProgress {
     pub step: Step,
     /// What was seen last, in words.
     pub detail: String,
-    /// Each step with the seconds since the node's update started.
+    /// Each step it entered, with when (seconds since the Unix epoch).
     pub events: Vec<(f64, String)>,
     /// Its last log lines (failed units' journal), when it failed.
     pub log: Vec<String>,
@@ -487,8 +487,10 @@ impl Fleet {
         Ok(r)
     }
 
-    fn note(&self, id: &str, node: &str, started: Instant, step: Step, detail: String) {
-        let t = started.elapsed().as_secs_f64();
+    fn note(&self, id: &str, node: &str, step: Step, detail: String) {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         tracing::info!(rollout = id, node, step = ?step, "{detail}");
         self.rollouts.update(id, |r| {
             if let Some(p) = r.progress.get_mut(node) {
@@ -559,7 +561,6 @@ impl Fleet {
 
     /// Moves one node to the rollout's version; the error says why it did not get there.
     async fn update_node(&self, id: &str, node: &str) -> Result<(), String> {
-        let started = Instant::now();
         let r = self.rollouts.get(id).ok_or("rollout gone")?;
         let target = r.version.clone();
         let timeout = Duration::from_secs(r.timeout_s);
@@ -585,7 +586,6 @@ impl Fleet {
             self.note(
                 id,
                 node,
-                started,
                 Step::Skipped,
                 format!("already ready on {target}"),
             );
@@ -611,10 +611,10 @@ impl Fleet {
         let t0 = Instant::now();
         let how = self.restart(node, &live).await;
         match how {
-            Ok(how) => self.note(id, node, started, Step::Rebooting, how),
+            Ok(how) => self.note(id, node, Step::Rebooting, how),
             Err(e) => {
                 self.put_back(node, &r.recipe, from.as_deref(), id);
-                self.note(id, node, started, Step::RollbackFailed, e.clone());
+                self.note(id, node, Step::RollbackFailed, e.clone());
                 return Err(e);
             }
         }
@@ -627,7 +627,6 @@ impl Fleet {
                 boot_before.as_deref(),
                 t0,
                 timeout,
-                started,
                 true,
             )
             .await
@@ -636,7 +635,6 @@ impl Fleet {
                 self.note(
                     id,
                     node,
-                    started,
                     Step::Ready,
                     format!("ready on {target}, {took:.1} s after its restart"),
                 );
@@ -651,12 +649,11 @@ impl Fleet {
                     }
                 });
                 let why = format!("not ready on {target}: {why} (reached: {reached})");
-                self.note(id, node, started, Step::RollingBack, why.clone());
+                self.note(id, node, Step::RollingBack, why.clone());
                 let Some(from) = from else {
                     self.note(
                         id,
                         node,
-                        started,
                         Step::RollbackFailed,
                         format!("{why}; it had no earlier version to go back to"),
                     );
@@ -676,7 +673,6 @@ impl Fleet {
                             before.as_deref(),
                             t1,
                             timeout,
-                            started,
                             false,
                         )
                         .await
@@ -687,7 +683,6 @@ impl Fleet {
                     Ok(took) => self.note(
                         id,
                         node,
-                        started,
                         Step::RolledBack,
                         format!(
                             "{why}; put back on {from}: ready again {took:.1} s after its restart"
@@ -696,7 +691,6 @@ impl Fleet {
                     Err((_, e)) => self.note(
                         id,
                         node,
-                        started,
                         Step::RollbackFailed,
                         format!("{why}; put back on {from}, but not ready on it: {e}"),
                     ),
@@ -743,7 +737,6 @@ impl Fleet {
         boot_before: Option<&str>,
         t0: Instant,
         timeout: Duration,
-        started: Instant,
         forward: bool,
     ) -> Result<f64, (String, String)> {
         let deadline = t0 + timeout;
@@ -801,7 +794,7 @@ impl Fleet {
             if reached != shown {
                 shown = reached.clone();
                 if forward {
-                    self.note(id, node, started, step, reached.clone());
+                    self.note(id, node, step, reached.clone());
                 } else {
                     tracing::info!(rollout = id, node, "rollback: {reached}");
                 }

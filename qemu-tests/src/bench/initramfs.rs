@@ -102,6 +102,7 @@ fn boots(vdir: &Path, out: &Path, m: &Manifest, work: &Path) -> Result<Vec<Vec<f
                 append: append.clone(),
             },
             mem_mib: 1536,
+            cpus: 2,
             nic: Some(Nic {
                 mac: "52:54:00:00:00:09".into(),
                 tap: lan.tap()?,

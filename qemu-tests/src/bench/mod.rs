@@ -86,6 +86,7 @@ fn pxe_boot_marks(out: &Path, dir: &Path) -> Result<[f64; 10]> {
         name: "bench0".into(),
         boot: ovmf(),
         mem_mib: 1536,
+        cpus: 2,
         nic: Some(Nic {
             mac: "52:54:00:00:00:41".into(),
             tap: lan.tap()?,
