@@ -132,6 +132,16 @@ pub const TEST: &[Need] = &[
         tool: "dnsmasq",
         package: "dnsmasq-base",
     },
+    // The fleet tests: a real IPMI BMC for a VM (OpenIPMI's simulator) and the IPMI client
+    // the boot server runs.
+    Need {
+        tool: "ipmi_sim",
+        package: "openipmi",
+    },
+    Need {
+        tool: "ipmitool",
+        package: "ipmitool",
+    },
 ];
 
 /// `/usr/sbin/policy-rc.d` answering "never start" while it lives (unless one exists).

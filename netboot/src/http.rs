@@ -504,6 +504,19 @@ async fn settings(
             return text(&s.hub, StatusCode::INTERNAL_SERVER_ERROR, body);
         }
     };
+    // The archive holds the node's identity (host key, node key, secrets): a peer on the LAN
+    // whose own link-layer address is another machine's does not get it. (One that forges
+    // its MAC does: see the README's security notes.)
+    if let Some(seen) = Hub::neighbour_mac(peer.ip())
+        && seen != mac
+    {
+        tracing::warn!(%peer, %mac, node = %t.name, peer_mac = %seen, "settings archive refused: asked for another machine's settings");
+        return text(
+            &s.hub,
+            StatusCode::FORBIDDEN,
+            "these settings belong to another machine\n".into(),
+        );
+    }
     match s.nodes.settings(&t) {
         Ok(bytes) => {
             count(&s.hub, StatusCode::OK);

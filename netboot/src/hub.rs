@@ -337,6 +337,16 @@ impl Hub {
         Some(mac)
     }
 
+    /// The link-layer address the kernel's neighbour table has for `ip` (a peer on one of the
+    /// server's links), never what requests claimed: `None` for a peer behind a router, on
+    /// loopback, or not yet resolved.
+    pub fn neighbour_mac(ip: IpAddr) -> Option<String> {
+        let table = std::fs::read_to_string("/proc/thread-self/net/arp")
+            .or_else(|_| std::fs::read_to_string("/proc/net/arp"))
+            .ok()?;
+        mac_from_arp_table(&table, ip)
+    }
+
     /// Notes a machine the inventory does not list; true the first time it is seen (the
     /// caller logs it then, once).
     pub fn discovered(&self, mac: &str, arch: &str, vendor_class: &str) -> bool {

@@ -482,3 +482,102 @@ fn a_rollout_moves_the_node_and_a_failed_boot_is_put_back() {
     assert_eq!(s.live_version(), V2);
     assert!(s.boots().contains(&format!("/{V2}/vmlinuz")));
 }
+
+/// The image's own agent scripts (bash, openssl), run on this machine against the server:
+/// the node's paths come from `IRONBAKE_*` variables and `systemctl` is a stand-in that says
+/// multi-user is reached and records what it is asked to do.
+#[test]
+fn the_agent_script_reports_takes_a_reboot_and_acknowledges_it() {
+    let s = start();
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../overlays/base/files/usr/lib/ironbake")
+        .canonicalize()
+        .unwrap();
+    let node = s._dir.path().join("node");
+    let bin = node.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        node.join("cmdline"),
+        format!("console=ttyS0 ironbake.server={}\n", s.base),
+    )
+    .unwrap();
+    std::fs::write(node.join("node-key"), format!("{}\n", s.key)).unwrap();
+    std::fs::write(
+        node.join("os-release"),
+        format!("IMAGE_ID=ci-node\nIMAGE_VERSION={V1}\n"),
+    )
+    .unwrap();
+    let asked = node.join("systemctl-asked");
+    std::fs::write(
+        bin.join("systemctl"),
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  is-system-running) echo running ;;\n  show) echo active ;;\n  \
+             list-jobs|list-units) ;;\n  *) echo \"$@\" >>'{}' ;;\nesac\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bin.join("systemctl"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let script = |name: &str| {
+        let mut c = std::process::Command::new("bash");
+        c.arg(lib.join(name))
+            .env("IRONBAKE_CMDLINE", node.join("cmdline"))
+            .env("IRONBAKE_NODE_KEY", node.join("node-key"))
+            .env("IRONBAKE_OS_RELEASE", node.join("os-release"))
+            .env("IRONBAKE_NODE", "ci0")
+            .env("IRONBAKE_LIB", &lib)
+            .env("IRONBAKE_CONSOLE", node.join("console"))
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            );
+        c
+    };
+    // A ready report, signed by the script: the server takes it.
+    let out = script("report").arg("ready").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none 0");
+    let f = s.fleet();
+    assert_eq!(f[0]["live"]["version"], V1, "{f:#}");
+    assert_eq!(f[0]["live"]["ready"], "yes", "{f:#}");
+    // The agent keeps a heartbeat open; a reboot asked through the API reaches it, and it
+    // acknowledges and calls systemctl reboot.
+    let mut agent = script("agent").spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.fleet()[0]["live"]["waiting"].as_bool().unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never held a heartbeat"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (st, said) = s.call(
+        "POST",
+        "/api/v1/power",
+        r#"{"action": "reboot", "nodes": ["ci0"]}"#,
+        Some(&s.token),
+    );
+    assert!(
+        st == 200 && said.contains("asked its agent to reboot"),
+        "{said}"
+    );
+    let status = agent.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&asked).unwrap().trim(), "reboot");
+    let console = std::fs::read_to_string(node.join("console")).unwrap();
+    assert!(
+        console.contains("the boot server asked for reboot"),
+        "{console}"
+    );
+    let f = s.fleet();
+    assert!(f[0]["live"]["command"]["acked_unix"].is_u64(), "{f:#}");
+}

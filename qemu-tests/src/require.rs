@@ -14,6 +14,8 @@ pub fn vm_tests() -> bool {
         ("mksquashfs", "squashfs-tools"),
         ("fsck.fat", "dosfstools"),
         ("objdump", "binutils"),
+        ("ipmi_sim", "openipmi"),
+        ("ipmitool", "ipmitool"),
         (
             "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
             "systemd-boot-efi",

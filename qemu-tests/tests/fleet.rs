@@ -76,6 +76,31 @@ fn fleet_json(server: &Server) -> serde_json::Value {
     serde_json::from_str(&server.get("/api/v1/fleet").unwrap()).unwrap()
 }
 
+/// Waits until the server hears every node's agent, ready on `version`.
+fn wait_agents(server: &Server, nodes: &[&str], version: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let f = fleet_json(server);
+        let ok = nodes.iter().all(|n| {
+            f.as_array().unwrap().iter().any(|e| {
+                e["name"] == *n
+                    && e["alive"] == true
+                    && e["live"]["ready"] == "yes"
+                    && e["live"]["version"] == version
+            })
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server does not hear every agent ready on {version}: {f:#}\n{}",
+            qemu_tests::console::last_lines(&server.log_text(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn boot_id(fleet: &serde_json::Value, node: &str) -> String {
     fleet
         .as_array()
@@ -95,9 +120,8 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     let [a, b, c] = v.versions.clone();
     let _one = one_at_a_time();
     let dir = test_dir("fleet");
-    let mut inv = String::from(
-        "[server]\nname = \"test\"\nwol = { broadcast = \"10.33.0.255\" }\n",
-    );
+    let mut inv =
+        String::from("[server]\nname = \"test\"\nwol = { broadcast = \"10.33.0.255\" }\n");
     for (i, n) in NODES.iter().enumerate() {
         inv.push_str(&format!(
             "[nodes.{n}]\nmac = \"{}\"\nrecipe = \"ci-node\"\n",
@@ -140,11 +164,20 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
         }
     }
 
+    wait_agents(&server, &NODES, &a);
+
     // A -> B: every node, one at a time, the canary first.
     let b2 = b.clone();
-    let (ok, out) = run(&server, move |c, o| fleet::rollout(c, &rollout_req(&b2), o), &dir);
+    let (ok, out) = run(
+        &server,
+        move |c, o| fleet::rollout(c, &rollout_req(&b2), o),
+        &dir,
+    );
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("succeeded: every node ready on \"{b}\"")), "{out}");
+    assert!(
+        out.contains(&format!("succeeded: every node ready on \"{b}\"")),
+        "{out}"
+    );
     for (n, vm) in NODES.iter().zip(&mut vms) {
         vm.wait_line("ready on B", &ready_line(n, &b), deadline::REPORT, 0)
             .unwrap();
@@ -171,18 +204,41 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
         );
     }
 
+    wait_agents(&server, &NODES, &b);
+
     // B -> C: the canary never gets ready; it goes back to B, the others never move.
     let before = fleet_json(&server);
     let skip = vms[0].console.text().lines().count();
     let c2 = c.clone();
-    let (ok, out) = run(&server, move |cl, o| fleet::rollout(cl, &rollout_req(&c2), o), &dir);
+    let (ok, out) = run(
+        &server,
+        move |cl, o| fleet::rollout(cl, &rollout_req(&c2), o),
+        &dir,
+    );
     assert!(!ok, "a rollout of C must fail: {out}");
-    assert!(out.contains("rollout ") && out.contains(": failed: fleet0: not ready on"), "{out}");
-    assert!(out.contains("failed units: ironbake-broken.service"), "{out}");
-    assert!(out.contains(&format!("fleet0: reached running {c}")), "{out}");
-    assert!(out.contains("| ironbake-broken.service: version C is broken on purpose"), "{out}");
+    assert!(
+        out.contains("rollout ") && out.contains(": failed: fleet0: not ready on"),
+        "{out}"
+    );
+    assert!(
+        out.contains("failed units: ironbake-broken.service"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("fleet0: reached running {c}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("| ironbake-broken.service: version C is broken on purpose"),
+        "{out}"
+    );
     vms[0]
-        .wait_line("fleet0 back on B", &ready_line("fleet0", &b), deadline::REPORT, skip)
+        .wait_line(
+            "fleet0 back on B",
+            &ready_line("fleet0", &b),
+            deadline::REPORT,
+            skip,
+        )
         .unwrap();
     let after = fleet_json(&server);
     for n in ["fleet1", "fleet2"] {
@@ -195,13 +251,105 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
         "fleet0 did boot C"
     );
 
+    wait_agents(&server, &NODES, &b);
+
+    // Another machine on the LAN (a namespace of its own on the bridge) can neither fetch a
+    // node's settings (its key is in them) nor pass a forged ready report.
+    let intruder = qemu_tests::netns::Netns::new("intruder").unwrap();
+    let ipc = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ipc(&[
+        "link",
+        "add",
+        "vi0",
+        "netns",
+        lan.ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        intruder.name(),
+    ]);
+    ipc(&["-n", lan.ns.name(), "link", "set", "vi0", "master", "br0"]);
+    ipc(&["-n", lan.ns.name(), "link", "set", "vi0", "up"]);
+    ipc(&[
+        "-n",
+        intruder.name(),
+        "addr",
+        "add",
+        "10.33.0.50/24",
+        "dev",
+        "eth0",
+    ]);
+    ipc(&["-n", intruder.name(), "link", "set", "eth0", "up"]);
+    let curl = |args: &[&str]| -> String {
+        let out = intruder
+            .command("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!(
+        "http://{}:{}",
+        qemu_tests::lan::SERVER_IP,
+        qemu_tests::server::HTTP_PORT
+    );
+    assert_eq!(
+        curl(&[&format!("{base}/nodes/{}/settings.img", mac(1))]),
+        "403"
+    );
+    let forged = format!(
+        "node=fleet1\nnonce=0\nkind=ready\nboot=x\nrecipe=ci-node\nversion={c}\nready=yes\n"
+    );
+    assert_eq!(
+        curl(&["--data-binary", &forged, &format!("{base}/api/v1/ready")]),
+        "401"
+    );
+    assert_eq!(
+        curl(&[
+            "-X",
+            "POST",
+            "--data",
+            "{\"action\":\"off\",\"all\":true}",
+            &format!("{base}/api/v1/power")
+        ]),
+        "401"
+    );
+    drop(intruder);
+
     // Power off through the agents: every QEMU ends by itself.
-    let (ok, out) = run(&server, |c, o| fleet::power(c, &power_req("off", 120), o), &dir);
+    let (ok, out) = run(
+        &server,
+        |c, o| fleet::power(c, &power_req("off", 120), o),
+        &dir,
+    );
     assert!(ok, "{out}");
     for (n, vm) in NODES.iter().zip(&mut vms) {
         let status = vm.wait_exit(n, Duration::from_secs(120)).unwrap();
         assert!(status.success(), "{n}: QEMU ended with {status}");
-        assert!(vm.console.text().contains("the boot server asked for poweroff"), "{n}");
+        assert!(
+            vm.console
+                .text()
+                .contains("the boot server asked for poweroff"),
+            "{n}"
+        );
     }
     // Wake-on-LAN: each tap in standby (simulated), then power on.
     let mut standby: Vec<Child> = cfgs
@@ -241,7 +389,241 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     eprintln!("{out}");
     assert!(ok, "{out}");
     for n in NODES {
-        assert!(out.contains(&format!("{n:<12} on      wol: Wake-on-LAN magic packet for")), "{out}");
-        assert!(out.contains(&format!("{n:<12} seen    up: ready on ci-node@{b}")), "{out}");
+        assert!(
+            out.contains(&format!(
+                "{n:<12} on      wol: Wake-on-LAN magic packet for"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{n:<12} seen    up: ready on ci-node@{b}")),
+            "{out}"
+        );
     }
+}
+
+/// OpenIPMI's BMC simulator, as the BMC of one VM: it starts the VM (its `startcmd`) on
+/// `power on`, and its LAN channel answers `ipmitool -I lanplus` on the namespace's loopback.
+/// Killed, with the VM, on drop.
+struct Bmc {
+    sim: Child,
+    pidfile: std::path::PathBuf,
+}
+
+impl Bmc {
+    /// ipmi_sim for the VM `cfg`, its LAN channel at 127.0.0.1:`port`, the VM's BMC socket
+    /// at `port`+1; files in `dir`.
+    fn start(lan: &Lan, cfg: &VmConfig, dir: &Path, port: u16, password: &str) -> Bmc {
+        let log = dir.join(format!("{}.console.log", cfg.name));
+        std::fs::write(&log, "").unwrap();
+        let mut qemu = std::process::Command::new("qemu-system-x86_64");
+        Vm::arguments(&mut qemu, cfg, dir, &log).unwrap();
+        let pidfile = dir.join(format!("{}.qemu.pid", cfg.name));
+        let mut words: Vec<String> = qemu
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        words.extend(
+            [
+                // The BMC's side of the VM: an IPMI BT interface whose BMC is external,
+                // reached over a socket that ipmi_sim listens on.
+                "-chardev".to_string(),
+                format!(
+                    "socket,id=ipmi0,host=127.0.0.1,port={},reconnect=10",
+                    port + 1
+                ),
+                "-device".into(),
+                "ipmi-bmc-extern,id=bmc0,chardev=ipmi0".into(),
+                "-device".into(),
+                "isa-ipmi-bt,bmc=bmc0".into(),
+                // ipmi_sim does not stop the VM when it ends itself: the harness does, by pid.
+                "-pidfile".into(),
+                pidfile.display().to_string(),
+            ]
+            .into_iter(),
+        );
+        let quoted: Vec<String> = words
+            .iter()
+            .map(|w| {
+                assert!(!w.contains('\''), "{w}");
+                format!("'{w}'")
+            })
+            .collect();
+        let start = dir.join(format!("{}.start-vm", cfg.name));
+        std::fs::write(
+            &start,
+            format!(
+                "#!/bin/sh\n# What ipmi_sim runs to power the VM on.\nexec qemu-system-x86_64 {} 2>>'{}'\n",
+                quoted.join(" "),
+                dir.join(format!("{}.qemu.err", cfg.name)).display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // lanplus needs a GUID; the user is the one secrets.toml gives the boot server.
+        let conf = dir.join("ipmi_sim.lan.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "name \"{name}\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {port}\n    \
+                 priv_limit admin\n    guid a123456789abcdefa123456789abcdef\n  endlan\n  \
+                 serial 15 127.0.0.1 {vm_port} codec VM\n  startcmd \"{start}\"\n  startnow false\n  \
+                 poweroff_wait 20\n  kill_wait 5\n  user 2 true \"admin\" \"{password}\" admin 10 md5\n",
+                name = cfg.name,
+                vm_port = port + 1,
+                start = start.display()
+            ),
+        )
+        .unwrap();
+        // The smallest emulated BMC: one management controller at 0x20.
+        let emu = dir.join("ipmi_sim.emu");
+        std::fs::write(
+            &emu,
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\nmc_enable 0x20\n",
+        )
+        .unwrap();
+        let sim = lan
+            .ns
+            .command("ipmi_sim")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-f")
+            .arg(&emu)
+            .arg("-s")
+            .arg(dir.join("ipmi_sim.state"))
+            // -n: no console on stdin; -p: persist nothing.
+            .args(["-n", "-p"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("ipmi_sim.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("ipmi_sim.err")).unwrap())
+            .spawn()
+            .expect("starting ipmi_sim");
+        Bmc { sim, pidfile }
+    }
+
+    /// The VM's QEMU, if it runs.
+    fn vm_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(&self.pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+}
+
+impl Drop for Bmc {
+    fn drop(&mut self) {
+        if let Some(pid) = self.vm_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.sim.kill();
+        let _ = self.sim.wait();
+    }
+}
+
+#[test]
+fn a_node_with_a_bmc_is_powered_on_and_off_through_ipmi() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let v = fleet_versions();
+    let a = v.versions[0].clone();
+    let _one = one_at_a_time();
+    let dir = test_dir("fleet-ipmi");
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        "[nodes.bmc0]\nmac = \"52:54:00:00:03:10\"\nrecipe = \"ci-node\"\n\
+         bmc = { address = \"127.0.0.1\", port = 9001 }\n",
+    )
+    .unwrap();
+    let password = format!("pw{}", std::process::id());
+    let secrets = dir.join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!("[bmc.bmc0]\nusername = \"admin\"\npassword = \"{password}\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let lan = Lan::new("ipmi", &dir).unwrap();
+    let server = Server::start(&lan, &v.out, &inventory, &dir).unwrap();
+    let cfg = VmConfig {
+        name: "bmc0".into(),
+        boot: ovmf_retrying(),
+        mem_mib: 1024,
+        cpus: 2,
+        nic: Some(Nic {
+            mac: "52:54:00:00:03:10".into(),
+            tap: lan.tap().unwrap(),
+        }),
+        disks: vec![],
+        links: vec![],
+    };
+    let bmc = Bmc::start(&lan, &cfg, &dir, 9001, &password);
+    let node = |action: &str, wait: u64| PowerRequest {
+        action: action.into(),
+        nodes: vec!["bmc0".into()],
+        recipe: None,
+        all: false,
+        wait: Duration::from_secs(wait),
+    };
+    // The BMC answers (it may take a moment to listen), and the machine is off.
+    let mut status = (false, String::new());
+    for _ in 0..20 {
+        let r = node("status", 0);
+        status = run(&server, move |c, o| fleet::power(c, &r, o), &dir);
+        if status.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        status.0 && status.1.contains("BMC: power off"),
+        "{}",
+        status.1
+    );
+    assert!(bmc.vm_pid().is_none());
+
+    // On: ipmitool through the server; ipmi_sim starts the VM, which boots to ready.
+    let r = node("on", 400);
+    let (ok, out) = run(&server, move |c, o| fleet::power(c, &r, o), &dir);
+    assert!(
+        ok,
+        "{out}\n{}",
+        qemu_tests::console::last_lines(&server.log_text(), 30)
+    );
+    assert!(
+        out.contains("bmc0         on      ipmi: Chassis Power Control: Up/On"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("seen    up: ready on ci-node@{a}")),
+        "{out}"
+    );
+    let r = node("status", 0);
+    let (_, out) = run(&server, move |c, o| fleet::power(c, &r, o), &dir);
+    assert!(out.contains("BMC: power on"), "{out}");
+    wait_agents(&server, &["bmc0"], &a);
+
+    // Off: the agent shuts the node down cleanly; the BMC sees the power go.
+    let r = node("off", 120);
+    let (ok, out) = run(&server, move |c, o| fleet::power(c, &r, o), &dir);
+    assert!(ok, "{out}");
+    assert!(out.contains("agent: asked its agent to poweroff"), "{out}");
+    assert!(
+        out.contains("seen    off: its BMC says power is off"),
+        "{out}"
+    );
+    let console = std::fs::read_to_string(dir.join("bmc0.console.log")).unwrap();
+    assert!(
+        console.contains("the boot server asked for poweroff"),
+        "{console}"
+    );
+    assert!(bmc.vm_pid().is_none(), "QEMU still runs");
 }
