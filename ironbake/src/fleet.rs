@@ -353,7 +353,7 @@ pub fn follow(c: &Client, id: &str, out: &mut impl Write) -> Result<bool> {
                 writeln!(
                     out,
                     "rollout {id}: succeeded: every node ready on {}",
-                    r["version"]
+                    r["version"].as_str().unwrap_or("?")
                 )?;
                 return Ok(true);
             }

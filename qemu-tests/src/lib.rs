@@ -11,11 +11,13 @@ pub mod console;
 pub mod fixture;
 pub mod httpd;
 pub mod lan;
+pub mod mesh;
 pub mod netns;
 pub mod qemu;
 pub mod report;
 pub mod require;
 pub mod server;
+pub mod wol;
 
 /// The repository's project folder, found from the current folder (tests run in their
 /// package's folder, `cargo xtask` in the repository).

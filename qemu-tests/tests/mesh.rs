@@ -5,15 +5,12 @@
 //! files. Each node reports on its console, once ready, its InfiniBand modules, whether it
 //! runs opensm, and whether each peer answers on its /30; the test reads the consoles.
 
-use std::collections::BTreeMap;
-
 use qemu_tests::deadline;
 use qemu_tests::fixture::{core_node, one_at_a_time, test_dir};
 use qemu_tests::lan::Lan;
-use qemu_tests::qemu::{Cable, Nic, Vm, VmConfig, ovmf};
+use qemu_tests::mesh::NODES;
+use qemu_tests::qemu::{Vm, ovmf};
 use qemu_tests::server::Server;
-
-const NODES: [&str; 3] = ["machine0", "machine1", "machine2"];
 
 #[test]
 fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
@@ -24,69 +21,15 @@ fn the_three_core_nodes_boot_and_reach_each_other_over_the_mesh() {
     let _one = one_at_a_time();
     let dir = test_dir("mesh");
 
-    // The project's inventory, with the VMs' MAC addresses.
-    let project = netboot::inventory::load(&qemu_tests::project()).unwrap();
-    let mesh = netboot::mesh::links(&project).unwrap();
-    let mut inv = netboot::inventory::Inventory::default();
-    // Each (node, interface) gets a NIC MAC and a UDP port for its end of the cable.
-    let mut ends: BTreeMap<(String, String), (String, u16)> = BTreeMap::new();
-    for (n, name) in NODES.iter().enumerate() {
-        let mut node = project.nodes[*name].clone();
-        node.mac = format!("52:54:00:00:01:{n:02x}");
-        let mut links = Vec::new();
-        for (k, l) in mesh[*name].iter().enumerate() {
-            let mut l = l.clone();
-            let mac = format!("52:54:00:00:1{n}:{k:02x}");
-            l.mac = Some(mac.clone());
-            ends.insert(
-                (name.to_string(), l.interface.clone()),
-                (mac, 40000 + (n * 10 + k) as u16),
-            );
-            links.push(l);
-        }
-        node.vars.insert(
-            netboot::mesh::VAR.into(),
-            toml::Value::try_from(&links).unwrap(),
-        );
-        inv.nodes.insert(name.to_string(), node);
-    }
-    let text = toml::to_string(&inv).unwrap();
-    // What the server reads is checked like any inventory (mirrors, subnets, MACs).
-    netboot::inventory::parse("inventory.toml", &text).unwrap();
-    let inventory = dir.join("inventory.toml");
-    std::fs::write(&inventory, &text).unwrap();
-
     let lan = Lan::new("mesh", &dir).unwrap();
-    let server = Server::start(&lan, &img.out, &inventory, &dir).unwrap();
-    let mut vms: Vec<(String, Vm)> = Vec::new();
-    for name in NODES {
-        let node = &inv.nodes[name];
-        let links = mesh[name]
-            .iter()
-            .map(|l| {
-                let (mac, port) = ends[&(name.to_string(), l.interface.clone())].clone();
-                let (_, peer_port) = ends[&(l.peer.clone(), l.peer_interface.clone())];
-                Cable {
-                    mac,
-                    port,
-                    peer_port,
-                }
-            })
-            .collect();
-        let cfg = VmConfig {
-            name: name.into(),
-            boot: ovmf(),
-            mem_mib: 1536,
-            cpus: 2,
-            nic: Some(Nic {
-                mac: node.mac.clone(),
-                tap: lan.tap().unwrap(),
-            }),
-            disks: vec![],
-            links,
-        };
-        vms.push((name.to_string(), Vm::start(&lan.ns, &cfg, &dir).unwrap()));
-    }
+    let homelab = qemu_tests::mesh::homelab(&dir, &lan, ovmf(), 2, "").unwrap();
+    let mesh = &homelab.links;
+    let server = Server::start(&lan, &img.out, &homelab.inventory, &dir).unwrap();
+    let mut vms: Vec<(String, Vm)> = NODES
+        .iter()
+        .zip(&homelab.vms)
+        .map(|(name, cfg)| (name.to_string(), Vm::start(&lan.ns, cfg, &dir).unwrap()))
+        .collect();
 
     for (name, vm) in &mut vms {
         let ready = format!(

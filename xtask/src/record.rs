@@ -17,7 +17,7 @@ const HEADER: &str = "| benchmark | figure | goal | latest | met | machine | dat
                       | --- | --- | --- | ---: | --- | --- | --- |\n";
 
 /// The benchmarks in the order their sections and rows appear.
-const ORDER: [&str; 5] = ["build", "initramfs", "serve", "boot", "disk"];
+const ORDER: [&str; 6] = ["build", "initramfs", "serve", "boot", "disk", "rollout"];
 
 /// Records `report` in the BENCHMARKS.md at `path`.
 pub fn write(path: &Path, report: &Report) -> Result<()> {

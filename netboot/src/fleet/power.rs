@@ -115,7 +115,9 @@ pub async fn bmc(bmc: &Bmc, login: &BmcLogin, action: BmcAction) -> std::io::Res
         .arg("-U")
         .arg(&login.username)
         .arg("-E")
-        .args(["-R", "2", "-N", "2"])
+        // Cipher suite 3 (RAKP-HMAC-SHA1, AES-CBC-128), which every IPMI 2.0 BMC has: asking
+        // the BMC for its list first only adds a round trip and a warning.
+        .args(["-C", "3", "-R", "2", "-N", "2"])
         .args(["chassis", "power", action.ipmi()])
         .env("IPMI_PASSWORD", &login.password)
         .stdin(std::process::Stdio::null())

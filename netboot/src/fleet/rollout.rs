@@ -660,6 +660,9 @@ impl Fleet {
                     return Err(why);
                 };
                 self.put_back(node, &r.recipe, Some(&from), id);
+                // A node still booting (its agent not heard yet) cannot be stopped: wait for
+                // it to come up, on whatever version, and restart it then.
+                let live = self.wait_alive(node, timeout).await;
                 let before = live.boot.clone();
                 let t1 = Instant::now();
                 let restarted = self.restart(node, &live).await;
@@ -708,6 +711,18 @@ impl Fleet {
         });
         if let Err(e) = self.state.desired.set(node, w) {
             tracing::error!(node, "putting the desired version back: {e}");
+        }
+    }
+
+    /// What is known of `node` once its agent is heard (or `at_most` has passed).
+    async fn wait_alive(&self, node: &str, at_most: Duration) -> super::Live {
+        let deadline = Instant::now() + at_most;
+        loop {
+            let live = self.live_of(node);
+            if live.alive() || Instant::now() >= deadline {
+                return live;
+            }
+            self.changed(Duration::from_secs(1)).await;
         }
     }
 

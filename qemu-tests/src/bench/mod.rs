@@ -5,7 +5,8 @@
 //! `initramfs.rs`: the initramfs against Debian's mkinitramfs, kernel start to ready by stage;
 //! `boot.rs`: power-on to ready through the whole PXE chain, by stage; `disk.rs`: a disk
 //! image's write time against the shell route, its sizes, booting it against PXE;
-//! `serve.rs`: the boot server against tftpd-hpa, dnsmasq and nginx, and a boot storm.
+//! `serve.rs`: the boot server against tftpd-hpa, dnsmasq and nginx, and a boot storm;
+//! `rollout.rs`: an overlay edit to ready on the new version through a rollout, and power.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +20,7 @@ use crate::server::Server;
 pub mod boot;
 pub mod disk;
 pub mod initramfs;
+pub mod rollout;
 pub mod serve;
 
 /// Runs per measurement; figures are medians.

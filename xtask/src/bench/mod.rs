@@ -27,6 +27,9 @@ pub enum What {
     /// A disk image: write time vs sgdisk + mkfs.fat + mtools + dd, sizes, and power-on to
     /// ready from disk vs PXE.
     Disk,
+    /// An overlay edit -> build -> rollout -> ready, for one node and the three core nodes;
+    /// power off and Wake-on-LAN power on of the three.
+    Rollout,
 }
 
 /// `bench WHAT`.
@@ -74,6 +77,10 @@ impl Bench {
                     &progress,
                 )?;
                 qemu_tests::bench::disk::run(root)?
+            }
+            What::Rollout => {
+                host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
+                qemu_tests::bench::rollout::run(root)?
             }
             What::Initramfs => qemu_tests::bench::initramfs::run(root)?,
             What::Boot => qemu_tests::bench::boot::run(root)?,
