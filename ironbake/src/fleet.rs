@@ -1,4 +1,5 @@
-//! The fleet commands' side of the boot server's API (`netboot::fleet::api`): power and
+//! The fleet commands' side of the boot server's fleet API (its routes are listed in
+//! ARCHITECTURE.md and in the boot server's `fleet/api.rs`): power and
 //! rollouts, asked of a running `netboot serve` over HTTP with its admin token, and followed
 //! until what was asked is seen (a node ready on its version, a node gone quiet or reported
 //! off by its BMC).
