@@ -407,7 +407,9 @@ impl Fleet {
             l.log = m.log.clone();
             l.last_seen = Some(Instant::now());
             l.last_seen_unix = Some(unix_now());
-            if m.kind == Kind::Ready || m.ready == "yes" {
+            // Ready is what the node's systemd says (multi-user active), whatever the kind:
+            // a report of kind ready from a boot whose multi-user failed is no ready.
+            if m.ready == "yes" {
                 let same = l
                     .ready_mark
                     .as_ref()
@@ -427,7 +429,9 @@ impl Fleet {
                 c.acked_unix = Some(unix_now());
             }
         }
-        if m.kind == Kind::Ready {
+        if m.kind == Kind::Ready && m.ready != "yes" {
+            tracing::warn!(%peer, node = %m.node, version = %m.version, ready = %m.ready, failed = ?m.failed, "node reports ready, but its multi-user is not active: not ready");
+        } else if m.kind == Kind::Ready {
             self.hub.stage(
                 &mac,
                 Some(&m.node),
