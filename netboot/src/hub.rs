@@ -327,12 +327,7 @@ impl Hub {
         if let Some((m, _)) = self.board().ips.get(&ip) {
             return Some(m.clone());
         }
-        // thread-self: the table of this thread's network namespace (`/proc/net` follows the
-        // process's main thread, which may live in another one).
-        let table = std::fs::read_to_string("/proc/thread-self/net/arp")
-            .or_else(|_| std::fs::read_to_string("/proc/net/arp"))
-            .ok()?;
-        let mac = mac_from_arp_table(&table, ip)?;
+        let mac = Hub::neighbour_mac(ip)?;
         self.learn_ip(ip, &mac);
         Some(mac)
     }
@@ -341,6 +336,8 @@ impl Hub {
     /// server's links), never what requests claimed: `None` for a peer behind a router, on
     /// loopback, or not yet resolved.
     pub fn neighbour_mac(ip: IpAddr) -> Option<String> {
+        // thread-self: the table of this thread's network namespace (`/proc/net` follows the
+        // process's main thread, which may live in another one).
         let table = std::fs::read_to_string("/proc/thread-self/net/arp")
             .or_else(|_| std::fs::read_to_string("/proc/net/arp"))
             .ok()?;

@@ -433,20 +433,8 @@ impl Inventories {
                         })?;
                 std::fs::create_dir_all(path.parent().expect("has parent"))
                     .map_err(io("creating the state folder"))?;
-                let tmp = path.with_extension("tmp");
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&tmp)
-                        .map_err(io("writing an SSH host key"))?;
-                    std::io::Write::write_all(&mut f, text.as_bytes())
-                        .map_err(io("writing an SSH host key"))?;
-                }
-                std::fs::rename(&tmp, &path).map_err(io("writing an SSH host key"))?;
+                crate::fleet::auth::write_private(&path, &text)
+                    .map_err(io("writing an SSH host key"))?;
                 tracing::info!(node = name, "new SSH host key kept in {}", path.display());
                 key
             }

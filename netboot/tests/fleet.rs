@@ -264,7 +264,11 @@ fn boot_as(s: &Server, n: &mut u32, ready: &str) -> bool {
         .unwrap_or_else(|| panic!("{script}"));
     // A boot whose multi-user failed may still send a report of kind ready (its ready unit
     // runs after the target's job, failed or not): only `ready=yes` is ready.
-    let kind = if ready == "yes" || ready == "failed" { "ready" } else { "heartbeat" };
+    let kind = if ready == "yes" || ready == "failed" {
+        "ready"
+    } else {
+        "heartbeat"
+    };
     let (st, answer, ok) = s.report(kind, &format!("boot-{n}"), version, ready);
     assert!(st == 200 && ok, "{st} {answer}");
     answer.contains("command=reboot")

@@ -151,6 +151,38 @@ impl Server {
         })
     }
 
+    /// Waits (up to `deadline`) until the server hears every one of `nodes`' agents, ready
+    /// on `version`.
+    pub fn wait_agents(
+        &self,
+        nodes: &[&str],
+        version: &str,
+        deadline: std::time::Duration,
+    ) -> Result<()> {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let f: serde_json::Value = serde_json::from_str(&self.get("/api/v1/fleet")?)?;
+            let all = nodes.iter().all(|n| {
+                f.as_array().into_iter().flatten().any(|e| {
+                    e["name"] == *n
+                        && e["alive"] == true
+                        && e["live"]["ready"] == "yes"
+                        && e["live"]["version"] == version
+                })
+            });
+            if all {
+                return Ok(());
+            }
+            if std::time::Instant::now() > end {
+                bail!(
+                    "the server does not hear every agent ready on {version}: {f:#}\n{}",
+                    crate::console::last_lines(&self.log_text(), 30)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// A client of the server's fleet API with its admin token (use it from [`Self::in_lan`]).
     pub fn fleet_client(&self, dir: &Path) -> Result<ironbake::fleet::Client> {
         let token = ironbake::fleet::read_token(&dir.join("netboot-state").join("admin-token"))?;

@@ -76,31 +76,6 @@ fn fleet_json(server: &Server) -> serde_json::Value {
     serde_json::from_str(&server.get("/api/v1/fleet").unwrap()).unwrap()
 }
 
-/// Waits until the server hears every node's agent, ready on `version`.
-fn wait_agents(server: &Server, nodes: &[&str], version: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let f = fleet_json(server);
-        let ok = nodes.iter().all(|n| {
-            f.as_array().unwrap().iter().any(|e| {
-                e["name"] == *n
-                    && e["alive"] == true
-                    && e["live"]["ready"] == "yes"
-                    && e["live"]["version"] == version
-            })
-        });
-        if ok {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server does not hear every agent ready on {version}: {f:#}\n{}",
-            qemu_tests::console::last_lines(&server.log_text(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 fn boot_id(fleet: &serde_json::Value, node: &str) -> String {
     fleet
         .as_array()
@@ -166,7 +141,9 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
         }
     }
 
-    wait_agents(&server, &NODES, &a);
+    server
+        .wait_agents(&NODES, &a, Duration::from_secs(120))
+        .unwrap();
 
     // A -> B: every node, one at a time, the canary first.
     let b2 = b.clone();
@@ -206,7 +183,9 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
         );
     }
 
-    wait_agents(&server, &NODES, &b);
+    server
+        .wait_agents(&NODES, &b, Duration::from_secs(120))
+        .unwrap();
 
     // B -> C: the canary never gets ready; it goes back to B, the others never move.
     let before = fleet_json(&server);
@@ -253,7 +232,9 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
         "fleet0 did boot C"
     );
 
-    wait_agents(&server, &NODES, &b);
+    server
+        .wait_agents(&NODES, &b, Duration::from_secs(120))
+        .unwrap();
 
     // Another machine on the LAN (a namespace of its own on the bridge) can neither fetch a
     // node's settings (its key is in them) nor pass a forged ready report.
@@ -597,7 +578,9 @@ fn a_node_with_a_bmc_is_powered_on_and_off_through_ipmi() {
     let r = node("status", 0);
     let (_, out) = run(&server, move |c, o| fleet::power(c, &r, o), &dir);
     assert!(out.contains("BMC: power on"), "{out}");
-    wait_agents(&server, &["bmc0"], &a);
+    server
+        .wait_agents(&["bmc0"], &a, Duration::from_secs(120))
+        .unwrap();
 
     // Off: the agent shuts the node down cleanly; the BMC sees the power go.
     let r = node("off", 120);

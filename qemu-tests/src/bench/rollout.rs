@@ -61,33 +61,6 @@ impl Bench {
     }
 }
 
-fn fleet(server: &Server) -> Result<Value> {
-    Ok(serde_json::from_str(&server.get("/api/v1/fleet")?)?)
-}
-
-/// Waits until the server hears every node's agent, ready on `version`.
-fn wait_agents(server: &Server, nodes: &[&str], version: &str) -> Result<()> {
-    let deadline = Instant::now() + crate::deadline::MESH_READY;
-    loop {
-        let f = fleet(server)?;
-        let all = nodes.iter().all(|n| {
-            f.as_array().into_iter().flatten().any(|e| {
-                e["name"] == *n
-                    && e["alive"] == true
-                    && e["live"]["ready"] == "yes"
-                    && e["live"]["version"] == version
-            })
-        });
-        if all {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the agents are not all ready on {version}: {f:#}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Rolls `version` out from inside the LAN, then reads the rollout's record.
 fn roll(server: &Server, dir: &Path, recipe: &str, version: &str) -> Result<Value> {
     let client = server.fleet_client(dir)?;
@@ -231,7 +204,7 @@ pub fn run(project: &Path) -> Result<Report> {
             links: vec![],
         };
         let _vm = Vm::start(&lan.ns, &cfg, &dir)?;
-        wait_agents(&server, &["bench0"], &a)?;
+        server.wait_agents(&["bench0"], &a, crate::deadline::MESH_READY)?;
         let mut totals = Vec::new();
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
         for run in 0..RUNS {
@@ -246,7 +219,7 @@ pub fn run(project: &Path) -> Result<Report> {
             for (p, x) in per.iter_mut().zip(s) {
                 p.push(x);
             }
-            wait_agents(&server, &["bench0"], &v)?;
+            server.wait_agents(&["bench0"], &v, crate::deadline::MESH_READY)?;
         }
         (
             median(&mut totals),
@@ -287,7 +260,7 @@ pub fn run(project: &Path) -> Result<Report> {
         .iter()
         .map(|c| Vm::start(&lan.ns, c, &dir))
         .collect::<Result<_>>()?;
-    wait_agents(&server, &nodes, &a)?;
+    server.wait_agents(&nodes, &a, crate::deadline::MESH_READY)?;
     let (v, t0) = b.edit_and_build("core-node", &without)?;
     let built = super::unix_s(std::time::SystemTime::now());
     let r = roll(&server, &dir, "core-node", &v)?;
@@ -318,7 +291,7 @@ pub fn run(project: &Path) -> Result<Report> {
         "\n**Edit to all three ready on the new version: {last_ready:.1} s** (goal: under \
          {THREE_GOAL_S:.0} s).\n"
     );
-    wait_agents(&server, &nodes, &v)?;
+    server.wait_agents(&nodes, &v, crate::deadline::MESH_READY)?;
 
     // Power off through the agents, then Wake-on-LAN.
     let client = server.fleet_client(&dir)?;
