@@ -236,7 +236,7 @@ fn observed(
                 )
             }))
         }
-        "off" if result["via"] == "ipmi" || now["bmc"] == true => {
+        "off" if result["via"] == "ipmi" || result["via"] == "redfish" || now["bmc"] == true => {
             let r = c.call(
                 "POST",
                 "/api/v1/power",

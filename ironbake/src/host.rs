@@ -142,7 +142,93 @@ pub const TEST: &[Need] = &[
         tool: "ipmitool",
         package: "ipmitool",
     },
+    // A real Redfish BMC for the fleet tests (sushy-tools' emulator, from PyPI: Debian does
+    // not package it) lives in a virtual environment; python3-venv makes one. It has no
+    // command of its own, so its copyright file stands for it.
+    Need {
+        tool: "/usr/share/doc/python3-venv/copyright",
+        package: "python3-venv",
+    },
+    Need {
+        tool: "openssl",
+        package: "openssl",
+    },
 ];
+
+/// A Python tool the tests run that Debian does not package: its PyPI name and pinned
+/// version, and the command it installs.
+#[derive(Debug, Clone, Copy)]
+pub struct PythonTool {
+    /// The PyPI distribution.
+    pub package: &'static str,
+    /// Its version, pinned.
+    pub version: &'static str,
+    /// The command in its environment's `bin/`.
+    pub command: &'static str,
+}
+
+/// OpenStack's Redfish emulator (its fake driver keeps each system's power state).
+pub const SUSHY_TOOLS: PythonTool = PythonTool {
+    package: "sushy-tools",
+    version: "2.2.0",
+    command: "sushy-emulator",
+};
+
+impl PythonTool {
+    /// Where its environment lives under `tools` (one folder per version).
+    pub fn dir(&self, tools: &std::path::Path) -> std::path::PathBuf {
+        tools.join(format!("{}-{}", self.package, self.version))
+    }
+
+    /// Its command, installing it first into a virtual environment under `tools` when it is
+    /// not there. The environment counts only once its `.installed` mark is written, last: an
+    /// install that failed halfway is removed and made again.
+    pub fn ensure(
+        &self,
+        tools: &std::path::Path,
+        progress: &crate::progress::Progress,
+    ) -> Result<std::path::PathBuf> {
+        let dir = self.dir(tools);
+        let command = dir.join("bin").join(self.command);
+        let mark = dir.join(".installed");
+        if mark.is_file() && command.is_file() {
+            return Ok(command);
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(tools)?;
+        let stage = progress.stage(&format!(
+            "python3 -m venv + pip install {}=={}",
+            self.package, self.version
+        ));
+        let sink = |l: &str| stage.line(l);
+        // Debian's interpreter by its path: the environment must not hang on a user's own.
+        Tool::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .run(Some(&sink))?;
+        Tool::new(&dir.join("bin").join("pip").display().to_string())
+            .args([
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--quiet",
+            ])
+            .arg(format!("{}=={}", self.package, self.version))
+            .run(Some(&sink))?;
+        if !command.is_file() {
+            bail!(
+                "pip installed {} but {} is not there",
+                self.package,
+                command.display()
+            );
+        }
+        std::fs::write(&mark, format!("{}=={}\n", self.package, self.version))?;
+        stage.done("");
+        Ok(command)
+    }
+}
 
 /// `/usr/sbin/policy-rc.d` answering "never start" while it lives (unless one exists).
 struct NoDaemons(Option<&'static str>);

@@ -14,6 +14,7 @@ pub mod lan;
 pub mod mesh;
 pub mod netns;
 pub mod qemu;
+pub mod redfish;
 pub mod report;
 pub mod require;
 pub mod server;

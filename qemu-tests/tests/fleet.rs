@@ -334,33 +334,48 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
             "{n}"
         );
     }
-    // Wake-on-LAN: each tap in standby (simulated), then power on.
-    let standby: Vec<_> = cfgs
+    // Wake-on-LAN for two of them (the third stays off: a boot fewer under TCG): each tap in
+    // standby (simulated), then power on.
+    const WOKEN: [&str; 2] = ["fleet0", "fleet1"];
+    let standby: Vec<_> = cfgs[..WOKEN.len()]
         .iter()
         .map(|cfg| {
             let nic = cfg.nic.as_ref().unwrap();
             qemu_tests::wol::standby(&lan.ns, &nic.tap, &nic.mac, Duration::from_secs(300)).unwrap()
         })
         .collect();
+    // The third one's tap also hears every magic packet (they are broadcast), and none is
+    // its own.
+    let third = cfgs[2].nic.as_ref().unwrap();
+    let asleep =
+        qemu_tests::wol::standby(&lan.ns, &third.tap, &third.mac, Duration::from_secs(30)).unwrap();
     let client = server.fleet_client(&dir).unwrap();
     let on = server.in_lan(move || {
         let mut out = Vec::new();
-        let ok = fleet::power(&client, &power_req("on", 400), &mut out);
+        let req = PowerRequest {
+            nodes: WOKEN.iter().map(|n| n.to_string()).collect(),
+            all: false,
+            ..power_req("on", 400)
+        };
+        let ok = fleet::power(&client, &req, &mut out);
         (ok, String::from_utf8_lossy(&out).into_owned())
     });
     for (i, s) in standby.into_iter().enumerate() {
         s.join()
             .unwrap()
-            .unwrap_or_else(|e| panic!("{}: {e:#}", NODES[i]));
+            .unwrap_or_else(|e| panic!("{}: {e:#}", WOKEN[i]));
         let mut cfg = cfgs[i].clone();
-        cfg.name = format!("{}-woken", NODES[i]);
+        cfg.name = format!("{}-woken", WOKEN[i]);
         vms[i] = Vm::start(&lan.ns, &cfg, &dir).unwrap();
     }
+    let stayed = asleep.join().unwrap().unwrap_err().to_string();
+    assert!(stayed.contains("no magic packet"), "{stayed}");
     let (ok, out) = on.join().unwrap().unwrap();
     let ok = ok.unwrap();
     eprintln!("{out}");
     assert!(ok, "{out}");
-    for n in NODES {
+    assert!(!out.contains("fleet2"), "{out}");
+    for n in WOKEN {
         assert!(
             out.contains(&format!(
                 "{n:<12} on      wol: Wake-on-LAN magic packet for"
@@ -597,4 +612,190 @@ fn a_node_with_a_bmc_is_powered_on_and_off_through_ipmi() {
         "{console}"
     );
     assert!(bmc.vm_pid().is_none(), "QEMU still runs");
+}
+
+/// Redfish against a real Redfish service: sushy-tools' emulator inside the LAN's namespace.
+/// Its fake driver is a simulation of the machines behind the BMC (each system is a power
+/// state the emulator keeps, changed 1 to 11 s after it is asked; no VM runs), so no node
+/// boots here: what is checked is the boot server's Redfish client against the emulator's
+/// routes, actions, HTTPS and logins. The IPMI test above powers a real VM.
+#[test]
+fn nodes_with_a_redfish_bmc_are_switched_over_https() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let dir = test_dir("fleet-redfish");
+    let lan = Lan::new("redfish", &dir).unwrap();
+    let stamp = std::process::id();
+    let systems: Vec<qemu_tests::redfish::System> = (0..2)
+        .map(|i| qemu_tests::redfish::System {
+            uuid: format!("{stamp:08x}-0ecb-4000-8000-00000000000{i}"),
+            name: format!("machine{i}"),
+        })
+        .collect();
+    let password = format!("rf{stamp}");
+    let emu =
+        qemu_tests::redfish::Emulator::start(&lan.ns, &dir, 8443, "admin", &password, &systems)
+            .unwrap();
+    // A certificate the BMC does not have, for the node that trusts the wrong one.
+    let (other, _) = qemu_tests::redfish::certificate(&dir, "not-the-bmc").unwrap();
+    let bmc = |system: Option<&str>, ca: &Path| {
+        format!(
+            "bmc = {{ kind = \"redfish\", address = \"127.0.0.1\", port = 8443{}, ca = \"{}\" }}",
+            system
+                .map(|s| format!(", system = \"{s}\""))
+                .unwrap_or_default(),
+            ca.display()
+        )
+    };
+    let nodes = [
+        ("rf0", bmc(Some(&systems[0].uuid), &emu.cert)),
+        ("rf1", bmc(Some(&systems[1].uuid), &emu.cert)),
+        ("rf-wrong-ca", bmc(Some(&systems[0].uuid), &other)),
+        ("rf-wrong-pw", bmc(Some(&systems[0].uuid), &emu.cert)),
+        ("rf-which", bmc(None, &emu.cert)),
+    ];
+    let mut inv = String::new();
+    let mut secrets = String::new();
+    for (i, (n, b)) in nodes.iter().enumerate() {
+        inv +=
+            &format!("[nodes.{n}]\nmac = \"52:54:00:00:05:{i:02x}\"\nrecipe = \"ci-node\"\n{b}\n");
+        let pw = if *n == "rf-wrong-pw" {
+            "not-it"
+        } else {
+            &password
+        };
+        secrets += &format!("[bmc.{n}]\nusername = \"admin\"\npassword = \"{pw}\"\n");
+    }
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(&inventory, inv).unwrap();
+    let secrets_file = dir.join("secrets.toml");
+    std::fs::write(&secrets_file, secrets).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secrets_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Nothing is published: power needs the inventory, not images.
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let server = Server::start(&lan, &out, &inventory, &dir).unwrap();
+    let req = |action: &str, nodes: &[&str], wait: u64| PowerRequest {
+        action: action.into(),
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        recipe: None,
+        all: false,
+        wait: Duration::from_secs(wait),
+    };
+    let power = |action: &str, nodes: &[&str], wait: u64| {
+        let r = req(action, nodes, wait);
+        run(&server, move |c, o| fleet::power(c, &r, o), &dir)
+    };
+    let path = |i: usize| format!("/redfish/v1/Systems/{}", systems[i].uuid);
+    // The power state of rf0, polled until it reads `want` (the fake driver's delay).
+    let settles = |want: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (ok, out) = power("status", &["rf0"], 0);
+            if ok && out.contains(&format!("{}: PowerState {want}", path(0))) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "rf0 not {want} within 60 s:\n{out}\n{}",
+                emu.log_text()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+
+    let (ok, out) = power("status", &["rf0", "rf1"], 0);
+    assert!(ok, "{out}");
+    for (i, n) in ["rf0", "rf1"].iter().enumerate() {
+        assert!(
+            out.contains(&format!(
+                "{n:<12} status  redfish: {}: PowerState Off",
+                path(i)
+            )),
+            "{out}"
+        );
+    }
+    assert_eq!(out.matches("seen    BMC: power off").count(), 2, "{out}");
+
+    // On: ComputerSystem.Reset On, without waiting (no node boots behind the fake driver, so
+    // none would report ready).
+    let (ok, out) = power("on", &["rf0"], 0);
+    assert!(
+        out.contains(&format!(
+            "rf0          on      redfish: {}: ResetType On accepted (HTTP 204; PowerState was Off)",
+            path(0)
+        )),
+        "{out}"
+    );
+    assert!(ok && !out.contains("seen"), "{out}");
+    eprintln!("rf0 read On {:?} after the request", settles("On"));
+    let (_, out) = power("on", &["rf0"], 0);
+    assert!(
+        out.contains("PowerState On already, nothing to do"),
+        "{out}"
+    );
+    let (ok, out) = power("status", &["rf1"], 0);
+    assert!(
+        ok && out.contains("PowerState Off"),
+        "the other system did not move: {out}"
+    );
+
+    // Reboot with no agent to ask: the BMC restarts it (ForceRestart).
+    let (ok, out) = power("reboot", &["rf0"], 0);
+    assert!(
+        out.contains(&format!(
+            "rf0          reboot  redfish: {}: ResetType ForceRestart accepted",
+            path(0)
+        )),
+        "{ok} {out}"
+    );
+    settles("On");
+    // Off with no agent: GracefulShutdown, and the command waits until the BMC reads Off.
+    let (ok, out) = power("off", &["rf0"], 60);
+    assert!(ok, "{out}\n{}", emu.log_text());
+    assert!(
+        out.contains("ResetType GracefulShutdown accepted")
+            && out.contains("rf0          seen    off: its BMC says power is off"),
+        "{out}"
+    );
+    // The emulator's own access log: three resets of rf0's system, none of rf1's.
+    let log = emu.log_text();
+    let resets = |i: usize| {
+        log.matches(&format!(
+            "POST {}/Actions/ComputerSystem.Reset HTTP/1.1",
+            path(i)
+        ))
+        .count()
+    };
+    assert_eq!((resets(0), resets(1)), (3, 0), "{log}");
+
+    // Mistakes are named, and nothing is switched.
+    let (ok, out) = power("status", &["rf-wrong-ca", "rf-wrong-pw", "rf-which"], 0);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("rf-wrong-ca  status  redfish: GET https://127.0.0.1:8443")
+            && out.contains("TLS: io: invalid peer certificate: UnknownIssuer")
+            && out.contains("as bmc.ca in the inventory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("HTTP 401: the BMC refused the login (check [bmc.NODE] in secrets.toml)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("has 2 systems") && out.contains("name one as bmc.system"),
+        "{out}"
+    );
+    let (_, out) = power("on", &["rf-wrong-pw"], 0);
+    assert!(out.contains("refused the login"), "{out}");
+    let (ok, out) = power("status", &["rf0"], 0);
+    assert!(ok && out.contains("PowerState Off"), "{out}");
+    assert_eq!(
+        emu.log_text()
+            .matches("Actions/ComputerSystem.Reset")
+            .count(),
+        3
+    );
 }

@@ -124,6 +124,7 @@ impl Test {
         let progress = Progress::new(false);
         host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
         let root = repository(global)?;
+        host::SUSHY_TOOLS.ensure(&root.join("target").join("tools"), &progress)?;
         for (name, args) in TIERS {
             progress.println(&format!("==> {name}"));
             cargo()
@@ -159,7 +160,10 @@ impl Chore {
         match self {
             Chore::Test(t) => t.run(global),
             Chore::Setup(_) => {
-                host::ensure(&[host::BUILD, host::TEST].concat(), &Progress::new(false))?;
+                let progress = Progress::new(false);
+                host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
+                let root = repository(global)?;
+                host::SUSHY_TOOLS.ensure(&root.join("target").join("tools"), &progress)?;
                 println!("host tools: all present");
                 Ok(ExitCode::SUCCESS)
             }

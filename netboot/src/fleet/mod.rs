@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod desired;
 pub mod power;
+pub mod redfish;
 pub mod rollout;
 
 use std::collections::BTreeMap;
@@ -591,7 +592,11 @@ impl Fleet {
             }
         };
         let use_bmc = |r: &mut PowerResult, a: power::BmcAction| {
-            r.via = "ipmi".into();
+            r.via = bmc
+                .as_ref()
+                .map(|(b, _)| b.kind.word())
+                .unwrap_or("bmc")
+                .into();
             a
         };
         let result: Result<String, String> = match action {
@@ -600,7 +605,7 @@ impl Fleet {
                     let a = use_bmc(&mut r, power::BmcAction::Status);
                     match power::bmc(b, login, a).await {
                         Ok(said) => {
-                            r.power = power::parse_status(&said);
+                            r.power = power::parse_status(b.kind, &said);
                             Ok(said)
                         }
                         Err(e) => Err(e.to_string()),

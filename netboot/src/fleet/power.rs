@@ -1,5 +1,5 @@
-//! Power control: Wake-on-LAN for machines without a BMC, IPMI (Debian's `ipmitool`) for those
-//! with one. Off and reboot of a running node go through its agent (see [`super`]); these are
+//! Power control: Wake-on-LAN for machines without a BMC, IPMI (Debian's `ipmitool`) or Redfish
+//! ([`super::redfish`]) for those with one. Off and reboot of a running node go through its agent (see [`super`]); these are
 //! the ways that do not need the node's own help.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -101,17 +101,37 @@ impl BmcAction {
 /// How long one BMC command may take.
 pub const BMC_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Runs `action` on `bmc` with `login`, by `ipmitool -I lanplus` (the password goes in the
-/// environment, never on the command line). The answer is ipmitool's own words.
+/// Runs `action` on `bmc` with `login`: IPMI by `ipmitool -I lanplus` (the password goes in
+/// the environment, never on the command line; the answer is ipmitool's own words), Redfish
+/// over HTTPS.
 pub async fn bmc(bmc: &Bmc, login: &BmcLogin, action: BmcAction) -> std::io::Result<String> {
     match bmc.kind {
-        BmcKind::Ipmi => {}
+        BmcKind::Ipmi => ipmi(bmc, login, action).await,
+        BmcKind::Redfish => {
+            let (b, l) = (bmc.clone(), login.clone());
+            tracing::info!(bmc = %bmc.address, port = bmc.port(), action = action.ipmi(), "redfish");
+            tokio::task::spawn_blocking(move || super::redfish::act(&b, &l, action, BMC_TIMEOUT))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)
+        }
     }
+}
+
+/// The power state in a BMC's answer to [`BmcAction::Status`].
+pub fn parse_status(kind: BmcKind, said: &str) -> Option<bool> {
+    match kind {
+        BmcKind::Ipmi => parse_ipmi_status(said),
+        BmcKind::Redfish => super::redfish::parse_status(said),
+    }
+}
+
+async fn ipmi(bmc: &Bmc, login: &BmcLogin, action: BmcAction) -> std::io::Result<String> {
     let mut cmd = tokio::process::Command::new("ipmitool");
     cmd.args(["-I", "lanplus", "-H"])
         .arg(&bmc.address)
         .arg("-p")
-        .arg(bmc.port.to_string())
+        .arg(bmc.port().to_string())
         .arg("-U")
         .arg(&login.username)
         .arg("-E")
@@ -122,7 +142,7 @@ pub async fn bmc(bmc: &Bmc, login: &BmcLogin, action: BmcAction) -> std::io::Res
         .env("IPMI_PASSWORD", &login.password)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    tracing::info!(bmc = %bmc.address, port = bmc.port, action = action.ipmi(), "ipmitool chassis power");
+    tracing::info!(bmc = %bmc.address, port = bmc.port(), action = action.ipmi(), "ipmitool chassis power");
     let out = tokio::time::timeout(BMC_TIMEOUT, cmd.output())
         .await
         .map_err(|_| {
@@ -130,7 +150,7 @@ pub async fn bmc(bmc: &Bmc, login: &BmcLogin, action: BmcAction) -> std::io::Res
                 "ipmitool did not answer within {} s (is the BMC at {}:{} up?)",
                 BMC_TIMEOUT.as_secs(),
                 bmc.address,
-                bmc.port
+                bmc.port()
             ))
         })?
         .map_err(|e| {
@@ -152,13 +172,13 @@ pub async fn bmc(bmc: &Bmc, login: &BmcLogin, action: BmcAction) -> std::io::Res
             "ipmitool chassis power {} at {}:{} failed: {said}",
             action.ipmi(),
             bmc.address,
-            bmc.port
+            bmc.port()
         )))
     }
 }
 
 /// The power state in ipmitool's status answer ("Chassis Power is on").
-pub fn parse_status(said: &str) -> Option<bool> {
+fn parse_ipmi_status(said: &str) -> Option<bool> {
     let l = said.to_ascii_lowercase();
     if l.contains("power is on") {
         Some(true)
@@ -209,8 +229,14 @@ mod tests {
 
     #[test]
     fn ipmitool_status_is_read() {
-        assert_eq!(parse_status("Chassis Power is on"), Some(true));
-        assert_eq!(parse_status("Chassis Power is off"), Some(false));
-        assert_eq!(parse_status("Error"), None);
+        assert_eq!(
+            parse_status(BmcKind::Ipmi, "Chassis Power is on"),
+            Some(true)
+        );
+        assert_eq!(
+            parse_status(BmcKind::Ipmi, "Chassis Power is off"),
+            Some(false)
+        );
+        assert_eq!(parse_status(BmcKind::Ipmi, "Error"), None);
     }
 }

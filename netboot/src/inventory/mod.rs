@@ -27,6 +27,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,8 +91,9 @@ fn wol_port() -> u16 {
     crate::fleet::power::WOL_PORT
 }
 
-/// A node's BMC (`bmc = { address = "192.168.88.40" }`); its login is in secrets.toml under
-/// `[bmc.NODE]`, never here.
+/// A node's BMC (`bmc = { address = "192.168.88.40" }`, or `bmc = { kind = "redfish",
+/// address = "192.168.88.41", ca = "/etc/netboot/bmc-ca.pem" }`); its login is in secrets.toml
+/// under `[bmc.NODE]`, never here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Bmc {
@@ -100,13 +102,40 @@ pub struct Bmc {
     pub kind: BmcKind,
     /// Its address (name or IP).
     pub address: String,
-    /// Its port.
-    #[serde(default = "ipmi_port")]
-    pub port: u16,
+    /// Its port (623 for IPMI, 443 for Redfish when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Redfish: the computer system to act on (`/redfish/v1/Systems/ID` or `ID`); when not
+    /// given, the BMC must list exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Redfish: a PEM file with the certificate the BMC's HTTPS certificate is checked
+    /// against (its own self-signed one, or the CA that signed it); when not given, the
+    /// public web's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Redfish: `false` accepts any certificate (anyone on the BMC's network can then
+    /// pretend to be it and learn its password); `ca` is the safe way.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub verify: bool,
 }
 
-fn ipmi_port() -> u16 {
-    623
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Bmc {
+    /// The port, or the protocol's own.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.kind {
+            BmcKind::Ipmi => 623,
+            BmcKind::Redfish => 443,
+        })
+    }
 }
 
 /// How a BMC is spoken to.
@@ -116,6 +145,18 @@ pub enum BmcKind {
     /// IPMI 2.0 over LAN (`ipmitool -I lanplus`).
     #[default]
     Ipmi,
+    /// DMTF Redfish over HTTPS (`ComputerSystem.Reset`, `PowerState`).
+    Redfish,
+}
+
+impl BmcKind {
+    /// Its name in the inventory.
+    pub fn word(self) -> &'static str {
+        match self {
+            BmcKind::Ipmi => "ipmi",
+            BmcKind::Redfish => "redfish",
+        }
+    }
 }
 
 /// Settings for machines the inventory does not list.
@@ -186,6 +227,18 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
             return Err(at(
                 &node.mac,
                 format!("nodes {other} and {name} have the same mac {}", node.mac),
+            ));
+        }
+        if let Some(b) = &node.bmc
+            && b.kind == BmcKind::Ipmi
+            && (b.system.is_some() || b.ca.is_some() || !b.verify)
+        {
+            return Err(at(
+                &b.address,
+                format!(
+                    "node {name}: bmc keys system, ca and verify are for kind = \"redfish\"; \
+                     this BMC is IPMI (ipmitool authenticates with the password alone)"
+                ),
             ));
         }
         for key in node.vars.keys() {
@@ -294,6 +347,33 @@ mod tests {
             .contains("must look like")
         );
         assert!(parse("i.toml", "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\n[nodes.a.vars]\nname = \"x\"\n").unwrap_err().message.contains("reserved"));
+    }
+
+    #[test]
+    fn a_bmc_port_follows_its_kind_and_redfish_keys_stay_with_redfish() {
+        let node = |bmc: &str| {
+            format!("[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\nbmc = {{ {bmc} }}\n")
+        };
+        let ipmi = parse("i.toml", &node("address = \"10.0.0.9\"")).unwrap();
+        let b = ipmi.nodes["a"].bmc.as_ref().unwrap();
+        assert_eq!((b.kind, b.port(), b.verify), (BmcKind::Ipmi, 623, true));
+        let rf = parse(
+            "i.toml",
+            &node("kind = \"redfish\", address = \"bmc-a\", system = \"1\", ca = \"/etc/netboot/bmc.pem\""),
+        )
+        .unwrap();
+        let b = rf.nodes["a"].bmc.as_ref().unwrap();
+        assert_eq!(
+            (b.kind, b.port(), b.system.as_deref()),
+            (BmcKind::Redfish, 443, Some("1"))
+        );
+        let wrong = parse("i.toml", &node("address = \"10.0.0.9\", verify = false")).unwrap_err();
+        assert!(
+            wrong.message.contains("kind = \"redfish\""),
+            "{}",
+            wrong.message
+        );
+        assert!(parse("i.toml", &node("kind = \"smash\", address = \"x\"")).is_err());
     }
 
     #[test]
