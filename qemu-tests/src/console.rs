@@ -42,6 +42,11 @@ impl Console {
         String::from_utf8_lossy(&std::fs::read(&self.path).unwrap_or_default()).into_owned()
     }
 
+    /// How many lines (as [`lines`] counts them, and `skip` means) are logged so far.
+    pub fn line_count(&self) -> usize {
+        lines(&self.text()).len()
+    }
+
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> String {
         last_lines(&self.text(), n)

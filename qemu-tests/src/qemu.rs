@@ -1,9 +1,10 @@
 //! A QEMU VM inside a network namespace: the serial console goes to a file under the test's
 //! folder, every argument is explained, and the VM is killed on drop.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -153,13 +154,56 @@ pub struct Nic {
 }
 
 /// A running VM; killed on drop.
-#[derive(Debug)]
+///
+/// A guest reset is a power cycle here: QEMU runs with `-no-reboot`, so it ends when the guest
+/// resets, and a watcher thread starts it again at once with the same arguments (the same
+/// firmware variables, disks, MAC and console log). Under TCG, OVMF after a warm reset of a
+/// q35 VM that ran Linux sometimes stalls for minutes in DXE before printing anything (QEMU's
+/// monitor shows it running in long mode, 1 or 2 vCPUs alike); a cold start does not. A guest
+/// that powers off ends the VM as before.
 pub struct Vm {
-    child: Child,
+    run: Arc<Mutex<Running>>,
+    stop: Arc<AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
     /// Its serial console.
     pub console: Console,
     /// The console log file.
     pub log: PathBuf,
+    /// QEMU's human monitor, a Unix socket: where a VM stuck with a silent console is.
+    pub monitor: PathBuf,
+}
+
+/// The QEMU process of a [`Vm`], and what became of it.
+struct Running {
+    child: Child,
+    /// Where the console log stood when this QEMU started.
+    from: u64,
+    /// Set once QEMU ended for good (not a reset).
+    ended: Option<std::process::ExitStatus>,
+    /// Resets turned into power cycles.
+    cycles: u32,
+}
+
+/// The console lines that end a QEMU run: the guest reset (Linux, or the harness's firmware
+/// retry), or powered off.
+const RESET_LINES: [&str; 2] = ["reboot: Restarting system", FIRMWARE_RETRY_LINE];
+const POWER_DOWN_LINE: &str = "reboot: Power down";
+
+/// Did the console text a QEMU run wrote end in a reset?
+fn ended_in_reset(text: &str) -> bool {
+    let last = |needle: &str| text.rfind(needle);
+    let reset = RESET_LINES.iter().filter_map(|l| last(l)).max();
+    match (reset, last(POWER_DOWN_LINE)) {
+        (Some(r), Some(p)) => r > p,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("log", &self.log).finish()
+    }
 }
 
 impl Vm {
@@ -167,21 +211,122 @@ impl Vm {
     pub fn start(ns: &Netns, cfg: &VmConfig, dir: &Path) -> Result<Vm> {
         let log = dir.join(format!("{}.console.log", cfg.name));
         let qemu_log = dir.join(format!("{}.qemu.log", cfg.name));
+        let qemu_err = dir.join(format!("{}.qemu.err", cfg.name));
         // A log left by an earlier run would be read before QEMU truncates it.
         std::fs::create_dir_all(dir)?;
         std::fs::write(&log, b"")?;
+        std::fs::write(&qemu_log, b"")?;
+        std::fs::write(&qemu_err, b"")?;
         let mut cmd = ns.command("qemu-system-x86_64");
         Self::arguments(&mut cmd, cfg, dir, &log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&qemu_log)?)
-            .stderr(File::create(dir.join(format!("{}.qemu.err", cfg.name)))?);
+        let cycle = matches!(
+            cfg.boot,
+            Boot::Pxe { retry: true, .. } | Boot::Disk { reboot: true, .. }
+        );
+        if cycle {
+            cmd.arg("-no-reboot");
+        }
         eprintln!("[{}] {:?}", cfg.name, cmd);
-        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        let program = cmd.get_program().to_owned();
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let spawn = move || -> Result<Child> {
+            let append = |p: &Path| std::fs::OpenOptions::new().append(true).open(p);
+            std::process::Command::new(&program)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(append(&qemu_log)?)
+                .stderr(append(&qemu_err)?)
+                .spawn()
+                .context("starting qemu-system-x86_64")
+        };
+        let run = Arc::new(Mutex::new(Running {
+            child: spawn()?,
+            from: 0,
+            ended: None,
+            cycles: 0,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (run2, stop2, log2, name) = (
+            Arc::clone(&run),
+            Arc::clone(&stop),
+            log.clone(),
+            cfg.name.clone(),
+        );
+        let watcher = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut r = run2.lock().expect("not poisoned");
+                if r.ended.is_some() {
+                    continue;
+                }
+                let Ok(Some(status)) = r.child.try_wait() else {
+                    continue;
+                };
+                let text = std::fs::read(&log2).unwrap_or_default();
+                let from = (r.from as usize).min(text.len());
+                let wrote = String::from_utf8_lossy(&text[from..]);
+                if !cycle || !ended_in_reset(&wrote) {
+                    r.ended = Some(status);
+                    continue;
+                }
+                match spawn() {
+                    Ok(child) => {
+                        r.cycles += 1;
+                        r.from = text.len() as u64;
+                        r.child = child;
+                        eprintln!(
+                            "[{name}] the guest reset: QEMU started again (power cycle {})",
+                            r.cycles
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("[{name}] starting QEMU again after a reset: {e:#}");
+                        r.ended = Some(status);
+                    }
+                }
+            }
+        });
         Ok(Vm {
-            child,
+            run,
+            stop,
+            watcher: Some(watcher),
             console: Console::new(&log),
             log,
+            monitor: monitor_path(dir, &cfg.name),
         })
+    }
+
+    /// How many guest resets were power cycles so far.
+    pub fn power_cycles(&self) -> u32 {
+        self.run.lock().expect("not poisoned").cycles
+    }
+
+    /// What QEMU's monitor says of the VM (`info status`, `info cpus`, `info registers -a`),
+    /// for a failure message when the console says nothing; also written beside the console
+    /// log as `NAME.state.txt`.
+    pub fn state(&self) -> String {
+        use std::io::{Read, Write};
+        let said = (|| -> std::io::Result<String> {
+            let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"info status\ninfo cpus\ninfo registers -a\n")?;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 8192];
+            // The monitor never closes: read until it has been quiet for the timeout.
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })()
+        .unwrap_or_else(|e| format!("(QEMU's monitor {}: {e})", self.monitor.display()));
+        let _ = std::fs::write(
+            self.log.with_extension("").with_extension("state.txt"),
+            &said,
+        );
+        said
     }
 
     /// QEMU's arguments for `cfg` (its serial console appended to `log`), added to `cmd`;
@@ -212,6 +357,11 @@ impl Vm {
             "-device",
             "virtio-rng-pci",
         ]);
+        // The human monitor on a Unix socket, for `Vm::state`.
+        cmd.arg("-monitor").arg(format!(
+            "unix:{},server=on,wait=off",
+            monitor_path(dir, &cfg.name).display()
+        ));
         // The console, appended to (a VM powered on again keeps one log).
         cmd.arg("-chardev")
             .arg(format!("file,id=console,path={},append=on", log.display()));
@@ -223,6 +373,7 @@ impl Vm {
             // A reboot ends the run instead of looping.
             cmd.arg("-no-reboot");
         }
+        // (Where a reboot should boot again, `Vm::start` makes it a power cycle.)
         match &cfg.boot {
             Boot::Kernel {
                 kernel,
@@ -307,7 +458,7 @@ impl Vm {
     ) -> Result<std::process::ExitStatus> {
         let end = std::time::Instant::now() + deadline;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.run.lock().expect("not poisoned").ended {
                 return Ok(status);
             }
             if std::time::Instant::now() >= end {
@@ -323,7 +474,7 @@ impl Vm {
 
     /// Is QEMU still running?
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.run.lock().expect("not poisoned").ended.is_none()
     }
 
     /// Waits for a console line containing `needle` after line `skip`.
@@ -335,12 +486,12 @@ impl Vm {
         skip: usize,
     ) -> Result<(String, usize)> {
         let console = self.console.clone();
-        let child = &mut self.child;
+        let run = Arc::clone(&self.run);
         console.wait_for(
             what,
             deadline,
             skip,
-            || matches!(child.try_wait(), Ok(None)),
+            || run.lock().expect("not poisoned").ended.is_none(),
             |l| l.contains(needle),
         )
     }
@@ -348,7 +499,35 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        let mut r = self.run.lock().expect("not poisoned");
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+}
+
+/// Where a VM's monitor socket is.
+fn monitor_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.monitor"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_ended_in_a_reset_is_told_from_a_power_off() {
+        assert!(ended_in_reset(
+            "systemd-shutdown...\n[ 53.5] reboot: Restarting system\n"
+        ));
+        assert!(ended_in_reset(&format!("PXE...\n{FIRMWARE_RETRY_LINE}\n")));
+        assert!(!ended_in_reset("[ 20.1] reboot: Power down\n"));
+        assert!(ended_in_reset(
+            "reboot: Power down\n(started again)\nreboot: Restarting system\n"
+        ));
+        assert!(!ended_in_reset("qemu: terminating on signal 15\n"));
     }
 }

@@ -189,7 +189,7 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
 
     // B -> C: the canary never gets ready; it goes back to B, the others never move.
     let before = fleet_json(&server);
-    let skip = vms[0].console.text().lines().count();
+    let skip = vms[0].console.line_count();
     let c2 = c.clone();
     let (ok, out) = run(
         &server,

@@ -203,14 +203,15 @@ pub fn run(project: &Path) -> Result<Report> {
             disks: vec![],
             links: vec![],
         };
-        let _vm = Vm::start(&lan.ns, &cfg, &dir)?;
+        let vm = Vm::start(&lan.ns, &cfg, &dir)?;
         server.wait_agents(&["bench0"], &a, crate::deadline::MESH_READY)?;
         let mut totals = Vec::new();
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
         for run in 0..RUNS {
             let (v, t0) = b.edit_and_build("ci-node", &[])?;
             let built = super::unix_s(std::time::SystemTime::now());
-            let r = roll(&server, &dir, "ci-node", &v)?;
+            let r = roll(&server, &dir, "ci-node", &v)
+                .map_err(|e| e.context(format!("QEMU's monitor on bench0:\n{}", vm.state())))?;
             let t0 = unix_of(t0);
             let s = stages(&server, &r, "bench0", mac, t0, built)?;
             let total = step_at(&r, "bench0", "ready")? - t0;
@@ -263,7 +264,10 @@ pub fn run(project: &Path) -> Result<Report> {
     server.wait_agents(&nodes, &a, crate::deadline::MESH_READY)?;
     let (v, t0) = b.edit_and_build("core-node", &without)?;
     let built = super::unix_s(std::time::SystemTime::now());
-    let r = roll(&server, &dir, "core-node", &v)?;
+    let r = roll(&server, &dir, "core-node", &v).map_err(|e| {
+        let states: Vec<String> = vms.iter().map(|vm| vm.state()).collect();
+        e.context(format!("QEMU's monitors:\n{}", states.join("\n")))
+    })?;
     let t0 = unix_of(t0);
     let mut last_ready: f64 = 0.0;
     let _ = writeln!(
