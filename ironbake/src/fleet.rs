@@ -4,7 +4,7 @@
 //! until what was asked is seen (a node ready on its version, a node gone quiet or reported
 //! off by its BMC).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -140,7 +140,7 @@ pub fn power(c: &Client, req: &PowerRequest, out: &mut impl Write) -> Result<boo
     let results = c.call("POST", "/api/v1/power", Some(&body))?;
     let results = results.as_array().cloned().unwrap_or_default();
     let mut all_ok = true;
-    let mut waiting: BTreeMap<String, Value> = BTreeMap::new();
+    let mut waiting: BTreeSet<String> = BTreeSet::new();
     for r in &results {
         let node = r["node"].as_str().unwrap_or("?").to_string();
         let ok = r["ok"].as_bool().unwrap_or(false);
@@ -172,15 +172,15 @@ pub fn power(c: &Client, req: &PowerRequest, out: &mut impl Write) -> Result<boo
                 b["boots"].as_str().unwrap_or("-"),
             )?;
         } else if !req.wait.is_zero() {
-            waiting.insert(node, r.clone());
+            waiting.insert(node);
         }
     }
     while !waiting.is_empty() {
         let now = by_name(&c.fleet()?);
         let mut seen = Vec::new();
-        for (node, r) in &waiting {
+        for node in &waiting {
             let (b, n) = (&before[node], &now[node]);
-            if let Some(what) = observed(&req.action, b, n, r, asked_unix, c, node)? {
+            if let Some(what) = observed(&req.action, b, n, asked_unix, c, node)? {
                 writeln!(
                     out,
                     "{node:<12} seen    {what} ({:.1} s after the request)",
@@ -193,7 +193,7 @@ pub fn power(c: &Client, req: &PowerRequest, out: &mut impl Write) -> Result<boo
             waiting.remove(&s);
         }
         if asked.elapsed() >= req.wait {
-            for node in waiting.keys() {
+            for node in &waiting {
                 writeln!(
                     out,
                     "{node:<12} NOT SEEN within {} s: {}",
@@ -216,7 +216,6 @@ fn observed(
     action: &str,
     before: &Value,
     now: &Value,
-    result: &Value,
     asked_unix: u64,
     c: &Client,
     node: &str,
@@ -236,7 +235,8 @@ fn observed(
                 )
             }))
         }
-        "off" if result["via"] == "ipmi" || result["via"] == "redfish" || now["bmc"] == true => {
+        // A node with a BMC (whatever its kind, whichever way it was asked): the BMC says.
+        "off" if now["bmc"] == true => {
             let r = c.call(
                 "POST",
                 "/api/v1/power",
