@@ -120,21 +120,30 @@ impl ServeArgs {
 
     /// Sets up logging and serves until Ctrl-C.
     pub fn run(&self) -> Result<(), Box<dyn std::error::Error>> {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let hub = std::sync::Arc::new(crate::hub::Hub::new());
         let filter = tracing_subscriber::EnvFilter::try_from_env("NETBOOT_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        // A caller that set up logging already keeps its own.
-        let _ = match self.log_format {
-            LogFormat::Text => tracing_subscriber::fmt()
-                .with_env_filter(filter)
+        let text = match self.log_format {
+            LogFormat::Text => tracing_subscriber::fmt::layer()
                 .with_target(false)
                 // Colours only for a person at a terminal, never into a file or the journal.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                .try_init(),
-            LogFormat::Json => tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .try_init(),
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
         };
+        // The nodes' pages keep what is logged about each node at info and above, whatever
+        // NETBOOT_LOG shows. A caller that set up logging already keeps its own.
+        let _ = tracing_subscriber::registry()
+            .with(text.with_filter(filter))
+            .with(
+                hub.logs
+                    .layer()
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            )
+            .try_init();
         let cfg = self.config();
         // File reads run on tokio's blocking pool; a few threads keep up with the network, and
         // a hundred (tokio's default cap is 512) would each cost memory.
@@ -142,7 +151,6 @@ impl ServeArgs {
             .max_blocking_threads(16)
             .enable_all()
             .build()?;
-        let hub = std::sync::Arc::new(crate::hub::Hub::new());
         rt.block_on(crate::serve::run(cfg, hub, |_| {}, async {
             // Ctrl-C, or systemd stopping the service.
             let mut term =

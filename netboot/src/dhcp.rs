@@ -125,6 +125,8 @@ pub mod opt {
     pub const MESSAGE_TYPE: u8 = 53;
     /// Server identifier.
     pub const SERVER_ID: u8 = 54;
+    /// Host name (RFC 2132 3.14), as the client calls itself.
+    pub const HOST_NAME: u8 = 12;
     /// Vendor class identifier (`PXEClient:Arch:00007:UNDI:003016`).
     pub const VENDOR_CLASS: u8 = 60;
     /// Boot file name (used only when the BOOTP `file` field is too small).
@@ -579,6 +581,9 @@ pub struct Client {
     pub http: bool,
     /// The whole option 60, printable characters only.
     pub vendor_class: String,
+    /// Option 12, the name the client gives itself, printable characters only (empty when
+    /// absent).
+    pub hostname: String,
     /// The architecture, when known, and where it came from.
     pub arch: Option<(Arch, ArchSource)>,
     /// iPXE is asking (option 77 contains `iPXE` or option 175 is present).
@@ -665,6 +670,7 @@ pub fn inspect(req: &Packet, port: ListenPort, server_ip: Ipv4Addr) -> Result<Cl
         message,
         http,
         vendor_class: printable(vc),
+        hostname: printable(req.options.get(opt::HOST_NAME).unwrap_or_default()),
         arch,
         ipxe,
     })
@@ -892,12 +898,14 @@ impl Responder {
                 let arch = client.arch_name();
                 if self
                     .hub
-                    .discovered(&client.mac, &arch, &client.vendor_class)
+                    .discovered(&client.mac, &arch, &client.vendor_class, &client.hostname)
                 {
                     tracing::info!(
-                        "unknown machine {} arch {arch} vendor-class {}",
+                        mac = %client.mac,
+                        "unknown machine {} arch {arch} vendor-class {} hostname {:?}",
                         client.mac,
-                        client.vendor_class
+                        client.vendor_class,
+                        client.hostname
                     );
                 }
                 None

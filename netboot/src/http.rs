@@ -8,6 +8,8 @@
 //! | `GET /api/v1/nodes` | each node's latest boot, stage by stage |
 //! | `GET /api/v1/discovered` | machines seen that the inventory does not list |
 //! | `GET /metrics` | Prometheus counters and stage times |
+//! | `GET /api/v1/prometheus/targets` | the nodes' exporters, for Prometheus' `http_sd_configs` ([`crate::telemetry`]) |
+//! | `GET /`, `GET /node/NAME`, `/-/...` | the fleet page ([`crate::page`], the `page` feature) |
 //! | `GET`/`HEAD` anything else | a file under the root ([`crate::fsroot`] rules) |
 //!
 //! Files are served with `Content-Length` always, single and multiple byte ranges (206,
@@ -104,11 +106,21 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{mac}/settings.img", get(settings))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/discovered", get(discovered))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/api/v1/prometheus/targets", get(targets));
     if fleet.is_none() {
         r = r.route("/api/v1/ready", post(ready));
     }
+    #[cfg(feature = "page")]
+    let page = crate::page::Page::new(
+        state.inner.root.clone(),
+        Arc::clone(&state.inner.nodes),
+        Arc::clone(&state.inner.hub),
+        fleet.clone(),
+    );
     let r = r.fallback(file).with_state(state);
+    #[cfg(feature = "page")]
+    let r = r.merge(crate::page::router(page));
     match fleet {
         Some(f) => r.merge(crate::fleet::api::router(f)),
         None => r,
@@ -444,7 +456,7 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
         );
     };
     s.hub.learn_ip(peer.ip(), &mac);
-    if s.nodes.name_of(&mac).is_none() && s.hub.discovered(&mac, "", "") {
+    if s.nodes.name_of(&mac).is_none() && s.hub.discovered(&mac, "", "", "") {
         tracing::info!(%peer, %mac, "unknown machine asked for a boot script");
     }
     match s.nodes.target(&s.root, &mac) {
@@ -584,6 +596,60 @@ async fn nodes(State(st): State<AppState>) -> Response {
 
 async fn discovered(State(st): State<AppState>) -> Response {
     json(&st.inner.hub, &st.inner.hub.discovered_list())
+}
+
+async fn targets(State(st): State<AppState>) -> Response {
+    let s = &st.inner;
+    let inv = s.nodes.get();
+    let boots: HashMap<String, crate::hub::BootRecord> = s
+        .hub
+        .boots()
+        .into_iter()
+        .map(|b| (b.mac.clone(), b))
+        .collect();
+    let seen: Vec<crate::telemetry::Seen> = inv
+        .nodes
+        .iter()
+        .map(|(name, n)| {
+            let boot = boots.get(&n.mac);
+            // What it runs: its agent's word, else its last ready, else what it boots now.
+            let version = s
+                .fleet
+                .as_ref()
+                .and_then(|f| f.live_of(name).version)
+                .or_else(|| {
+                    boot.and_then(|b| b.stages.iter().find(|st| st.stage == Stage::Ready))
+                        .and_then(|st| st.detail.split_once('@'))
+                        .and_then(|(_, v)| v.split_whitespace().next().map(str::to_string))
+                })
+                .or_else(|| {
+                    s.nodes
+                        .target(&s.root, &n.mac)
+                        .ok()
+                        .flatten()
+                        .map(|t| t.manifest.version.clone())
+                });
+            let exporter = version.as_deref().is_some_and(|v| {
+                s.nodes
+                    .published_manifest(&s.root, &n.recipe, v)
+                    .is_some_and(|m| {
+                        m.overlays
+                            .iter()
+                            .any(|o| o.name == crate::telemetry::OVERLAY)
+                    })
+            });
+            crate::telemetry::Seen {
+                name: name.clone(),
+                recipe: n.recipe.clone(),
+                version,
+                ip: boot
+                    .and_then(|b| b.ip.as_deref())
+                    .and_then(|ip| ip.parse().ok()),
+                exporter,
+            }
+        })
+        .collect();
+    json(&s.hub, &crate::telemetry::groups(&seen))
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

@@ -7,19 +7,23 @@
 //! [`MAX_DISCOVERED`] discovered machines and [`MAX_TRACKED`] boots and IP addresses, the
 //! ones seen longest ago forgotten first (and counted, in `/metrics`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::logs::NodeLogs;
 
 /// The most machines `/api/v1/discovered` lists; beyond it the one seen longest ago goes.
 pub const MAX_DISCOVERED: usize = 1024;
 /// The most boots and IP-to-MAC entries kept; beyond it the one seen longest ago goes.
 pub const MAX_TRACKED: usize = 4096;
+/// How many earlier boots of each machine are kept beside its latest (for its page).
+pub const MAX_HISTORY: usize = 4;
 
 /// A step of a node's network boot, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -157,6 +161,8 @@ pub struct BootRecord {
     pub ip: Option<String>,
     /// Wall-clock start of this boot, seconds since the Unix epoch.
     pub started_unix: u64,
+    /// When the machine was last heard from in this boot, seconds since the Unix epoch.
+    pub last_unix: u64,
     /// The stages seen so far, in order.
     pub stages: Vec<StageRecord>,
     /// Wall-clock start of this boot, to the nanosecond (for benchmarks; not in the JSON).
@@ -177,6 +183,8 @@ pub struct Discovered {
     pub arch: String,
     /// Its vendor class (DHCP option 60).
     pub vendor_class: String,
+    /// The name it gives itself (DHCP option 12), empty when it gives none.
+    pub hostname: String,
     /// When it was first seen, seconds since the Unix epoch.
     pub first_seen_unix: u64,
     /// When it was last seen, seconds since the Unix epoch.
@@ -190,6 +198,8 @@ pub struct Discovered {
 #[derive(Debug, Default)]
 struct Board {
     boots: BTreeMap<String, BootRecord>,
+    /// Each machine's earlier boots, newest first (at most [`MAX_HISTORY`]).
+    history: BTreeMap<String, VecDeque<BootRecord>>,
     /// IP -> (MAC, when last learnt).
     ips: BTreeMap<IpAddr, (String, Instant)>,
     discovered: BTreeMap<String, Discovered>,
@@ -202,7 +212,21 @@ struct Board {
 pub struct Hub {
     /// The counters.
     pub metrics: Metrics,
+    /// The server's log lines about each node (fed by [`NodeLogs::layer`]).
+    pub logs: Arc<NodeLogs>,
     board: Mutex<Board>,
+    changes: Changes,
+}
+
+/// A counter that moves whenever a boot moves or a machine is discovered, for those who wait
+/// on it (the fleet page's event streams).
+#[derive(Debug)]
+struct Changes(tokio::sync::watch::Sender<u64>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes(tokio::sync::watch::Sender::new(0))
+    }
 }
 
 /// Removes the entries of `map` seen longest ago (by `seen`) until it has room for one more
@@ -270,8 +294,17 @@ impl Hub {
         if restart {
             let old = b.boots.remove(mac);
             let ip = old.as_ref().and_then(|r| r.ip.clone());
-            let old_name = old.and_then(|r| r.name);
+            let old_name = old.as_ref().and_then(|r| r.name.clone());
+            if let Some(old) = old {
+                let h = b.history.entry(mac.to_string()).or_default();
+                h.push_front(old);
+                h.truncate(MAX_HISTORY);
+            }
             let dropped = make_room(&mut b.boots, MAX_TRACKED, |r| r.last);
+            if dropped > 0 {
+                let Board { boots, history, .. } = &mut *b;
+                history.retain(|m, _| m == mac || boots.contains_key(m));
+            }
             Metrics::add(&self.metrics.tracked_dropped, dropped);
             b.boots.insert(
                 mac.to_string(),
@@ -280,6 +313,7 @@ impl Hub {
                     name: name.map(str::to_string).or(old_name),
                     ip,
                     started_unix: unix_now(),
+                    last_unix: unix_now(),
                     stages: Vec::new(),
                     started_wall: Some(SystemTime::now()),
                     started: Some(now),
@@ -289,6 +323,7 @@ impl Hub {
         }
         let rec = b.boots.get_mut(mac).expect("inserted above");
         rec.last = Some(now);
+        rec.last_unix = unix_now();
         if name.is_some() {
             rec.name = name.map(str::to_string);
         }
@@ -306,6 +341,18 @@ impl Hub {
         let e = b.stage_sums.entry(stage).or_insert((0.0, 0));
         e.0 += at_s;
         e.1 += 1;
+        drop(b);
+        self.changed();
+    }
+
+    /// Tells those waiting on [`Hub::subscribe`] that something moved.
+    fn changed(&self) {
+        self.changes.0.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees a new value whenever a boot moves or a machine is discovered.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.0.subscribe()
     }
 
     /// Remembers that `ip` is `mac` (learnt from a request that named its MAC).
@@ -346,7 +393,7 @@ impl Hub {
 
     /// Notes a machine the inventory does not list; true the first time it is seen (the
     /// caller logs it then, once).
-    pub fn discovered(&self, mac: &str, arch: &str, vendor_class: &str) -> bool {
+    pub fn discovered(&self, mac: &str, arch: &str, vendor_class: &str, hostname: &str) -> bool {
         let mut b = self.board();
         match b.discovered.get_mut(mac) {
             Some(d) => {
@@ -359,6 +406,9 @@ impl Hub {
                 if d.vendor_class.is_empty() && !vendor_class.is_empty() {
                     d.vendor_class = vendor_class.to_string();
                 }
+                if d.hostname.is_empty() && !hostname.is_empty() {
+                    d.hostname = hostname.to_string();
+                }
                 false
             }
             None => {
@@ -370,12 +420,15 @@ impl Hub {
                         mac: mac.to_string(),
                         arch: arch.to_string(),
                         vendor_class: vendor_class.to_string(),
+                        hostname: hostname.to_string(),
                         first_seen_unix: unix_now(),
                         last_seen_unix: unix_now(),
                         requests: 1,
                         last: Some(Instant::now()),
                     },
                 );
+                drop(b);
+                self.changed();
                 true
             }
         }
@@ -384,6 +437,17 @@ impl Hub {
     /// Every node's latest boot, by MAC.
     pub fn boots(&self) -> Vec<BootRecord> {
         self.board().boots.values().cloned().collect()
+    }
+
+    /// The latest boot of `mac`, then its earlier ones, newest first.
+    pub fn boots_of(&self, mac: &str) -> Vec<BootRecord> {
+        let b = self.board();
+        b.boots
+            .get(mac)
+            .into_iter()
+            .chain(b.history.get(mac).into_iter().flatten())
+            .cloned()
+            .collect()
     }
 
     /// Every machine discovered, by MAC.
@@ -486,6 +550,11 @@ impl Hub {
             "# HELP ironbake_http_connections HTTP connections open now.\n# TYPE ironbake_http_connections gauge\nironbake_http_connections {}",
             m.http_connections.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP ironbake_node_log_dropped_total Nodes' kept log lines forgotten to keep them bounded.\n# TYPE ironbake_node_log_dropped_total counter\nironbake_node_log_dropped_total {}",
+            self.logs.dropped.load(Ordering::Relaxed)
+        );
         let b = self.board();
         let name = "ironbake_boot_stage_seconds";
         let _ = writeln!(
@@ -562,8 +631,8 @@ mod tests {
     #[test]
     fn discovered_machines_are_reported_once() {
         let hub = Hub::new();
-        assert!(hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007"));
-        assert!(!hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007"));
+        assert!(hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007", ""));
+        assert!(!hub.discovered("52:54:00:00:00:99", "x64 UEFI", "PXEClient:Arch:00007", ""));
         let d = hub.discovered_list();
         assert_eq!((d.len(), d[0].requests), (1, 2));
     }
@@ -580,12 +649,12 @@ mod tests {
                 i & 0xff
             )
         };
-        hub.discovered(&mac(0), "x64 UEFI", "PXEClient");
+        hub.discovered(&mac(0), "x64 UEFI", "PXEClient", "");
         for i in 1..10_000 {
-            hub.discovered(&mac(i), "x64 UEFI", "PXEClient");
+            hub.discovered(&mac(i), "x64 UEFI", "PXEClient", "");
             if i % 100 == 0 {
                 // The first machine keeps asking: it is not the oldest, so it stays.
-                hub.discovered(&mac(0), "", "");
+                hub.discovered(&mac(0), "", "", "");
             }
         }
         let d = hub.discovered_list();

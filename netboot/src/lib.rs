@@ -14,9 +14,13 @@ pub mod http;
 pub mod hub;
 pub mod inventory;
 pub mod layout;
+pub mod logs;
 pub mod mesh;
 pub mod nodes;
+#[cfg(feature = "page")]
+pub mod page;
 pub mod secrets;
 pub mod serve;
+pub mod telemetry;
 pub mod template;
 pub mod tftp;

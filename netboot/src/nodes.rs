@@ -198,6 +198,23 @@ impl Inventories {
         Arc::clone(&l.inventory)
     }
 
+    /// Adds node `name` for `mac` to the inventory file (see
+    /// [`inventory::add_node`]) and reloads it at once; one writer at a time.
+    pub fn add_node(&self, mac: &str, name: &str, recipe: Option<&str>) -> Result<String, String> {
+        static WRITING: Mutex<()> = Mutex::new(());
+        let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        let mac = inventory::add_node(&self.path, mac, name, recipe)?;
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).mtime = None;
+        let inv = self.get();
+        if !inv.nodes.contains_key(name) {
+            return Err(format!(
+                "{} was written but does not read back with {name}: see the server's log",
+                self.shown
+            ));
+        }
+        Ok(mac)
+    }
+
     /// The server's fleet state (keys, desired versions), when it has a state folder.
     pub fn state(&self) -> Option<&Arc<crate::fleet::State>> {
         self.state.as_ref()
@@ -267,6 +284,20 @@ impl Inventories {
         let m = Arc::new(layout::load_manifest(dir)?);
         cache.insert(dir.to_path_buf(), Arc::clone(&m));
         Ok(m)
+    }
+
+    /// The manifest of `recipe`@`version` under `root`, if that is a published version
+    /// (names checked first, so neither climbs out of `root`).
+    pub fn published_manifest(
+        &self,
+        root: &Path,
+        recipe: &str,
+        version: &str,
+    ) -> Option<Arc<Manifest>> {
+        if !layout::valid_name(recipe) || !layout::valid_version(version) {
+            return None;
+        }
+        self.manifest(&root.join(recipe).join(version)).ok()
     }
 
     /// What `mac` boots: `None` when it is unknown and the inventory boots no unknown machines.

@@ -296,7 +296,13 @@ fn changes_need_the_admin_token_and_change_nothing_without_it() {
         ),
         ("POST", "/api/v1/rollouts/x/abort", String::new()),
         ("POST", "/api/v1/rollouts/x/resume", String::new()),
+        (
+            "POST",
+            "/api/v1/inventory/nodes",
+            r#"{"mac": "52:54:00:00:00:77", "name": "new0"}"#.to_string(),
+        ),
     ];
+    let inventory = std::fs::read(s.state.with_file_name("inventory.toml")).unwrap();
     for (method, path, body) in &cases {
         for token in [None, Some("wrong"), Some("")] {
             let (st, said) = s.call(method, path, body, token);
@@ -307,6 +313,11 @@ fn changes_need_the_admin_token_and_change_nothing_without_it() {
     assert!(
         !s.state.join("desired.json").exists(),
         "nothing was written"
+    );
+    assert_eq!(
+        std::fs::read(s.state.with_file_name("inventory.toml")).unwrap(),
+        inventory,
+        "the inventory is as it was"
     );
     assert_eq!(s.call("GET", "/api/v1/rollouts", "", None).1.trim(), "[]");
     assert!(s.boots().contains(&format!("/{V1}/vmlinuz")));
@@ -586,4 +597,204 @@ fn the_agent_script_reports_takes_a_reboot_and_acknowledges_it() {
     );
     let f = s.fleet();
     assert!(f[0]["live"]["command"]["acked_unix"].is_u64(), "{f:#}");
+}
+
+/// Reads server-sent events from `url` on a thread: each `update` event's data, in order.
+fn events(url: &str) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let a: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut resp = a.get(&url).call().unwrap();
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!(ct, "text/event-stream");
+        let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        let (mut event, mut data) = (String::new(), String::new());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if line.is_empty() {
+                if event == "update" && tx.send(std::mem::take(&mut data)).is_err() {
+                    return;
+                }
+                event.clear();
+                data.clear();
+            } else if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_string();
+            } else if let Some(d) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d);
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for an event whose data contains `want`.
+fn event_with(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(d) if d.contains(want) => return d,
+            Ok(d) => last = d,
+            Err(_) => {}
+        }
+    }
+    panic!("no event with {want:?} in 20 s; the last one:\n{last}");
+}
+
+/// Publishes `version` of the test recipe as a copy of V1 whose manifest lists the telemetry
+/// overlay (what a recipe with it publishes).
+fn publish_with_telemetry(s: &Server, version: &str) {
+    use netboot::layout;
+    common::copy_version(&s.root, "ci-node", V1, version);
+    let dir = s.root.join("ci-node").join(version);
+    let mut m = layout::load_manifest(&dir).unwrap();
+    m.overlays.push(layout::OverlayInput {
+        name: "telemetry".into(),
+        sha256: "0".repeat(64),
+    });
+    let json = serde_json::to_vec_pretty(&m).unwrap();
+    std::fs::write(dir.join(layout::MANIFEST), &json).unwrap();
+    let (msha, _) = layout::sha256_reader(&json[..]).unwrap();
+    std::fs::write(
+        dir.join(layout::SHA256SUMS),
+        layout::sha256sums_text(&m.outputs, &msha),
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_page_shows_the_fleet_and_streams_each_boot_stage() {
+    let s = start();
+    let agent = agent();
+    let mut page = agent.get(&format!("{}/", s.base)).call().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.body_mut().read_to_string().unwrap();
+    for want in [
+        "id=\"node-ci0\"",
+        "id=\"node-pinned\"",
+        "not seen",
+        V1,
+        "current",
+        "data-action=\"power\"",
+        "src=\"/-/page.js\"",
+    ] {
+        assert!(html.contains(want), "{want} in {html}");
+    }
+    let js = s.call("GET", "/-/page.js", "", None);
+    assert!(js.0 == 200 && js.1.contains("EventSource"), "{js:?}");
+    let rx = events(&format!("{}/-/fleet", s.base));
+    event_with(&rx, "not seen");
+    s.boots();
+    let moved = event_with(&rx, "booting: script");
+    assert!(moved.contains("id=\"node-ci0\""), "{moved}");
+    let (_, answer, ok) = s.report("ready", "boot-1", V1, "yes");
+    assert!(ok, "{answer}");
+    event_with(&rx, "<span class=\"pill state ok\">ready</span>");
+    let node = s.call("GET", "/node/ci0", "", None);
+    assert_eq!(node.0, 200);
+    for want in ["Recent boots", "script", "ready", "52:54:00:00:00:01", V1] {
+        assert!(node.1.contains(want), "{want} in {}", node.1);
+    }
+    let once = s.call("GET", "/-/node/ci0?once=1", "", None);
+    assert!(once.0 == 200 && once.1.contains("Recent boots"), "{once:?}");
+    let missing = s.call("GET", "/node/nobody", "", None);
+    assert_eq!(missing.0, 404, "{missing:?}");
+    assert!(
+        missing.1.contains("no node named \"nobody\""),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn a_discovered_machine_is_enrolled_with_the_token_and_the_inventory_keeps_its_comments() {
+    let s = start();
+    let path = s.state.with_file_name("inventory.toml");
+    let commented = format!(
+        "# The lab's machines.\n{}",
+        std::fs::read_to_string(&path).unwrap()
+    );
+    std::fs::write(&path, &commented).unwrap();
+    let unknown = "52:54:00:00:00:77";
+    let refused = s.call("GET", &format!("/boot.ipxe?mac={unknown}"), "", None);
+    assert!(refused.1.contains("not in the inventory"), "{refused:?}");
+    let fleet = s.call("GET", "/-/fleet?once=1", "", None).1;
+    assert!(
+        fleet.contains(&format!("data-action=\"enroll\" data-mac=\"{unknown}\"")),
+        "{fleet}"
+    );
+    let body = format!(r#"{{"mac": "{unknown}", "name": "new0", "recipe": "ci-node"}}"#);
+    let tok = Some(s.token.as_str());
+    for (bad, status, why) in [
+        (
+            format!(r#"{{"mac": "{unknown}", "name": "Bad Name", "recipe": "ci-node"}}"#),
+            400,
+            "name",
+        ),
+        (
+            r#"{"mac": "52:54:00:00:00:01", "name": "other", "recipe": "ci-node"}"#.into(),
+            409,
+            "already has",
+        ),
+        (
+            format!(r#"{{"mac": "{unknown}", "name": "ci0", "recipe": "ci-node"}}"#),
+            409,
+            "already has",
+        ),
+        (r#"{"mac": "nope", "name": "x"}"#.into(), 400, "MAC"),
+        ("not json".into(), 400, "expected"),
+    ] {
+        let (st, said) = s.call("POST", "/api/v1/inventory/nodes", &bad, tok);
+        assert_eq!(st, status, "{bad}: {said}");
+        assert!(said.contains(why), "{bad}: {said}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), commented);
+    }
+    let (st, said) = s.call("POST", "/api/v1/inventory/nodes", &body, tok);
+    assert_eq!(st, 201, "{said}");
+    let now = std::fs::read_to_string(&path).unwrap();
+    assert!(now.starts_with(&commented), "everything kept:\n{now}");
+    assert!(
+        now.ends_with(&format!(
+            "[nodes.new0]\nmac = \"{unknown}\"\nrecipe = \"ci-node\"\n"
+        )),
+        "{now}"
+    );
+    let script = s
+        .call("GET", &format!("/boot.ipxe?mac={unknown}"), "", None)
+        .1;
+    assert!(script.contains("ironbake.node=new0"), "{script}");
+    let (st, said) = s.call("POST", "/api/v1/inventory/nodes", &body, tok);
+    assert_eq!(st, 409, "{said}");
+}
+
+#[test]
+fn prometheus_finds_the_nodes_whose_version_has_the_exporter() {
+    let s = start();
+    let targets = || -> serde_json::Value {
+        serde_json::from_str(&s.call("GET", "/api/v1/prometheus/targets", "", None).1).unwrap()
+    };
+    s.boots();
+    let (_, _, ok) = s.report("ready", "boot-1", V1, "yes");
+    assert!(ok);
+    assert_eq!(targets(), serde_json::json!([]), "V1 has no exporter");
+    let with = "0.1.0-4444444444";
+    publish_with_telemetry(&s, with);
+    let (_, _, ok) = s.report("ready", "boot-2", with, "yes");
+    assert!(ok);
+    assert_eq!(
+        targets(),
+        serde_json::json!([{
+            "targets": ["127.0.0.1:9100"],
+            "labels": {"node": "ci0", "recipe": "ci-node", "version": with},
+        }])
+    );
 }

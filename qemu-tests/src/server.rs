@@ -66,12 +66,14 @@ impl Server {
         let hub2 = Arc::clone(&hub);
         let ns2 = ns_file.clone();
         let thread = std::thread::spawn(move || {
+            use tracing_subscriber::layer::SubscriberExt as _;
             let subscriber = tracing_subscriber::fmt()
                 .with_writer(Mutex::new(file))
                 .with_ansi(false)
                 .with_target(false)
                 .with_max_level(tracing::Level::DEBUG)
-                .finish();
+                .finish()
+                .with(hub2.logs.layer());
             let _guard = tracing::subscriber::set_default(subscriber);
             let joined = std::fs::File::open(&ns2)
                 .context("opening the LAN namespace")

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::Global;
@@ -41,21 +41,13 @@ impl Add {
     fn run(self, global: &Global) -> Result<ExitCode> {
         let paths = global.paths()?;
         let path = paths.project.join("inventory.toml");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let new =
-            netboot::inventory::with_node(&text, &self.mac, &self.name, self.recipe.as_deref())
+        let mac =
+            netboot::inventory::add_node(&path, &self.mac, &self.name, self.recipe.as_deref())
                 .map_err(anyhow::Error::msg)?;
-        let tmp = path.with_extension("toml.new");
-        std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
         println!(
             "inventory.toml: {} is now node {} (a running boot server picks this up at the \
              machine's next request)",
-            self.mac, self.name
+            mac, self.name
         );
         Ok(ExitCode::SUCCESS)
     }

@@ -11,6 +11,7 @@
 //! | `GET`/`POST /api/v1/rollouts` | anyone / admin | list, or start (see [`super::rollout::Request`]) |
 //! | `GET /api/v1/rollouts/ID` | anyone | one rollout |
 //! | `POST /api/v1/rollouts/ID/abort`, `.../resume` | admin | stop or resume it |
+//! | `POST /api/v1/inventory/nodes` | admin | `{"mac": M, "name": N, "recipe": R}`: a discovered machine becomes a node (the inventory file rewritten, comments kept) |
 //!
 //! Admin requests carry `Authorization: Bearer TOKEN` (the state folder's `admin-token`);
 //! without it they get 401 and change nothing.
@@ -47,6 +48,7 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
         .route("/api/v1/rollouts/{id}", get(one))
         .route("/api/v1/rollouts/{id}/abort", post(abort))
         .route("/api/v1/rollouts/{id}/resume", post(resume))
+        .route("/api/v1/inventory/nodes", post(enroll))
         .with_state(fleet)
 }
 
@@ -318,5 +320,64 @@ async fn resume(
     match f.resume_rollout(&id) {
         Ok(r) => json(&f, StatusCode::OK, &r),
         Err((s, why)) => error(&f, s, &why),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    mac: String,
+    name: String,
+    #[serde(default)]
+    recipe: Option<String>,
+}
+
+async fn enroll(
+    State(f): State<Arc<Fleet>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = admin(&f, &headers, peer, "enroll") {
+        return *r;
+    }
+    let req: EnrollRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                &f,
+                400,
+                &format!("expected {{\"mac\": M, \"name\": N, \"recipe\": R}}: {e}"),
+            );
+        }
+    };
+    let nodes = Arc::clone(&f.nodes);
+    let (mac, name, recipe) = (req.mac, req.name, req.recipe);
+    let name2 = name.clone();
+    let done = tokio::task::spawn_blocking(move || nodes.add_node(&mac, &name2, recipe.as_deref()))
+        .await
+        .unwrap_or_else(|e| Err(format!("enrolling stopped: {e}")));
+    match done {
+        Ok(mac) => {
+            tracing::info!(%peer, %mac, node = %name, "enrolled: {} now lists {mac} as {name}", f.nodes.shown());
+            f.bump();
+            let inv = f.nodes.get();
+            json(
+                &f,
+                StatusCode::CREATED,
+                &serde_json::json!({ "node": name, "mac": mac, "recipe": inv.nodes[&name].recipe }),
+            )
+        }
+        Err(why) => {
+            tracing::warn!(%peer, node = %name, "enroll refused: {why}");
+            let status = if why.starts_with("writing") || why.starts_with("reading") {
+                500
+            } else if why.contains("already has") {
+                409
+            } else {
+                400
+            };
+            error(&f, status, &why)
+        }
     }
 }

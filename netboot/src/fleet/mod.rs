@@ -307,6 +307,8 @@ pub struct Fleet {
     /// Nonces handed out.
     pub nonces: auth::Nonces,
     live: Mutex<BTreeMap<String, Live>>,
+    /// Each node's last power request and when it was made (for the page).
+    powered: Mutex<BTreeMap<String, (PowerResult, u64)>>,
     tick: tokio::sync::watch::Sender<u64>,
     next_id: AtomicU64,
     /// The rollouts.
@@ -331,6 +333,7 @@ impl Fleet {
             root,
             nonces: auth::Nonces::default(),
             live: Mutex::new(BTreeMap::new()),
+            powered: Mutex::new(BTreeMap::new()),
             tick: tokio::sync::watch::channel(0).0,
             next_id: AtomicU64::new(unix_now() * 1000),
             rollouts,
@@ -345,6 +348,20 @@ impl Fleet {
     /// Wakes everyone waiting for a change.
     pub fn bump(&self) {
         self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// A receiver that sees a new value whenever something changes (a node's message, a
+    /// command, a desired version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+
+    /// Each node's last power request (not `status`) and when it was made.
+    pub fn last_power(&self) -> BTreeMap<String, (PowerResult, u64)> {
+        self.powered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until something changes, or `at_most`.
@@ -672,6 +689,13 @@ impl Fleet {
             Err(e) => r.done = e,
         }
         tracing::info!(node, action = ?action, via = %r.via, ok = r.ok, "power: {}", r.done);
+        if action != PowerAction::Status || r.power.is_some() {
+            self.powered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.to_string(), (r.clone(), unix_now()));
+            self.bump();
+        }
         r
     }
 

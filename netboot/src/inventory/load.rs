@@ -48,3 +48,49 @@ pub fn load_file(path: &Path, shown: &str) -> Result<Inventory, LoadError> {
         }),
     }
 }
+
+/// Adds node `name` for `mac` to the inventory file at `path` (see [`super::with_node`]:
+/// comments and layout kept, the result checked): the new text is written beside it,
+/// synced, and renamed over it, so a reader sees the old file or the new one, never a part.
+/// Returns the MAC as the inventory now has it. Nothing is changed when any step fails.
+pub fn add_node(
+    path: &Path,
+    mac: &str,
+    name: &str,
+    recipe: Option<&str>,
+) -> Result<String, String> {
+    use std::io::Write as _;
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("reading {shown}: {e}")),
+    };
+    let new = super::with_node(&text, mac, name, recipe)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "inventory.toml".into());
+    let tmp = path.with_file_name(format!(".{file_name}.new"));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(new.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        let folder = path
+            .parent()
+            .map_or_else(|| ".".into(), |d| d.display().to_string());
+        return Err(format!(
+            "writing {shown}: {e} (the file was not changed; the writer needs write access to \
+             {folder}, where the new file is made and renamed over the old one)"
+        ));
+    }
+    Ok(crate::hub::normalize_mac(mac).unwrap_or_else(|| mac.to_string()))
+}

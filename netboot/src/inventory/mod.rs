@@ -35,7 +35,7 @@ use crate::diag::{self, Located};
 use crate::layout::valid_name;
 
 mod load;
-pub use load::{LoadError, load, load_file};
+pub use load::{LoadError, add_node, load, load_file};
 
 /// The whole inventory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -201,14 +201,19 @@ pub fn valid_mac(mac: &str) -> bool {
         })
 }
 
+/// Can `name` be a node's name, which is also its hostname (lowercase letters, digits and
+/// `-`, at most 63)?
+pub fn valid_hostname(name: &str) -> bool {
+    name.len() <= 63 && valid_name(name) && !name.contains('_')
+}
+
 /// Parses and validates inventory text.
 pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
     let inv: Inventory = diag::parse_toml(file, text)?;
     let at = |needle: &str, message: String| diag::locate(file, text, needle, message);
     let mut macs: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, node) in &inv.nodes {
-        let hostname_ok = name.len() <= 63 && valid_name(name) && !name.contains('_');
-        if !hostname_ok {
+        if !valid_hostname(name) {
             return Err(at(
                 name,
                 format!("node name {name:?} must be a hostname: lowercase letters, digits and '-'"),
@@ -295,6 +300,11 @@ pub fn with_node(
     let current = parse(shown, text).map_err(|e| e.to_string())?;
     let mac = crate::hub::normalize_mac(mac)
         .ok_or_else(|| format!("{mac:?} is not a MAC address (like 52:54:00:12:34:56)"))?;
+    if !valid_hostname(name) {
+        return Err(format!(
+            "node name {name:?} must be a hostname: lowercase letters, digits and '-'"
+        ));
+    }
     if current.nodes.contains_key(name) {
         return Err(format!(
             "{shown} already has a node named {name}; pick another name"
