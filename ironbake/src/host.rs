@@ -153,6 +153,20 @@ pub const TEST: &[Need] = &[
         tool: "openssl",
         package: "openssl",
     },
+    // The fleet page in a real browser (headless, over WebDriver), and a real Prometheus that
+    // finds the nodes' exporters through the boot server's service discovery.
+    Need {
+        tool: "chromium",
+        package: "chromium",
+    },
+    Need {
+        tool: "chromedriver",
+        package: "chromium-driver",
+    },
+    Need {
+        tool: "prometheus",
+        package: "prometheus",
+    },
 ];
 
 /// A Python tool the tests run that Debian does not package: its PyPI name and pinned

@@ -141,8 +141,8 @@ fn use_repo(project: &Path, repo: &Path, key: &Path, key_sha512: &str) {
     let recipe = project.join("recipes/ci-node.toml");
     let text = fs::read_to_string(&recipe).unwrap();
     let edited = text.replace(
-        "overlays = [\"base\"]",
-        "overlays = [\"base\", \"proxmox-kernel\"]",
+        "overlays = [\"base\",",
+        "overlays = [\"base\", \"proxmox-kernel\",",
     );
     assert_ne!(edited, text);
     fs::write(&recipe, edited).unwrap();

@@ -107,8 +107,8 @@ fn an_unknown_overlay_is_named() {
         |p| {
             replace(
                 &p.join("recipes/ci-node.toml"),
-                "overlays = [\"base\"]",
-                "overlays = [\"base\", \"infiniband-typo\"]",
+                "overlays = [\"base\",",
+                "overlays = [\"base\", \"infiniband-typo\",",
             )
         },
         &["no overlay \"infiniband-typo\"", "overlays here: base"],
@@ -295,8 +295,8 @@ fn an_unreachable_apt_source_is_named_with_a_way_past_it() {
             fs::write(p.join("overlays/extra/overlay.toml"), "packages = [\"hello\"]\n[[apt-sources]]\nname = \"extra\"\nuri = \"http://127.0.0.1:9/debian\"\nsuite = \"bookworm\"\ncomponents = [\"main\"]\nkey = \"keys/extra.asc\"\n").unwrap();
             replace(
                 &p.join("recipes/ci-node.toml"),
-                "overlays = [\"base\"]",
-                "overlays = [\"base\", \"extra\"]",
+                "overlays = [\"base\",",
+                "overlays = [\"base\", \"extra\",",
             );
         },
         &[

@@ -71,12 +71,12 @@ pub fn disk_project(out: &str) -> ironbake::Paths {
     let recipe = project.join("recipes/ci-node.toml");
     let text = std::fs::read_to_string(&recipe).expect("reading ci-node.toml");
     let edited = text.replace(
-        "overlays = [\"base\"]",
-        "overlays = [\"base\", \"disk-boot\"]\noutputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]",
+        "overlays = [\"base\",",
+        "outputs = [\"kernel\", \"initramfs\", \"rootfs\", \"disk\"]\noverlays = [\"base\", \"disk-boot\",",
     );
     assert_ne!(
         edited, text,
-        "ci-node.toml no longer reads overlays = [\"base\"]"
+        "ci-node.toml no longer reads overlays = [\"base\", ..."
     );
     std::fs::write(&recipe, edited).expect("writing ci-node.toml");
     let mut paths = ironbake::Paths::in_project(&project);

@@ -150,6 +150,11 @@ impl Lan {
         Ok(name)
     }
 
+    /// The router's namespace (a machine on the LAN beside the boot server).
+    pub fn router(&self) -> &Netns {
+        &self.router
+    }
+
     /// The router's namespace name (for logs).
     pub fn router_name(&self) -> &str {
         self.router.name()

@@ -7,12 +7,14 @@
 
 pub mod bench;
 pub mod boot;
+pub mod browser;
 pub mod console;
 pub mod fixture;
 pub mod httpd;
 pub mod lan;
 pub mod mesh;
 pub mod netns;
+pub mod prometheus;
 pub mod qemu;
 pub mod redfish;
 pub mod report;

@@ -16,6 +16,9 @@ pub fn vm_tests() -> bool {
         ("objdump", "binutils"),
         ("ipmi_sim", "openipmi"),
         ("ipmitool", "ipmitool"),
+        ("chromium", "chromium"),
+        ("chromedriver", "chromium-driver"),
+        ("prometheus", "prometheus"),
         (
             "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
             "systemd-boot-efi",

@@ -208,15 +208,23 @@ impl Drop for Server {
 
 /// `GET path` from the boot server's HTTP port, from inside the namespace at `ns`.
 fn get_in(ns: &Path, path: &str) -> Result<String> {
+    let addr = std::net::SocketAddr::new(SERVER_IP.parse().expect("valid"), HTTP_PORT);
+    http_get_in(ns, addr, path)
+}
+
+/// The body of `GET path` from `addr`, asked from inside the namespace at `ns`.
+pub fn http_get_in(ns: &Path, addr: std::net::SocketAddr, path: &str) -> Result<String> {
     let ns = ns.to_path_buf();
     let path = path.to_string();
     std::thread::spawn(move || -> Result<String> {
         let f = std::fs::File::open(&ns)?;
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let mut s = TcpStream::connect((SERVER_IP, HTTP_PORT))?;
+        let mut s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
+            // HTTP/1.0: a whole body, never chunked.
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
         )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;

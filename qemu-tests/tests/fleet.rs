@@ -799,3 +799,294 @@ fn nodes_with_a_redfish_bmc_are_switched_over_https() {
         3
     );
 }
+
+/// A machine on the LAN (the router's namespace) asks to boot with markup for its vendor
+/// class and host name: the page must show both as text.
+fn hostile_discover(lan: &Lan, mac: [u8; 6]) {
+    use netboot::dhcp::{MessageType, Options, Packet, opt};
+    let ns = format!("/run/netns/{}", lan.router().name());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(ns).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut chaddr = [0u8; 16];
+        chaddr[..6].copy_from_slice(&mac);
+        let mut o = Options::default();
+        o.set(opt::MESSAGE_TYPE, [MessageType::Discover.code()]);
+        o.set(opt::VENDOR_CLASS, HOSTILE_VENDOR.as_bytes());
+        o.set(opt::HOST_NAME, HOSTILE_HOST.as_bytes());
+        o.set(opt::CLIENT_ARCH, [0, 7]);
+        let p = Packet {
+            op: 1,
+            htype: 1,
+            hlen: 6,
+            hops: 0,
+            xid: 0x1bad,
+            secs: 0,
+            flags: 0x8000,
+            ciaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            yiaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            siaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            giaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            chaddr,
+            sname: Vec::new(),
+            file: Vec::new(),
+            options: o,
+        };
+        let s = std::net::UdpSocket::bind("0.0.0.0:68").unwrap();
+        s.set_broadcast(true).unwrap();
+        // The subnet's broadcast: the router's namespace has no default route.
+        s.send_to(&p.to_bytes(), "10.33.0.255:67").unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+const HOSTILE_VENDOR: &str = "PXEClient:Arch:00007:<img src=x onerror=\"window.__pwned=1\">";
+const HOSTILE_HOST: &str = "<script>window.__pwned=2</script>";
+
+/// What the page's row for `node` says: `(state, running version, power)`.
+async fn row(c: &qemu_tests::browser::Client, node: &str) -> anyhow::Result<[String; 3]> {
+    use fantoccini::Locator;
+    let mut out: [String; 3] = Default::default();
+    for (i, part) in ["state", "running", "power"].iter().enumerate() {
+        let css = format!("#node-{node} .{part}");
+        out[i] = c.find(Locator::Css(&css)).await?.text().await?;
+    }
+    Ok(out)
+}
+
+/// Clicks `#node-NODE button[data-power=off]`, accepts the page's confirm() and waits for
+/// the notice; its text.
+async fn power_off_from_the_page(
+    c: &qemu_tests::browser::Client,
+    node: &str,
+) -> anyhow::Result<String> {
+    use fantoccini::Locator;
+    let css = format!("#node-{node} button[data-power=\"off\"]");
+    c.find(Locator::Css(&css)).await?.click().await?;
+    c.accept_alert().await?;
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let notice = c.find(Locator::Css("#notice")).await?;
+        let text = notice.text().await?;
+        if !text.is_empty() {
+            return Ok(text);
+        }
+        anyhow::ensure!(std::time::Instant::now() < end, "no notice after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The fleet page in a real browser (Debian's headless Chromium over WebDriver) while a node
+/// boots: its row shows the stages advancing and then ready with the version; a hostile
+/// discovered machine is shown as text; a real Prometheus, given only the boot server's
+/// service discovery URL, scrapes the node's exporter; then the node is powered off from
+/// the page, refused without the admin token and done with it. Screenshots of the page and
+/// the node's page are saved with the test's logs.
+#[test]
+fn the_fleet_page_in_chromium_and_prometheus_follow_a_booting_node() {
+    use fantoccini::Locator;
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let v = fleet_versions();
+    let a = v.versions[0].clone();
+    let _one = one_at_a_time();
+    let dir = test_dir("page");
+    let node = "page0";
+    let node_mac = "52:54:00:00:04:01";
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!("[nodes.{node}]\nmac = \"{node_mac}\"\nrecipe = \"ci-node\"\n"),
+    )
+    .unwrap();
+    let lan = Lan::new("page", &dir).unwrap();
+    let server = Server::start(&lan, &v.out, &inventory, &dir).unwrap();
+    let base = format!(
+        "http://{}:{}",
+        qemu_tests::lan::SERVER_IP,
+        qemu_tests::server::HTTP_PORT
+    );
+    let stranger = [0x52, 0x54, 0x00, 0x66, 0x66, 0x66];
+    hostile_discover(&lan, stranger);
+    let prometheus = qemu_tests::prometheus::Prometheus::start(
+        &lan.ns,
+        &dir,
+        &format!("{base}/api/v1/prometheus/targets"),
+    )
+    .unwrap();
+    let browser = qemu_tests::browser::Browser::start(&lan.ns, &dir, 9515, 1280).unwrap();
+    let url = format!("{base}/");
+    let hostile = browser
+        .run(move |c| async move {
+            c.goto(&url).await?;
+            let vendor = c.find(Locator::Css("td.vendor")).await?.text().await?;
+            let host = c.find(Locator::Css("td.hostname")).await?.text().await?;
+            let probe = c
+                .execute(
+                    "return [typeof window.__pwned, \
+                     document.querySelectorAll('#live img, #live script').length];",
+                    vec![],
+                )
+                .await?;
+            anyhow::Ok((vendor, host, probe))
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", server.log_text()));
+    assert_eq!(hostile.0, HOSTILE_VENDOR, "the vendor class is text");
+    assert_eq!(hostile.1, HOSTILE_HOST, "the host name is text");
+    assert_eq!(
+        hostile.2,
+        serde_json::json!(["undefined", 0]),
+        "nothing ran"
+    );
+
+    let cfg = VmConfig {
+        name: node.into(),
+        boot: ovmf_retrying(),
+        mem_mib: 1024,
+        cpus: 2,
+        nic: Some(Nic {
+            mac: node_mac.into(),
+            tap: lan.tap().unwrap(),
+        }),
+        disks: vec![],
+        links: vec![],
+    };
+    let mut vm = Vm::start(&lan.ns, &cfg, &dir).unwrap();
+    // The row, read every 200 ms from the live page until it says ready.
+    let states = browser
+        .run(move |c| async move {
+            let mut seen: Vec<[String; 3]> = Vec::new();
+            let end = std::time::Instant::now() + deadline::PXE_READY;
+            loop {
+                let r = row(&c, node).await?;
+                if seen.last() != Some(&r) {
+                    seen.push(r.clone());
+                }
+                if r[0] == "ready" || std::time::Instant::now() > end {
+                    return anyhow::Ok(seen);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .unwrap()
+        .unwrap();
+    eprintln!("the page showed, in turn: {states:#?}");
+    let last = states.last().unwrap();
+    assert_eq!(
+        (last[0].as_str(), last[1].as_str(), last[2].as_str()),
+        ("ready", a.as_str(), "on"),
+        "{states:?}\n{}",
+        vm.console.tail(20)
+    );
+    let booting: std::collections::BTreeSet<&str> = states
+        .iter()
+        .filter_map(|s| s[0].strip_prefix("booting: "))
+        .collect();
+    assert!(
+        booting.len() >= 2,
+        "the row showed the stages advancing: {states:?}"
+    );
+    let (url, node_url) = (format!("{base}/"), format!("{base}/node/{node}"));
+    let shots = browser
+        .run(move |c| async move {
+            let page = c.screenshot().await?;
+            // As a phone shows it (a row per card).
+            c.set_window_size(390, 1400).await?;
+            let phone = c.screenshot().await?;
+            c.set_window_size(1280, 1000).await?;
+            c.goto(&node_url).await?;
+            let text = c.find(Locator::Css("main")).await?.text().await?;
+            let node_page = c.screenshot().await?;
+            c.goto(&url).await?;
+            anyhow::Ok((page, node_page, text, phone))
+        })
+        .unwrap()
+        .unwrap();
+    std::fs::write(dir.join("page.png"), &shots.0).unwrap();
+    std::fs::write(dir.join("node-page.png"), &shots.1).unwrap();
+    std::fs::write(dir.join("page-phone.png"), &shots.3).unwrap();
+    for want in [
+        "Recent boots",
+        "Server log for this node",
+        "boot script",
+        &a,
+    ] {
+        assert!(
+            shots.2.contains(want),
+            "the node's page has {want}:\n{}",
+            shots.2
+        );
+    }
+
+    // Prometheus finds the node through the boot server and scrapes its exporter.
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    let uname = loop {
+        let r = prometheus.api("/api/v1/query?query=node_uname_info");
+        if let Ok(r) = &r
+            && let Some(m) = r["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["metric"]["node"] == node)
+        {
+            break m.clone();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "Prometheus never scraped {node}: {r:?}\ntargets: {:?}\n{}",
+            prometheus.api("/api/v1/targets"),
+            prometheus.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!("Prometheus: {uname}");
+    assert_eq!(uname["metric"]["nodename"], node, "{uname}");
+    assert_eq!(uname["metric"]["recipe"], "ci-node", "{uname}");
+    assert_eq!(uname["metric"]["version"], a.as_str(), "{uname}");
+
+    // Power off from the page: refused without the token, nothing changes.
+    let refused = browser
+        .run(move |c| async move { power_off_from_the_page(&c, node).await })
+        .unwrap()
+        .unwrap();
+    assert!(refused.contains("refused (401)"), "{refused}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(vm.alive(), "the node is still running");
+    let f = fleet_json(&server);
+    assert!(
+        f[0]["live"]["command"].is_null(),
+        "no command queued: {f:#}"
+    );
+    // With the token pasted into the page, it is done.
+    let token = std::fs::read_to_string(dir.join("netboot-state").join("admin-token")).unwrap();
+    let done = browser
+        .run(move |c| async move {
+            c.find(Locator::Css("#token"))
+                .await?
+                .send_keys(token.trim())
+                .await?;
+            power_off_from_the_page(&c, node).await
+        })
+        .unwrap()
+        .unwrap();
+    assert!(done.contains("asked its agent to poweroff"), "{done}");
+    let status = vm.wait_exit(node, Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU ended with {status}");
+    let off = browser
+        .run(move |c| async move {
+            let end = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let r = row(&c, node).await?;
+                if r[0] == "off" || std::time::Instant::now() > end {
+                    return anyhow::Ok(r);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(off[0], "off", "{off:?}");
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::fleet::rollout::Rollout;
-use crate::fleet::{Live, NodeStatus, PowerAction, PowerResult};
+use crate::fleet::{Action, Live, NodeStatus, PowerAction, PowerResult};
 use crate::hub::{BootRecord, Discovered, Stage};
 use crate::inventory::Inventory;
 use crate::layout::RecipeVersions;
@@ -239,12 +239,23 @@ pub fn row(s: &Snapshot, name: &str) -> NodeRow {
         None => (node.version.clone(), "pinned"),
     };
     let power = s.power.get(name);
-    let powered_off = power.is_some_and(|(r, at)| {
+    // Off: its agent took a power-off and has not been heard from since, or the server
+    // switched it off through its BMC and it has not booted since.
+    let agent_off = live.is_some_and(|l| {
+        l.command.as_ref().is_some_and(|c| {
+            c.action == Action::Poweroff
+                && c.acked_unix
+                    .is_some_and(|t| l.last_seen_unix.is_none_or(|seen| seen <= t))
+        })
+    });
+    let bmc_off = power.is_some_and(|(r, at)| {
         r.action == PowerAction::Off
             && r.ok
+            && r.via != "agent"
             && boot.is_none_or(|b| b.last_unix <= *at)
-            && live.is_none_or(|l| l.last_seen_unix.is_none_or(|t| t <= *at + 5))
     });
+    let powered_off = agent_off || bmc_off;
+    let alive = alive && !powered_off;
     let moving = boot.is_some_and(|b| s.now_unix.saturating_sub(b.last_unix) < STALLED_S);
     let (state, class) = match (live, last_stage) {
         _ if alive && live.and_then(|l| l.ready.as_deref()) == Some("yes") => {
