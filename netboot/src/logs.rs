@@ -87,12 +87,21 @@ impl NodeLogs {
     /// The lines kept under any of `keys`, oldest first.
     pub fn lines(&self, keys: &[&str]) -> Vec<Line> {
         let kept = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<Line> = keys
+        let mut lists: Vec<std::collections::vec_deque::Iter<'_, Line>> = keys
             .iter()
             .filter_map(|k| kept.get(*k))
-            .flat_map(|k| k.lines.iter().cloned())
+            .map(|k| k.lines.iter())
             .collect();
-        out.sort_by_key(|l| l.seq);
+        // Each key's lines are in order already: merge them (no sort, no code for one).
+        let mut heads: Vec<Option<&Line>> = lists.iter_mut().map(Iterator::next).collect();
+        let mut out = Vec::new();
+        while let Some(i) = (0..heads.len())
+            .filter(|&i| heads[i].is_some())
+            .min_by_key(|&i| heads[i].map(|l| l.seq))
+        {
+            out.extend(heads[i].cloned());
+            heads[i] = lists[i].next();
+        }
         out
     }
 

@@ -38,9 +38,10 @@ pub struct TargetGroup {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The target groups of `nodes`: those with an exporter and a known address, by name.
+/// The target groups of `nodes` (in their order: the inventory's, by name) that have an
+/// exporter and a known address.
 pub fn groups(nodes: &[Seen]) -> Vec<TargetGroup> {
-    let mut out: Vec<TargetGroup> = nodes
+    nodes
         .iter()
         .filter(|n| n.exporter)
         .filter_map(|n| {
@@ -57,9 +58,7 @@ pub fn groups(nodes: &[Seen]) -> Vec<TargetGroup> {
                 labels,
             })
         })
-        .collect();
-    out.sort_by(|a, b| a.labels["node"].cmp(&b.labels["node"]));
-    out
+        .collect()
 }
 
 #[cfg(test)]
@@ -76,8 +75,8 @@ mod tests {
             exporter,
         };
         let g = groups(&[
-            seen("b", Some("10.0.0.2"), true),
             seen("a", Some("fd00::5"), true),
+            seen("b", Some("10.0.0.2"), true),
             seen("no-exporter", Some("10.0.0.3"), false),
             seen("never-seen", None, true),
         ]);

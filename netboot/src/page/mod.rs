@@ -181,7 +181,7 @@ fn unix_now() -> u64 {
 
 impl Inner {
     fn snapshot(&self) -> view::Snapshot {
-        let inventory = (*self.nodes.get()).clone();
+        let inventory = self.nodes.get();
         let published = crate::layout::list_published(&self.root).unwrap_or_else(|e| {
             tracing::warn!("the page cannot list the published versions: {e}");
             Vec::new()

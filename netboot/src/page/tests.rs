@@ -6,7 +6,9 @@ use crate::hub::{Hub, Stage};
 fn snapshot_with(hub: &Hub, inventory: &str) -> view::Snapshot {
     view::Snapshot {
         now_unix: super::unix_now(),
-        inventory: crate::inventory::parse("inventory.toml", inventory).unwrap(),
+        inventory: std::sync::Arc::new(
+            crate::inventory::parse("inventory.toml", inventory).unwrap(),
+        ),
         boots: hub
             .boots()
             .into_iter()

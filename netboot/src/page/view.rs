@@ -22,7 +22,7 @@ pub struct Snapshot {
     /// Now, seconds since the Unix epoch.
     pub now_unix: u64,
     /// The inventory.
-    pub inventory: Inventory,
+    pub inventory: std::sync::Arc<Inventory>,
     /// Each machine's latest boot, by MAC.
     pub boots: BTreeMap<String, BootRecord>,
     /// The discovered machines.
@@ -48,7 +48,7 @@ pub struct FleetView {
     pub nodes: Vec<NodeRow>,
     /// Counts of the nodes by state class, for the summary line.
     pub summary: BTreeMap<&'static str, usize>,
-    /// The discovered machines, last seen first.
+    /// The discovered machines, by MAC.
     pub discovered: Vec<Discovered>,
     /// The published versions per recipe.
     pub recipes: Vec<RecipeRow>,
@@ -182,8 +182,7 @@ pub fn fleet(s: &Snapshot) -> FleetView {
     for n in &nodes {
         *summary.entry(n.class).or_insert(0) += 1;
     }
-    let mut discovered = s.discovered.clone();
-    discovered.sort_by_key(|d| std::cmp::Reverse(d.last_seen_unix));
+    let discovered = s.discovered.clone();
     let recipes = s
         .published
         .iter()

@@ -30,6 +30,9 @@ pub enum What {
     /// An overlay edit -> build -> rollout -> ready, for one node and the three core nodes;
     /// power off and Wake-on-LAN power on of the three.
     Rollout,
+    /// The fleet page: the size it adds to netboot; the server's memory during the boot
+    /// storm with the page open in 10 headless browsers.
+    Page,
 }
 
 /// `bench WHAT`.
@@ -81,6 +84,26 @@ impl Bench {
             What::Rollout => {
                 host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
                 qemu_tests::bench::rollout::run(root)?
+            }
+            What::Page => {
+                host::ensure(
+                    &[host::BUILD, host::TEST, host::BENCH_SERVE].concat(),
+                    &progress,
+                )?;
+                // Without the page first, kept aside; then the build users run.
+                let release = root.join("target").join("release");
+                let without = release.join("netboot-without-page");
+                super::cargo()
+                    .args(["build", "--release", "--quiet", "-p", "netboot"])
+                    .arg("--no-default-features")
+                    .current_dir(root)
+                    .run_attached()?;
+                std::fs::copy(release.join("netboot"), &without)?;
+                super::cargo()
+                    .args(["build", "--release", "--quiet", "-p", "netboot"])
+                    .current_dir(root)
+                    .run_attached()?;
+                qemu_tests::bench::serve::page::run(root, &release.join("netboot"), &without)?
             }
             What::Initramfs => qemu_tests::bench::initramfs::run(root)?,
             What::Boot => qemu_tests::bench::boot::run(root)?,

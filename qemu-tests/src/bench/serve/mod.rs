@@ -23,6 +23,7 @@ use super::RUNS;
 use crate::netns::Netns;
 use crate::report::Report;
 
+pub mod page;
 mod record;
 mod slow;
 mod storm;
@@ -239,32 +240,7 @@ impl Bench {
 /// Runs the benchmark for the project at `project`; needs `target/release/netboot` (a
 /// release build, as users run it).
 pub fn run(project: &Path) -> Result<Report> {
-    if !crate::require::vm_tests() {
-        bail!("the benchmark needs root and network namespaces");
-    }
-    let netboot = project.join("target/release/netboot");
-    if !netboot.is_file() {
-        bail!(
-            "{} is missing: `cargo build --release -p netboot` first (cargo xtask bench serve does)",
-            netboot.display()
-        );
-    }
-    let work = project.join("target").join("bench-serve");
-    let _ = std::fs::remove_dir_all(&work);
-    let root = work.join("root");
-    write_files(&root)?;
-    let (s, c, nodes) = lan()?;
-    let scratch = work.join("dl");
-    std::fs::create_dir_all(&scratch)?;
-    let b = Bench {
-        s,
-        c,
-        nodes,
-        root,
-        netboot,
-        scratch,
-        work,
-    };
+    let b = setup(project, "bench-serve")?;
     let tftp = tftp(&b)?;
     let http = http(&b)?;
     let storm = storm::run(&b)?;
@@ -278,6 +254,37 @@ pub fn run(project: &Path) -> Result<Report> {
         ));
     }
     Ok(report)
+}
+
+/// The LAN, the files and the scratch folder under `target/WORK`, for the release build of
+/// `netboot serve`.
+fn setup(project: &Path, work: &str) -> Result<Bench> {
+    if !crate::require::vm_tests() {
+        bail!("the benchmark needs root and network namespaces");
+    }
+    let netboot = project.join("target/release/netboot");
+    if !netboot.is_file() {
+        bail!(
+            "{} is missing: `cargo build --release -p netboot` first (cargo xtask bench serve does)",
+            netboot.display()
+        );
+    }
+    let work = project.join("target").join(work);
+    let _ = std::fs::remove_dir_all(&work);
+    let root = work.join("root");
+    write_files(&root)?;
+    let (s, c, nodes) = lan()?;
+    let scratch = work.join("dl");
+    std::fs::create_dir_all(&scratch)?;
+    Ok(Bench {
+        s,
+        c,
+        nodes,
+        root,
+        netboot,
+        scratch,
+        work,
+    })
 }
 
 /// The files served, with their SHA256SUMS (published roots always carry their digests;

@@ -79,7 +79,15 @@ pub(super) fn boot_one(b: &Bench, ns: &Netns, i: usize) -> Result<(f64, u32)> {
 
 /// Runs the storm against a fresh `netboot serve` on the LAN link.
 pub fn run(b: &Bench) -> Result<Storm> {
-    let daemon = b.netboot(8080, "netboot-storm.log")?;
+    run_with(b, 0, "netboot-storm.log").map(|(s, _)| s)
+}
+
+/// Runs the storm against a fresh `netboot serve` on the LAN link (its log in `log`), with
+/// the fleet page open in `pages` headless Chromium browsers from the first node on (after
+/// the one-node runs); also how many pages were still live, with every inventory row,
+/// after the storm.
+pub fn run_with(b: &Bench, pages: usize, log: &str) -> Result<(Storm, usize)> {
+    let daemon = b.netboot(8080, log)?;
     until_up("netboot", Duration::from_secs(10), || {
         http_get(&b.c, 8080, TFTP_FILE)
     })?;
@@ -89,6 +97,7 @@ pub fn run(b: &Bench) -> Result<Storm> {
     let single_s = median(single);
     let single_mbps = mbps(node_bytes(), single_s);
     eprintln!("one node alone: {single_s:.2} s ({single_mbps:.0} MB/s)");
+    let browsers = super::page::open(b, pages)?;
     let t = Instant::now();
     let results: Vec<Result<(f64, u32)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..NODES)
@@ -103,6 +112,8 @@ pub fn run(b: &Bench) -> Result<Storm> {
     });
     let wall_s = t.elapsed().as_secs_f64();
     let peak_mb = peak_rss_mb(daemon.child.id()).unwrap_or(f64::NAN);
+    let live = super::page::still_live(&browsers);
+    drop(browsers);
     for r in results.iter().filter(|r| r.is_err()) {
         eprintln!("storm failure: {:#}", r.as_ref().unwrap_err());
     }
@@ -117,13 +128,16 @@ pub fn run(b: &Bench) -> Result<Storm> {
         "storm: {}/{NODES} nodes in {wall_s:.1} s, {aggregate:.0} MB/s, peak RSS {peak_mb:.1} MB",
         ok.len()
     );
-    Ok(Storm {
-        finished: ok.len(),
-        retries: ok.iter().map(|r| r.1).sum(),
-        single: (single_s, single_mbps),
-        wall_s,
-        aggregate,
-        done,
-        peak_mb,
-    })
+    Ok((
+        Storm {
+            finished: ok.len(),
+            retries: ok.iter().map(|r| r.1).sum(),
+            single: (single_s, single_mbps),
+            wall_s,
+            aggregate,
+            done,
+            peak_mb,
+        },
+        live,
+    ))
 }
