@@ -83,7 +83,7 @@ fn an_unknown_key_is_located() {
                 "[kernel]\ncolour = \"blue\"\n",
             )
         },
-        &["recipes/ci-node.toml:13:1: unknown field `colour`, expected `package` or `cmdline`"],
+        &["recipes/ci-node.toml:14:1: unknown field `colour`, expected `package` or `cmdline`"],
     );
 }
 
@@ -231,7 +231,7 @@ fn without_an_overlay_the_recipe_lacks_is_refused() {
     assert!(!r.ok);
     assert!(
         r.stderr.contains(
-            "--without proxmox-kernel: the recipe ci-node has no overlay \"proxmox-kernel\" (its overlays: base)"
+            "--without proxmox-kernel: the recipe ci-node has no overlay \"proxmox-kernel\" (its overlays: base, telemetry)"
         ),
         "{}",
         r.stderr
