@@ -211,7 +211,8 @@ fn the_published_version_is_complete_and_verifies() {
                 .iter()
                 .all(|s| s.release_sha256.len() == 64)
     );
-    assert_eq!(m.overlays.len(), 1);
+    let overlays: Vec<&str> = m.overlays.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(overlays, ["base", "telemetry"]);
     let vmlinuz = fs::read(v.join("vmlinuz")).unwrap();
     assert_eq!(
         &vmlinuz[0x202..0x206],
