@@ -844,13 +844,26 @@ fn hostile_discover(lan: &Lan, mac: [u8; 6]) {
 const HOSTILE_VENDOR: &str = "PXEClient:Arch:00007:<img src=x onerror=\"window.__pwned=1\">";
 const HOSTILE_HOST: &str = "<script>window.__pwned=2</script>";
 
+/// The text of the first element matching `css`, read in one script call (the page swaps
+/// its live part in at any moment: a found element may be gone by the next command).
+async fn text_of(c: &qemu_tests::browser::Client, css: &str) -> anyhow::Result<String> {
+    let v = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); \
+             return e ? e.textContent.trim() : null;",
+            vec![serde_json::json!(css)],
+        )
+        .await?;
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no element {css} on the page"))
+}
+
 /// What the page's row for `node` says: `(state, running version, power)`.
 async fn row(c: &qemu_tests::browser::Client, node: &str) -> anyhow::Result<[String; 3]> {
-    use fantoccini::Locator;
     let mut out: [String; 3] = Default::default();
     for (i, part) in ["state", "running", "power"].iter().enumerate() {
-        let css = format!("#node-{node} .{part}");
-        out[i] = c.find(Locator::Css(&css)).await?.text().await?;
+        out[i] = text_of(c, &format!("#node-{node} .{part}")).await?;
     }
     Ok(out)
 }
@@ -863,12 +876,26 @@ async fn power_off_from_the_page(
 ) -> anyhow::Result<String> {
     use fantoccini::Locator;
     let css = format!("#node-{node} button[data-power=\"off\"]");
-    c.find(Locator::Css(&css)).await?.click().await?;
+    // The button may be swapped for a new one between finding and clicking it: try again.
+    let mut tries = 0;
+    loop {
+        let clicked = match c.find(Locator::Css(&css)).await {
+            Ok(b) => b.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => break,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("clicking {css} again: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     c.accept_alert().await?;
     let end = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let notice = c.find(Locator::Css("#notice")).await?;
-        let text = notice.text().await?;
+        let text = text_of(c, "#notice").await?;
         if !text.is_empty() {
             return Ok(text);
         }
@@ -921,8 +948,8 @@ fn the_fleet_page_in_chromium_and_prometheus_follow_a_booting_node() {
     let hostile = browser
         .run(move |c| async move {
             c.goto(&url).await?;
-            let vendor = c.find(Locator::Css("td.vendor")).await?.text().await?;
-            let host = c.find(Locator::Css("td.hostname")).await?.text().await?;
+            let vendor = text_of(&c, "td.vendor").await?;
+            let host = text_of(&c, "td.hostname").await?;
             let probe = c
                 .execute(
                     "return [typeof window.__pwned, \
@@ -998,7 +1025,7 @@ fn the_fleet_page_in_chromium_and_prometheus_follow_a_booting_node() {
             let phone = c.screenshot().await?;
             c.set_window_size(1280, 1000).await?;
             c.goto(&node_url).await?;
-            let text = c.find(Locator::Css("main")).await?.text().await?;
+            let text = text_of(&c, "main").await?;
             let node_page = c.screenshot().await?;
             c.goto(&url).await?;
             anyhow::Ok((page, node_page, text, phone))
