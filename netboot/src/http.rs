@@ -617,11 +617,7 @@ async fn targets(State(st): State<AppState>) -> Response {
                 .fleet
                 .as_ref()
                 .and_then(|f| f.live_of(name).version)
-                .or_else(|| {
-                    boot.and_then(|b| b.stages.iter().find(|st| st.stage == Stage::Ready))
-                        .and_then(|st| st.detail.split_once('@'))
-                        .and_then(|(_, v)| v.split_whitespace().next().map(str::to_string))
-                })
+                .or_else(|| boot.and_then(crate::hub::BootRecord::ready_version))
                 .or_else(|| {
                     s.nodes
                         .target(&s.root, &n.mac)

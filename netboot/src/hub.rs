@@ -174,6 +174,15 @@ pub struct BootRecord {
     last: Option<Instant>,
 }
 
+impl BootRecord {
+    /// The version this boot reported ready on (its ready stage's `RECIPE@VERSION ...`).
+    pub fn ready_version(&self) -> Option<String> {
+        let st = self.stages.iter().find(|st| st.stage == Stage::Ready)?;
+        let after = st.detail.split_once('@')?.1;
+        Some(after.split_whitespace().next()?.to_string())
+    }
+}
+
 /// A machine the inventory does not list, as `GET /api/v1/discovered` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Discovered {
@@ -348,6 +357,11 @@ impl Hub {
     /// Tells those waiting on [`Hub::subscribe`] that something moved.
     fn changed(&self) {
         self.changes.0.send_modify(|n| *n += 1);
+    }
+
+    /// How many times something moved (what [`Hub::subscribe`] receivers see).
+    pub fn generation(&self) -> u64 {
+        *self.changes.0.borrow()
     }
 
     /// A receiver that sees a new value whenever a boot moves or a machine is discovered.

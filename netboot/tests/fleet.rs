@@ -660,14 +660,7 @@ fn publish_with_telemetry(s: &Server, version: &str) {
         name: "telemetry".into(),
         sha256: "0".repeat(64),
     });
-    let json = serde_json::to_vec_pretty(&m).unwrap();
-    std::fs::write(dir.join(layout::MANIFEST), &json).unwrap();
-    let (msha, _) = layout::sha256_reader(&json[..]).unwrap();
-    std::fs::write(
-        dir.join(layout::SHA256SUMS),
-        layout::sha256sums_text(&m.outputs, &msha),
-    )
-    .unwrap();
+    common::write_manifest(&dir, &m);
 }
 
 #[test]

@@ -356,6 +356,11 @@ impl Fleet {
         self.tick.subscribe()
     }
 
+    /// How many times something changed (what [`Fleet::subscribe`] receivers see).
+    pub fn generation(&self) -> u64 {
+        *self.tick.borrow()
+    }
+
     /// Each node's last power request (not `status`) and when it was made.
     pub fn last_power(&self) -> BTreeMap<String, (PowerResult, u64)> {
         self.powered

@@ -227,9 +227,8 @@ impl Inner {
     }
 
     fn key(&self) -> CacheKey {
-        let fleet = self.fleet.as_ref().map_or(0, |f| *f.subscribe().borrow());
-        let hub = *self.hub.subscribe().borrow();
-        (hub, fleet, unix_now() / REFRESH.as_secs())
+        let fleet = self.fleet.as_ref().map_or(0, |f| f.generation());
+        (self.hub.generation(), fleet, unix_now() / REFRESH.as_secs())
     }
 
     /// The fleet page's live part, rendered once per change for every page open.

@@ -169,12 +169,6 @@ pub fn stage_cells(boot: &BootRecord) -> Vec<StageCell> {
         .collect()
 }
 
-/// The version in a stage's detail (`RECIPE@VERSION` or `RECIPE@VERSION in N s`).
-fn version_in(detail: &str) -> Option<String> {
-    let after = detail.split_once('@')?.1;
-    Some(after.split_whitespace().next()?.to_string())
-}
-
 /// The fleet page's live part.
 pub fn fleet(s: &Snapshot) -> FleetView {
     let nodes: Vec<NodeRow> = s.inventory.nodes.keys().map(|name| row(s, name)).collect();
@@ -224,9 +218,7 @@ pub fn row(s: &Snapshot, name: &str) -> NodeRow {
     let live = status.map(|st| &st.live);
     let alive = status.is_some_and(|st| st.alive);
     let last_stage = boot.and_then(|b| b.stages.last());
-    let ready_version = boot
-        .and_then(|b| b.stages.iter().find(|st| st.stage == Stage::Ready))
-        .and_then(|st| version_in(&st.detail));
+    let ready_version = boot.and_then(BootRecord::ready_version);
     let running = match live.and_then(|l| l.version.clone()) {
         Some(v) if alive => Some(v),
         _ => ready_version,

@@ -34,14 +34,7 @@ pub fn write_version(root: &Path) -> (String, String) {
         });
     }
     m.outputs.sort_by(|a, b| a.path.cmp(&b.path));
-    let json = serde_json::to_vec_pretty(&m).unwrap();
-    std::fs::write(vdir.join(layout::MANIFEST), &json).unwrap();
-    let (msha, _) = layout::sha256_reader(&json[..]).unwrap();
-    std::fs::write(
-        vdir.join(layout::SHA256SUMS),
-        layout::sha256sums_text(&m.outputs, &msha),
-    )
-    .unwrap();
+    write_manifest(&vdir, &m);
     std::os::unix::fs::symlink(&m.version, root.join(&m.recipe).join("current")).unwrap();
     (m.recipe.clone(), m.version.clone())
 }
@@ -58,11 +51,17 @@ pub fn copy_version(root: &Path, recipe: &str, from: &str, to: &str) {
     }
     let mut m = layout::load_manifest(&dst).unwrap();
     m.version = to.to_string();
-    let json = serde_json::to_vec_pretty(&m).unwrap();
-    std::fs::write(dst.join(layout::MANIFEST), &json).unwrap();
+    write_manifest(&dst, &m);
+}
+
+/// Writes `m` as the manifest of the version folder `vdir`, with its SHA256SUMS.
+#[allow(dead_code)]
+pub fn write_manifest(vdir: &Path, m: &layout::Manifest) {
+    let json = serde_json::to_vec_pretty(m).unwrap();
+    std::fs::write(vdir.join(layout::MANIFEST), &json).unwrap();
     let (msha, _) = layout::sha256_reader(&json[..]).unwrap();
     std::fs::write(
-        dst.join(layout::SHA256SUMS),
+        vdir.join(layout::SHA256SUMS),
         layout::sha256sums_text(&m.outputs, &msha),
     )
     .unwrap();
