@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::cpio::{self, Body, Entry};
+use crate::inventory::Install;
 use crate::layout::{self, Manifest};
 use crate::template::{self, TemplateError, TemplateSource};
 
@@ -35,17 +36,90 @@ pub fn ipxe_script(
     mac: &str,
     settings_url: &str,
 ) -> String {
+    boot_script(m, http_base, node, mac, settings_url, "", "boots")
+}
+
+/// The iPXE script of a node that installs its disk image (see [`install_args`]): the same
+/// kernel and initramfs, whose first stage runs in install mode.
+pub fn ipxe_install_script(
+    m: &Manifest,
+    http_base: &str,
+    node: &str,
+    mac: &str,
+    settings_url: &str,
+    install: &Install,
+) -> Result<String, String> {
+    let args = install_args(m, install)?;
+    Ok(boot_script(
+        m,
+        http_base,
+        node,
+        mac,
+        settings_url,
+        &args,
+        "installs",
+    ))
+}
+
+/// The install-mode parameters for the first stage (the contract is in ARCHITECTURE.md):
+/// `ironbake.install=disk:PATH|min-gib:N`, `ironbake.wipe` when the inventory allows it, and
+/// `ironbake.disk=CHUNKS_SHA256:IMAGE_SHA256:IMAGE_BYTES`, from the manifest. Refused when the
+/// version has no disk image or no chunk list.
+pub fn install_args(m: &Manifest, install: &Install) -> Result<String, String> {
+    let find = |path: &str| m.outputs.iter().find(|o| o.path == path);
+    let (Some(image), Some(chunks)) = (find(layout::DISK_IMAGE), find(layout::DISK_CHUNKS)) else {
+        return Err(format!(
+            "{}@{} has no {} and {}: add \"disk\" to the recipe's outputs (and the disk-boot \
+             overlay), rebuild, and boot the node again",
+            m.recipe,
+            m.version,
+            layout::DISK_IMAGE,
+            layout::DISK_CHUNKS
+        ));
+    };
+    let mut args = format!(" ironbake.install={}", install.word());
+    if install.wipe {
+        args.push_str(" ironbake.wipe");
+    }
+    args.push_str(&format!(
+        " ironbake.disk={}:{}:{}",
+        chunks.sha256, image.sha256, image.size
+    ));
+    Ok(args)
+}
+
+/// The script for a node installed on its disk: it says so and exits to the firmware, which
+/// boots its next option (the disk).
+pub fn ipxe_boot_disk(node: &str, mac: &str, installed: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         # ironbake: {node} ({mac}) is installed on its disk\n\
+         echo ironbake: {node} is installed on its disk ({installed}): booting from it\n\
+         echo ironbake: (ironbake install {node} asks for a fresh install)\n\
+         exit 1\n"
+    )
+}
+
+fn boot_script(
+    m: &Manifest,
+    http_base: &str,
+    node: &str,
+    mac: &str,
+    settings_url: &str,
+    extra_args: &str,
+    verb: &str,
+) -> String {
     let base = format!(
         "{}/{}/{}",
         http_base.trim_end_matches('/'),
         m.recipe,
         m.version
     );
-    let cmdline = layout::boot_cmdline(m, http_base, node, http_base);
+    let cmdline = layout::boot_cmdline(m, http_base, node, http_base) + extra_args;
     format!(
         "#!ipxe\n\
-         # ironbake: {node} ({mac}) boots {recipe}@{version}\n\
-         echo ironbake: {node} boots {recipe}@{version}\n\
+         # ironbake: {node} ({mac}) {verb} {recipe}@{version}\n\
+         echo ironbake: {node} {verb} {recipe}@{version}\n\
          :net\n\
          isset ${{ip}} || dhcp || goto net_retry\n\
          :kernel\n\
@@ -195,6 +269,45 @@ mod tests {
     fn manifest() -> Manifest {
         let text = include_str!("../tests/data/manifest.json");
         layout::parse_manifest(text).unwrap()
+    }
+
+    #[test]
+    fn an_install_script_carries_the_disk_and_its_digests_or_says_what_is_missing() {
+        let mut m = manifest();
+        m.outputs.retain(|o| !o.path.starts_with("disk."));
+        let install = Install {
+            disk: Some("/dev/disk/by-id/virtio-d0".into()),
+            min_gib: None,
+            wipe: false,
+        };
+        let url = "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img";
+        let e = ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install)
+            .unwrap_err();
+        assert!(e.contains("add \"disk\" to the recipe's outputs"), "{e}");
+        for (path, sha) in [("disk.img", "aa"), ("disk.chunks", "cc")] {
+            m.outputs.push(layout::OutputRecord {
+                path: path.into(),
+                size: 1 << 30,
+                sha256: sha.repeat(32),
+            });
+        }
+        let s = ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install)
+            .unwrap();
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        let want = format!(
+            " ironbake.install=disk:/dev/disk/by-id/virtio-d0 ironbake.disk={}:{}:1073741824 || goto",
+            "cc".repeat(32),
+            "aa".repeat(32)
+        );
+        assert!(kernel.contains(&want), "{kernel}");
+        assert!(s.contains("echo ironbake: d0 installs "), "{s}");
+        let wipe = Install {
+            wipe: true,
+            ..install
+        };
+        assert!(install_args(&m, &wipe).unwrap().contains(" ironbake.wipe "));
+        let disk = ipxe_boot_disk("d0", "m", "r@1 on /dev/vda");
+        assert!(disk.ends_with("exit 1\n") && !disk.contains("kernel "), "{disk}");
     }
 
     #[test]

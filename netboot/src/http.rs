@@ -462,15 +462,20 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
     match s.nodes.target(&s.root, &mac) {
         Ok(Some(t)) => {
             let settings_url = format!("{}/nodes/{mac}/settings.img", s.http_base);
-            let body = boot::ipxe_script(&t.manifest, &s.http_base, &t.name, &mac, &settings_url);
-            s.hub.stage(
-                &mac,
-                Some(&t.name),
-                Stage::Script,
-                &format!("{}@{}", t.manifest.recipe, t.manifest.version),
-            );
-            tracing::info!(%peer, %mac, node = %t.name, recipe = %t.manifest.recipe, version = %t.manifest.version, "boot script");
-            text(&s.hub, StatusCode::OK, body)
+            let install = s.nodes.get().nodes.get(&t.name).and_then(|n| n.install.clone());
+            let Some(install) = install else {
+                let body =
+                    boot::ipxe_script(&t.manifest, &s.http_base, &t.name, &mac, &settings_url);
+                s.hub.stage(
+                    &mac,
+                    Some(&t.name),
+                    Stage::Script,
+                    &format!("{}@{}", t.manifest.recipe, t.manifest.version),
+                );
+                tracing::info!(%peer, %mac, node = %t.name, recipe = %t.manifest.recipe, version = %t.manifest.version, "boot script");
+                return text(&s.hub, StatusCode::OK, body);
+            };
+            install_script(s, peer, &mac, &t, &install, &settings_url)
         }
         Ok(None) => {
             tracing::info!(%peer, %mac, "boot script refused: unknown machine and the inventory boots none");
@@ -494,11 +499,62 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
     }
 }
 
+/// What a node whose inventory entry has an `install` boots: its disk when its install is
+/// recorded, else the first stage in install mode.
+fn install_script(
+    s: &Inner,
+    peer: SocketAddr,
+    mac: &str,
+    t: &crate::nodes::Target,
+    install: &crate::inventory::Install,
+    settings_url: &str,
+) -> Response {
+    let m = &t.manifest;
+    let Some(state) = s.nodes.state() else {
+        let why = "installing onto a disk needs the server's state folder (--state): the node \
+                   proves it is done with its node key, kept there";
+        tracing::error!(%peer, %mac, node = %t.name, "boot script: {why}");
+        return text(&s.hub, StatusCode::OK, boot::ipxe_refusal(mac, why));
+    };
+    if let Some(done) = state.installs.get(&t.name) {
+        let what = format!("{}@{} on {}", done.recipe, done.version, done.disk);
+        s.hub
+            .stage(mac, Some(&t.name), Stage::Script, &format!("boot from disk: {what}"));
+        tracing::info!(%peer, %mac, node = %t.name, installed = %what, "boot script: installed, boot from the disk");
+        return text(&s.hub, StatusCode::OK, boot::ipxe_boot_disk(&t.name, mac, &what));
+    }
+    match boot::ipxe_install_script(m, &s.http_base, &t.name, mac, settings_url, install) {
+        Ok(body) => {
+            s.hub.stage(
+                mac,
+                Some(&t.name),
+                Stage::Script,
+                &format!("install {}@{} onto {}", m.recipe, m.version, install.word()),
+            );
+            tracing::info!(%peer, %mac, node = %t.name, recipe = %m.recipe, version = %m.version, disk = %install.word(), "boot script: install onto the node's disk");
+            text(&s.hub, StatusCode::OK, body)
+        }
+        Err(why) => {
+            tracing::error!(%peer, %mac, node = %t.name, "boot script: {why}");
+            text(&s.hub, StatusCode::OK, boot::ipxe_refusal(mac, &why))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SettingsQuery {
+    /// `1`: the archive alone, without the padding that puts it after the initramfs (what a
+    /// disk's ESP carries).
+    alone: Option<String>,
+}
+
 async fn settings(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::extract::Path(mac): axum::extract::Path<String>,
+    Query(q): Query<SettingsQuery>,
 ) -> Response {
+    let alone = q.alone.as_deref() == Some("1");
     let s = &st.inner;
     let Some(mac) = normalize_mac(&mac) else {
         return text(
@@ -529,12 +585,19 @@ async fn settings(
             "these settings belong to another machine\n".into(),
         );
     }
-    match s.nodes.settings(&t) {
+    let made = if alone {
+        s.nodes.settings_alone(&t)
+    } else {
+        s.nodes.settings(&t)
+    };
+    match made {
         Ok(bytes) => {
             count(&s.hub, StatusCode::OK);
             Metrics::add(&s.hub.metrics.http_bytes, bytes.len() as u64);
-            s.hub
-                .stage(&mac, Some(&t.name), Stage::Initrd, "settings.img");
+            if !alone {
+                s.hub
+                    .stage(&mac, Some(&t.name), Stage::Initrd, "settings.img");
+            }
             tracing::info!(%peer, %mac, node = %t.name, bytes = bytes.len(), "settings archive");
             (
                 [
@@ -1035,6 +1098,7 @@ async fn file(
         boot::KERNEL => Some(Stage::Kernel),
         boot::INITRD => Some(Stage::Initrd),
         n if n.ends_with(".squashfs") => Some(Stage::Image),
+        layout::DISK_IMAGE | layout::DISK_CHUNKS => Some(Stage::Installing),
         _ => None,
     };
     let mut done: Option<Box<dyn FnOnce() + Send>> = None;

@@ -41,20 +41,31 @@ pub enum Stage {
     Initrd,
     /// The first stage fetched the root image's layers.
     Image,
+    /// The first stage (install mode) is streaming the disk image onto the node's disk.
+    Installing,
+    /// The first stage wrote and verified the disk image, and said so (a signed message).
+    Installed,
     /// The node reached multi-user and said so (POST /api/v1/ready).
     Ready,
+    /// The first stage refused to install onto the disk it found (and wrote nothing), and
+    /// said why.
+    #[serde(rename = "install-refused")]
+    Refused,
 }
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Dhcp,
         Stage::Bootloader,
         Stage::Script,
         Stage::Kernel,
         Stage::Initrd,
         Stage::Image,
+        Stage::Installing,
+        Stage::Installed,
         Stage::Ready,
+        Stage::Refused,
     ];
 
     /// The stage's name as logs, JSON and metrics show it.
@@ -66,7 +77,10 @@ impl Stage {
             Stage::Kernel => "kernel",
             Stage::Initrd => "initrd",
             Stage::Image => "image",
+            Stage::Installing => "installing",
+            Stage::Installed => "installed",
             Stage::Ready => "ready",
+            Stage::Refused => "install-refused",
         }
     }
 }

@@ -30,6 +30,43 @@ pub const MANIFEST: &str = "manifest.json";
 pub const SHA256SUMS: &str = "SHA256SUMS";
 /// The name of the per-recipe pointer to the published version nodes boot by default.
 pub const CURRENT: &str = "current";
+/// The disk image in a version folder (the recipe's `disk` output).
+pub const DISK_IMAGE: &str = "disk.img";
+/// Beside the disk image: the sha256 of each [`DISK_CHUNK`]-byte piece of it, one line a
+/// piece (`OFFSET LENGTH SHA256`, in order), so that a node installing it over the network
+/// checks every piece before writing it (see [`disk_chunks_text`]).
+pub const DISK_CHUNKS: &str = "disk.chunks";
+/// The size of a piece in [`DISK_CHUNKS`] (the last one may be shorter).
+pub const DISK_CHUNK: u64 = 16 << 20;
+
+/// The chunk list of the data `reader` yields, and its whole sha256 and length.
+pub fn disk_chunks_text(mut reader: impl Read) -> io::Result<(String, String, u64)> {
+    let mut whole = Sha256::new();
+    let mut text = String::new();
+    let mut buf = vec![0u8; DISK_CHUNK as usize];
+    let mut offset = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match reader.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        let piece = hex::encode(Sha256::digest(&buf[..n]));
+        text.push_str(&format!("{offset} {n} {piece}\n"));
+        offset += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok((text, hex::encode(whole.finalize()), offset))
+}
+
 /// The manifest schema this crate reads and the pipeline writes.
 pub const SCHEMA: u32 = 1;
 

@@ -387,6 +387,7 @@ impl Inventories {
             version: None,
             wol: None,
             bmc: None,
+            install: None,
             vars: BTreeMap::new(),
         });
         let mut node_vars = inventory::node_context(&name, &node);

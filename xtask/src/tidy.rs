@@ -209,6 +209,7 @@ fn shell_scripts() -> Vec<(PathBuf, &'static str)> {
     let root = root();
     let mut out = vec![
         (root.join("ironbake/src/initramfs/init.sh"), "sh"),
+        (root.join("ironbake/src/initramfs/install.sh"), "sh"),
         (root.join("ironbake/src/initramfs/udhcpc.script"), "sh"),
         (root.join("ironbake/src/base/hooks/essential.sh"), "sh"),
         (root.join("ironbake/src/base/hooks/customize.sh"), "sh"),

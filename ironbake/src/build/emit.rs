@@ -104,12 +104,14 @@ pub fn kernel(plan: &Plan, base: &Base, vdir: &Path) -> Result<()> {
     )
 }
 
-/// `disk.img`, from the version's kernel, initramfs and layers already in `vdir`.
+/// `disk.img`, from the version's kernel, initramfs and layers already in `vdir`, and its
+/// chunk list `disk.chunks` (each piece's sha256, for installs over the network).
 pub fn disk_image(
     p: &Prepared,
     plan: &Plan,
     base: &Base,
     vdir: &Path,
+    known: &mut Known,
     progress: &Progress,
 ) -> Result<()> {
     let stage = progress.stage("disk image");
@@ -163,6 +165,16 @@ pub fn disk_image(
             seed,
         },
     )?;
+    let image = vdir.join(disk::FILE);
+    let (chunks, sha256, len) = netboot::layout::disk_chunks_text(
+        fs::File::open(&image).with_context(|| format!("reading {}", image.display()))?,
+    )
+    .with_context(|| format!("reading {}", image.display()))?;
+    write_synced(
+        &vdir.join(netboot::layout::DISK_CHUNKS),
+        chunks.as_bytes(),
+    )?;
+    known.insert(disk::FILE.to_string(), (sha256, len));
     stage.done(&format!(
         "{} MiB, {} partitions, slot {slot} booting",
         layout.size >> 20,

@@ -125,7 +125,7 @@ pub fn build(
         emit::kernel(&plan, &base, &vdir)?;
     }
     if outputs.contains(&Output::Disk) {
-        emit::disk_image(&p, &plan, &base, &vdir, progress)?;
+        emit::disk_image(&p, &plan, &base, &vdir, &mut known, progress)?;
     }
 
     let stage = progress.stage("manifest");

@@ -88,6 +88,7 @@ fn nodes_of(inv: &inventory::Inventory, recipe: &str) -> Vec<(String, inventory:
                 version: None,
                 wol: None,
                 bmc: None,
+                install: None,
                 vars: BTreeMap::new(),
             },
         ));

@@ -49,7 +49,7 @@ pub(crate) use uki::STUB;
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 /// The disk image in a version folder.
-pub const FILE: &str = "disk.img";
+pub const FILE: &str = published::DISK_IMAGE;
 
 /// A published version's disk image, checked before it goes onto a disk: the version has the
 /// files a slot is made of, and they match its manifest.

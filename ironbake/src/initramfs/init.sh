@@ -11,6 +11,10 @@
 #   ironbake.slot=a|b            booted from that disk slot: a failure restarts the machine
 #                                (so the boot manager counts the try) instead of a shell
 #   ironbake.rescue              stop before switch_root with a shell
+#   ironbake.install=disk:PATH|min-gib:N   install mode: the recipe's disk image onto that
+#                                disk, then a restart into it (see /etc/ironbake/install.sh)
+#   ironbake.wipe                install mode: overwrite a disk that is not ironbake's
+#   ironbake.disk=CHUNKS_SHA256:IMAGE_SHA256:BYTES   install mode: the image, from the manifest
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /newroot
@@ -36,7 +40,7 @@ rescue() {
     setsid cttyhack sh -l
 }
 
-IMAGE='' LAYERS='' NODE='' ROOT='' RESCUE='' SLOT=''
+IMAGE='' LAYERS='' NODE='' ROOT='' RESCUE='' SLOT='' SERVER='' INSTALL='' WIPE='' DISK=''
 # The command line is one line of space-separated words: splitting it into words is the point.
 # shellcheck disable=SC2013
 for arg in $(cat /proc/cmdline); do
@@ -47,6 +51,10 @@ for arg in $(cat /proc/cmdline); do
         ironbake.root=*) ROOT=${arg#*=} ;;
         ironbake.rescue) RESCUE=1 ;;
         ironbake.slot=*) SLOT=${arg#*=} ;;
+        ironbake.server=*) SERVER=${arg#*=} ;;
+        ironbake.install=*) INSTALL=${arg#*=} ;;
+        ironbake.wipe) WIPE=1 ;;
+        ironbake.disk=*) DISK=${arg#*=} ;;
     esac
 done
 say "first stage $(cat /etc/ironbake/release) for node ${NODE:-?}"
@@ -144,6 +152,13 @@ else
     for ifc in $links; do
         [ "$ifc" = "$lease_link" ] || ip link set "$ifc" down
     done
+
+    if [ -n "$INSTALL" ]; then
+        # Install mode: the disk image onto this node's disk, then a restart into it.
+        # shellcheck source=/dev/null
+        . /etc/ironbake/install.sh
+        install_main "$INSTALL" "$WIPE" "$DISK" "$SERVER" "$IMAGE" "$NODE" "$lease_link"
+    fi
 
     # 3. Fetch each layer, resuming broken transfers, and verify it before use.
     for spec in $(echo "$LAYERS" | tr ',' ' '); do

@@ -17,6 +17,8 @@ use netboot::cpio::{self, Body, Entry};
 
 /// The first stage.
 pub const INIT: &str = include_str!("init.sh");
+/// The first stage's install mode, sourced by `/init`.
+pub const INSTALL: &str = include_str!("install.sh");
 /// udhcpc's hook.
 pub const UDHCPC_SCRIPT: &str = include_str!("udhcpc.script");
 
@@ -49,6 +51,11 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "squashfs",
     "overlay",
     "loop",
+    // install mode: the ESP, and the firmware's boot entries
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "efivarfs",
 ];
 
 /// zstd level for the initramfs. Measured on the default set (13.8 MB of cpio): level 9 gives
@@ -233,6 +240,7 @@ fn skeleton(busybox: Vec<u8>, release: &str, label: &str, extra: &[String]) -> V
             body: Body::Symlink("busybox".into()),
         },
         file("init", 0o755, INIT.as_bytes().to_vec()),
+        file("etc/ironbake/install.sh", 0o644, INSTALL.as_bytes().to_vec()),
         file(
             "etc/ironbake/udhcpc.script",
             0o755,

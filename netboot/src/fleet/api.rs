@@ -11,6 +11,7 @@
 //! | `GET`/`POST /api/v1/rollouts` | anyone / admin | list, or start (see [`super::rollout::Request`]) |
 //! | `GET /api/v1/rollouts/ID` | anyone | one rollout |
 //! | `POST /api/v1/rollouts/ID/abort`, `.../resume` | admin | stop or resume it |
+//! | `POST /api/v1/install/NODE` | admin | a fresh install at the node's next network boot (its install record cleared) |
 //! | `POST /api/v1/inventory/nodes` | admin | `{"mac": M, "name": N, "recipe": R}`: a discovered machine becomes a node (the inventory file rewritten, comments kept) |
 //!
 //! Admin requests carry `Authorization: Bearer TOKEN` (the state folder's `admin-token`);
@@ -49,6 +50,7 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
         .route("/api/v1/rollouts/{id}/abort", post(abort))
         .route("/api/v1/rollouts/{id}/resume", post(resume))
         .route("/api/v1/inventory/nodes", post(enroll))
+        .route("/api/v1/install/{node}", post(install))
         .with_state(fleet)
 }
 
@@ -260,6 +262,29 @@ async fn clear_desired(
             )
         }
         Err(e) => error(&f, 500, &format!("writing the desired versions: {e}")),
+    }
+}
+
+async fn install(
+    State(f): State<Arc<Fleet>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&f, &headers, peer, "install") {
+        return *r;
+    }
+    match f.reinstall(&node) {
+        Ok(was) => json(
+            &f,
+            StatusCode::OK,
+            &serde_json::json!({
+                "node": node,
+                "was": was,
+                "next": "its next network boot installs its recipe's disk image afresh",
+            }),
+        ),
+        Err(r) => error(&f, r.status, &r.why),
     }
 }
 

@@ -25,25 +25,36 @@ pub struct Wanted {
     pub by: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct File {
-    nodes: BTreeMap<String, Wanted>,
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: serde::de::DeserializeOwned"))]
+struct File<T> {
+    nodes: BTreeMap<String, T>,
+}
+
+/// A value per node, kept in a JSON file of the state folder that is written whole (synced,
+/// then renamed over the old one) before a change counts: the desired versions, the installs.
+#[derive(Debug)]
+pub struct PerNode<T> {
+    path: PathBuf,
+    nodes: Mutex<BTreeMap<String, T>>,
 }
 
 /// The desired versions; see the module doc.
-#[derive(Debug)]
-pub struct Desired {
-    path: PathBuf,
-    nodes: Mutex<BTreeMap<String, Wanted>>,
-}
+pub type Desired = PerNode<Wanted>;
 
 impl Desired {
     /// Loads `state_dir/desired.json` (none yet: no node has one).
     pub fn load(state_dir: &Path) -> std::io::Result<Desired> {
-        let path = state_dir.join(FILE);
+        PerNode::load_file(state_dir.join(FILE))
+    }
+}
+
+impl<T: Clone + Serialize + serde::de::DeserializeOwned> PerNode<T> {
+    /// Loads `path` (none yet: no node has a value).
+    pub fn load_file(path: PathBuf) -> std::io::Result<PerNode<T>> {
         let nodes = match std::fs::read(&path) {
             Ok(bytes) => {
-                serde_json::from_slice::<File>(&bytes)
+                serde_json::from_slice::<File<T>>(&bytes)
                     .map_err(|e| {
                         std::io::Error::other(format!(
                             "{} is not valid ({e}); fix or remove it",
@@ -55,32 +66,32 @@ impl Desired {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
-        Ok(Desired {
+        Ok(PerNode {
             path,
             nodes: Mutex::new(nodes),
         })
     }
 
-    /// The desired version of `node`, if any.
-    pub fn get(&self, node: &str) -> Option<Wanted> {
+    /// The value of `node`, if any.
+    pub fn get(&self, node: &str) -> Option<T> {
         self.lock().get(node).cloned()
     }
 
     /// Every node's.
-    pub fn all(&self) -> BTreeMap<String, Wanted> {
+    pub fn all(&self) -> BTreeMap<String, T> {
         self.lock().clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Wanted>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, T>> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets (or with `None` clears) `node`'s desired version; written before it returns. On a
-    /// write error nothing changes.
-    pub fn set(&self, node: &str, wanted: Option<Wanted>) -> std::io::Result<()> {
+    /// Sets (or with `None` clears) `node`'s value; written before it returns. On a write
+    /// error nothing changes.
+    pub fn set(&self, node: &str, value: Option<T>) -> std::io::Result<()> {
         let mut nodes = self.lock();
         let mut next = nodes.clone();
-        match wanted {
+        match value {
             Some(w) => next.insert(node.to_string(), w),
             None => next.remove(node),
         };

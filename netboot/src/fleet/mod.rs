@@ -6,11 +6,13 @@
 //! A node's agent sends `key=value` lines (see [`parse_message`]) to `POST /api/v1/agent`:
 //!
 //! ```text
-//! node=machine0        kind=heartbeat|ready|ack      nonce=<from /api/v1/agent/nonce>
+//! node=machine0        kind=heartbeat|ready|ack|installed|refused   nonce=<from /api/v1/agent/nonce>
 //! boot=<kernel boot_id>  recipe=ci-node  version=0.1.0-abcdef0123  uptime=12.3
 //! state=<systemctl is-system-running>  ready=yes|no|failed  failed=<failed units>
 //! log=<a line of a failed unit's journal>   (repeated, at most MAX_LOG)
 //! id=<the command acknowledged>             (kind=ack)
+//! disk=<the disk the image went onto>       (kind=installed, from the first stage)
+//! why=<why the first stage wrote nothing>   (kind=refused)
 //! ```
 //!
 //! and gets back `nonce=...`, `command=none|reboot|poweroff` and `id=N`, signed. A heartbeat
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod desired;
+pub mod installs;
 pub mod power;
 pub mod redfish;
 pub mod rollout;
@@ -53,6 +56,8 @@ pub struct State {
     pub keys: auth::Keys,
     /// Desired versions.
     pub desired: desired::Desired,
+    /// Nodes installed on their own disk.
+    pub installs: installs::Installs,
 }
 
 impl State {
@@ -63,6 +68,7 @@ impl State {
             dir: dir.to_path_buf(),
             keys: auth::Keys::load(dir)?,
             desired: desired::Desired::load(dir)?,
+            installs: installs::load(dir)?,
         })
     }
 }
@@ -83,6 +89,10 @@ pub enum Kind {
     Ready,
     /// The node took command `id` and is carrying it out.
     Ack,
+    /// The node's first stage wrote its disk image onto `disk` and verified it.
+    Installed,
+    /// The node's first stage refused to install (`why`) and wrote nothing.
+    Refused,
 }
 
 /// A node's message, parsed (not yet verified).
@@ -113,6 +123,10 @@ pub struct Message {
     pub log: Vec<String>,
     /// The command acknowledged.
     pub id: Option<u64>,
+    /// The disk the image went onto (kind installed).
+    pub disk: String,
+    /// Why the install was refused (kind refused).
+    pub why: String,
 }
 
 /// Parses a message body; the error says which line is wrong.
@@ -143,15 +157,22 @@ pub fn parse_message(body: &str) -> Result<Message, String> {
         "heartbeat" => Kind::Heartbeat,
         "ready" => Kind::Ready,
         "ack" => Kind::Ack,
-        other => return Err(format!("kind={other} is not heartbeat, ready or ack")),
+        "installed" => Kind::Installed,
+        "refused" => Kind::Refused,
+        other => {
+            return Err(format!(
+                "kind={other} is not heartbeat, ready, ack, installed or refused"
+            ));
+        }
     };
-    let short = |k: &str| -> Result<String, String> {
+    let at_most = |k: &str, max: usize| -> Result<String, String> {
         let v = f.get(k).copied().unwrap_or("");
-        if v.len() > 128 || v.chars().any(|c| c.is_control()) {
+        if v.len() > max || v.chars().any(|c| c.is_control()) {
             return Err(format!("{k}= is too long or holds control characters"));
         }
         Ok(v.to_string())
     };
+    let short = |k: &str| at_most(k, 128);
     Ok(Message {
         node: need("node")?,
         nonce: need("nonce")?,
@@ -176,6 +197,8 @@ pub fn parse_message(body: &str) -> Result<Message, String> {
             Some(v) => Some(v.parse().map_err(|_| format!("id={v} is not a number"))?),
             None => None,
         },
+        disk: short("disk")?,
+        why: at_most("why", MAX_LOG_LINE)?,
     })
 }
 
@@ -464,11 +487,68 @@ impl Fleet {
             tracing::info!(%peer, %mac, node = %m.node, recipe = %m.recipe, version = %m.version, uptime_s = m.uptime_s, "node ready");
         } else if m.kind == Kind::Ack {
             tracing::info!(%peer, node = %m.node, id = ?m.id, "node took its command");
+        } else if m.kind == Kind::Installed {
+            self.installed(peer, &mac, &m)?;
+        } else if m.kind == Kind::Refused {
+            self.hub.stage(&mac, Some(&m.node), Stage::Refused, &m.why);
+            tracing::error!(%peer, node = %m.node, recipe = %m.recipe, version = %m.version, "install refused, nothing written: {}", m.why);
         } else if m.ready == "failed" || !m.failed.is_empty() {
             tracing::warn!(%peer, node = %m.node, version = %m.version, state = %m.state, failed = ?m.failed, "node reports failed units");
         }
         self.bump();
         Ok(m)
+    }
+
+    /// Asks for a fresh install of `node` at its next network boot (its install record is
+    /// cleared); the record it had, if any. Refused for a node the inventory does not install.
+    pub fn reinstall(&self, node: &str) -> Result<Option<installs::Installed>, Refusal> {
+        let inv = self.nodes.get();
+        let Some(n) = inv.nodes.get(node) else {
+            return Err(refuse(404, format!("no node named {node}")));
+        };
+        if n.install.is_none() {
+            return Err(refuse(
+                400,
+                format!(
+                    "node {node} has no install in {}: add install = {{ disk = \"/dev/disk/by-id/...\" }} to it first",
+                    self.nodes.shown()
+                ),
+            ));
+        }
+        let was = self.state.installs.get(node);
+        self.state
+            .installs
+            .set(node, None)
+            .map_err(|e| refuse(500, format!("writing the install records: {e}")))?;
+        tracing::info!(node, was = ?was.as_ref().map(|w| format!("{}@{}", w.recipe, w.version)), "install asked for: the next network boot installs afresh");
+        self.bump();
+        Ok(was)
+    }
+
+    /// Records that `m.node` installed `m.recipe`@`m.version` onto `m.disk`: from now on its
+    /// network boots are sent to that disk.
+    fn installed(&self, peer: std::net::IpAddr, mac: &str, m: &Message) -> Result<(), Refusal> {
+        let record = installs::Installed {
+            recipe: m.recipe.clone(),
+            version: m.version.clone(),
+            disk: m.disk.clone(),
+            at_unix: unix_now(),
+        };
+        self.state
+            .installs
+            .set(&m.node, Some(record))
+            .map_err(|e| {
+                tracing::error!(node = %m.node, "recording the install: {e}");
+                refuse(500, format!("the server could not record the install: {e}"))
+            })?;
+        self.hub.stage(
+            mac,
+            Some(&m.node),
+            Stage::Installed,
+            &format!("{}@{} on {}", m.recipe, m.version, m.disk),
+        );
+        tracing::info!(%peer, %mac, node = %m.node, recipe = %m.recipe, version = %m.version, disk = %m.disk, "installed on its disk: its network boots now go to the disk");
+        Ok(())
     }
 
     /// The signed answer to `m`: its command, if one is queued (a heartbeat waits up to
@@ -725,6 +805,8 @@ impl Fleet {
                     desired: self.state.desired.get(name).map(|w| w.version),
                     pinned: n.version.clone(),
                     bmc: n.bmc.is_some(),
+                    install: n.install.clone(),
+                    installed: self.state.installs.get(name),
                     alive: live.get(name).is_some_and(Live::alive),
                     live: live.get(name).cloned().unwrap_or_default(),
                 }
@@ -783,6 +865,10 @@ pub struct NodeStatus {
     pub pinned: Option<String>,
     /// Does it have a BMC?
     pub bmc: bool,
+    /// Where the inventory says its disk image goes, if it installs onto a disk.
+    pub install: Option<crate::inventory::Install>,
+    /// Its install, once its first stage said it is done: its network boots go to its disk.
+    pub installed: Option<installs::Installed>,
     /// Is its agent connected (heard from within a heartbeat)?
     pub alive: bool,
     /// What its agent last said.

@@ -185,9 +185,79 @@ pub struct Node {
     /// Its BMC, if it has one: power goes through it instead of Wake-on-LAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<Bmc>,
+    /// Install its recipe's disk image onto a disk of its own over the network, then boot
+    /// from that disk (see [`Install`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<Install>,
     /// Per-node variables for node templates.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
+}
+
+/// Where a node's disk image goes (`install = { disk = "/dev/disk/by-id/ata-..." }`, or
+/// `install = { min-gib = 100 }`): a PXE-booted node with one streams its recipe's published
+/// `disk.img` onto that disk, then boots from it, until `ironbake install NODE` asks for a fresh
+/// install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Install {
+    /// The disk: a stable name under `/dev/disk/by-id/` (`virtio-SERIAL`, `nvme-MODEL_SERIAL`,
+    /// `ata-MODEL_SERIAL`, `wwn-...`; the first stage matches the serial the kernel shows),
+    /// or a kernel name (`/dev/sda`, `/dev/nvme0n1`), which can change between boots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// Instead of `disk`: the only disk of at least this many GiB (none or two is a refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_gib: Option<u32>,
+    /// Overwrite a disk that holds partitions or filesystems that are not ironbake's (without
+    /// it, such a disk is refused and nothing is written).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wipe: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Install {
+    /// The disk as the first stage reads it on the kernel command line: `disk:PATH` or
+    /// `min-gib:N`.
+    pub fn word(&self) -> String {
+        match (&self.disk, self.min_gib) {
+            (Some(d), _) => format!("disk:{d}"),
+            (None, Some(n)) => format!("min-gib:{n}"),
+            (None, None) => "min-gib:1".into(),
+        }
+    }
+
+    /// Why this cannot be, if it cannot: exactly one of `disk` and `min-gib`, a disk path
+    /// that can go on a kernel command line.
+    pub fn problem(&self) -> Option<String> {
+        match (&self.disk, self.min_gib) {
+            (Some(_), Some(_)) => Some("give disk or min-gib, not both".into()),
+            (None, None) => Some(
+                "say which disk: disk = \"/dev/disk/by-id/...\" or min-gib = N (the only \
+                 disk of at least N GiB)"
+                    .into(),
+            ),
+            (None, Some(0)) => Some("min-gib must be at least 1".into()),
+            (Some(d), None) => {
+                let ok = d.starts_with("/dev/")
+                    && !d.contains("..")
+                    && !d.ends_with('/')
+                    && d.len() <= 200
+                    && d.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/._:+-".contains(c));
+                (!ok).then(|| {
+                    format!(
+                        "disk {d:?} must be a whole disk under /dev/ (letters, digits and \
+                         /._:+- only), like /dev/disk/by-id/nvme-MODEL_SERIAL"
+                    )
+                })
+            }
+            (None, Some(_)) => None,
+        }
+    }
 }
 
 /// Is `mac` six lowercase hex pairs separated by colons?
@@ -244,6 +314,20 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
                     "node {name}: bmc keys system, ca and verify are for kind = \"redfish\"; \
                      this BMC is IPMI (ipmitool authenticates with the password alone)"
                 ),
+            ));
+        }
+        if let Some(why) = node.install.as_ref().and_then(Install::problem) {
+            let needle = node
+                .install
+                .as_ref()
+                .and_then(|i| i.disk.clone())
+                .unwrap_or_else(|| "install".into());
+            return Err(diag::locate_after(
+                file,
+                text,
+                &format!("nodes.{name}"),
+                &needle,
+                format!("node {name}: install: {why}"),
             ));
         }
         for key in node.vars.keys() {
@@ -384,6 +468,32 @@ mod tests {
             wrong.message
         );
         assert!(parse("i.toml", &node("kind = \"smash\", address = \"x\"")).is_err());
+    }
+
+    #[test]
+    fn an_install_names_one_disk_that_fits_on_a_command_line() {
+        let node = |install: &str| {
+            format!("[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\ninstall = {{ {install} }}\n")
+        };
+        let inv = parse("i.toml", &node("disk = \"/dev/disk/by-id/virtio-abc\"")).unwrap();
+        let i = inv.nodes["a"].install.as_ref().unwrap();
+        assert_eq!((i.word(), i.wipe), ("disk:/dev/disk/by-id/virtio-abc".into(), false));
+        let inv = parse("i.toml", &node("min-gib = 100, wipe = true")).unwrap();
+        let i = inv.nodes["a"].install.as_ref().unwrap();
+        assert_eq!((i.word(), i.wipe), ("min-gib:100".into(), true));
+        for (bad, says) in [
+            ("disk = \"/dev/sda\", min-gib = 2", "not both"),
+            ("wipe = true", "say which disk"),
+            ("disk = \"sda\"", "under /dev/"),
+            ("disk = \"/dev/disk/by-id/a b\"", "under /dev/"),
+            ("disk = \"/dev/../etc/passwd\"", "under /dev/"),
+            ("min-gib = 0", "at least 1"),
+        ] {
+            let e = parse("i.toml", &node(bad)).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+            assert_eq!(e.line, 4, "{bad}: {e}");
+        }
+        assert!(parse("i.toml", &node("disk = \"/dev/sda\", size = 3")).is_err());
     }
 
     #[test]
