@@ -311,6 +311,30 @@ pub fn rollout(c: &Client, req: &RolloutRequest, out: &mut impl Write) -> Result
     follow(c, id, out)
 }
 
+/// Asks for a fresh install of each of `nodes` at its next network boot; says what each had.
+pub fn install(c: &Client, nodes: &[String], out: &mut impl Write) -> Result<bool> {
+    for node in nodes {
+        let r = c.call("POST", &format!("/api/v1/install/{node}"), None)?;
+        let was = &r["was"];
+        if was.is_null() {
+            writeln!(
+                out,
+                "{node}: not installed yet; its next network boot installs it"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{node}: was {}@{} on {}; its next network boot installs afresh (power-cycle it: \
+                 ironbake power reboot {node})",
+                was["recipe"].as_str().unwrap_or("?"),
+                was["version"].as_str().unwrap_or("?"),
+                was["disk"].as_str().unwrap_or("?"),
+            )?;
+        }
+    }
+    Ok(true)
+}
+
 /// Resumes a paused rollout and follows it.
 pub fn resume(c: &Client, id: &str, out: &mut impl Write) -> Result<bool> {
     c.call("POST", &format!("/api/v1/rollouts/{id}/resume"), None)?;

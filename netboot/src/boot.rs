@@ -281,8 +281,8 @@ mod tests {
             wipe: false,
         };
         let url = "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img";
-        let e = ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install)
-            .unwrap_err();
+        let e =
+            ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install).unwrap_err();
         assert!(e.contains("add \"disk\" to the recipe's outputs"), "{e}");
         for (path, sha) in [("disk.img", "aa"), ("disk.chunks", "cc")] {
             m.outputs.push(layout::OutputRecord {
@@ -291,8 +291,7 @@ mod tests {
                 sha256: sha.repeat(32),
             });
         }
-        let s = ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install)
-            .unwrap();
+        let s = ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install).unwrap();
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
         let want = format!(
             " ironbake.install=disk:/dev/disk/by-id/virtio-d0 ironbake.disk={}:{}:1073741824 || goto",
@@ -307,7 +306,10 @@ mod tests {
         };
         assert!(install_args(&m, &wipe).unwrap().contains(" ironbake.wipe "));
         let disk = ipxe_boot_disk("d0", "m", "r@1 on /dev/vda");
-        assert!(disk.ends_with("exit 1\n") && !disk.contains("kernel "), "{disk}");
+        assert!(
+            disk.ends_with("exit 1\n") && !disk.contains("kernel "),
+            "{disk}"
+        );
     }
 
     #[test]

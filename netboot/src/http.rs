@@ -462,7 +462,12 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
     match s.nodes.target(&s.root, &mac) {
         Ok(Some(t)) => {
             let settings_url = format!("{}/nodes/{mac}/settings.img", s.http_base);
-            let install = s.nodes.get().nodes.get(&t.name).and_then(|n| n.install.clone());
+            let install = s
+                .nodes
+                .get()
+                .nodes
+                .get(&t.name)
+                .and_then(|n| n.install.clone());
             let Some(install) = install else {
                 let body =
                     boot::ipxe_script(&t.manifest, &s.http_base, &t.name, &mac, &settings_url);
@@ -518,10 +523,18 @@ fn install_script(
     };
     if let Some(done) = state.installs.get(&t.name) {
         let what = format!("{}@{} on {}", done.recipe, done.version, done.disk);
-        s.hub
-            .stage(mac, Some(&t.name), Stage::Script, &format!("boot from disk: {what}"));
+        s.hub.stage(
+            mac,
+            Some(&t.name),
+            Stage::Script,
+            &format!("boot from disk: {what}"),
+        );
         tracing::info!(%peer, %mac, node = %t.name, installed = %what, "boot script: installed, boot from the disk");
-        return text(&s.hub, StatusCode::OK, boot::ipxe_boot_disk(&t.name, mac, &what));
+        return text(
+            &s.hub,
+            StatusCode::OK,
+            boot::ipxe_boot_disk(&t.name, mac, &what),
+        );
     }
     match boot::ipxe_install_script(m, &s.http_base, &t.name, mac, settings_url, install) {
         Ok(body) => {

@@ -29,6 +29,20 @@ pub fn last_lines(text: &str, n: usize) -> String {
     l[l.len().saturating_sub(n)..].join("\n")
 }
 
+/// Polls `f` until it gives a value or `deadline` passes.
+pub fn wait_until<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 impl Console {
     /// The log at `path`.
     pub fn new(path: &Path) -> Self {

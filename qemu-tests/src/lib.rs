@@ -11,6 +11,7 @@ pub mod browser;
 pub mod console;
 pub mod fixture;
 pub mod httpd;
+pub mod install;
 pub mod lan;
 pub mod mesh;
 pub mod netns;

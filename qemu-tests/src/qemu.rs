@@ -422,7 +422,12 @@ impl Vm {
                 "file={},format=raw,if=none,id=d{i}",
                 disk.display()
             ));
-            cmd.arg("-device").arg(format!("virtio-blk-pci,drive=d{i}"));
+            // The serial (the file's name, as far as virtio allows) is what the guest's
+            // /dev/disk/by-id/virtio-SERIAL names.
+            cmd.arg("-device").arg(format!(
+                "virtio-blk-pci,drive=d{i},serial={}",
+                serial_of(disk)
+            ));
         }
         if let Some(nic) = &cfg.nic {
             // The tap device is a port of the LAN's bridge: the VM is one more machine on
@@ -507,6 +512,18 @@ impl Drop for Vm {
         let _ = r.child.kill();
         let _ = r.child.wait();
     }
+}
+
+/// A disk's serial number for the guest: its file name without the extension, letters,
+/// digits, `-` and `_` only, at most 20 bytes (virtio-blk's limit).
+pub fn serial_of(disk: &Path) -> String {
+    disk.file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(20)
+        .collect()
 }
 
 /// Where a VM's monitor socket is.

@@ -2,16 +2,23 @@
 //! fsck.fat, objdump); `cargo xtask disk flash` onto a loop device (and its refusals: the
 //! system disk, a mounted disk, a partition, no --yes); OVMF booting that disk alone, with no
 //! network, to its node's ready line from slot A, making its data partition on the way; then
-//! updates into slot B, and a broken one that falls back by itself.
+//! updates into slot B, and a broken one that falls back by itself. And the same image
+//! installed over the network: a PXE-booted node with a blank disk streams it onto that disk
+//! and boots from it, while a node whose disk holds another filesystem is refused and its
+//! disk left as it was.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use netboot::layout::Manifest;
 use qemu_tests::deadline;
 use qemu_tests::fixture::{disk_project, one_at_a_time, test_dir};
+use qemu_tests::lan::Lan;
 use qemu_tests::netns::Netns;
-use qemu_tests::qemu::{Boot, Vm, VmConfig, ovmf_disk};
+use qemu_tests::qemu::{Boot, Nic, Vm, VmConfig, ovmf, ovmf_disk, ovmf_retrying};
+use qemu_tests::server::Server;
 
 fn build(paths: &ironbake::Paths) -> (PathBuf, Manifest) {
     let built = ironbake::build(
@@ -22,6 +29,17 @@ fn build(paths: &ironbake::Paths) -> (PathBuf, Manifest) {
     )
     .unwrap_or_else(|e| panic!("building ci-node with a disk: {e:#}"));
     (built.dir, built.manifest)
+}
+
+/// `ci-node` with the disk output, built once for this binary's tests (the flash and update
+/// test builds its later versions into the same `out/`, beside this one).
+fn disk_fixture() -> &'static (ironbake::Paths, PathBuf, Manifest) {
+    static F: OnceLock<(ironbake::Paths, PathBuf, Manifest)> = OnceLock::new();
+    F.get_or_init(|| {
+        let paths = disk_project("disk-out");
+        let (dir, m) = build(&paths);
+        (paths, dir, m)
+    })
 }
 
 fn esp_names(disk: &Path) -> Vec<String> {
@@ -321,8 +339,8 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
     if !qemu_tests::require::vm_tests() {
         return;
     }
-    let paths = disk_project("disk-out");
-    let (vdir, m) = build(&paths);
+    let (paths, vdir, m) = disk_fixture();
+    let (paths, vdir, m) = (paths.clone(), vdir.clone(), m.clone());
     let published = vdir.join("disk.img");
     let record = m
         .outputs
@@ -563,4 +581,221 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
         esp_names(&disk),
         ["EFI/Linux/ci-node-2-b.efi", "EFI/Linux/ci-node-3-a+0-3.efi"]
     );
+}
+
+/// A file of `bytes` (sparse: a blank disk).
+fn blank_disk(path: &Path, bytes: u64) {
+    let _ = std::fs::remove_file(path);
+    std::fs::File::create_new(path)
+        .and_then(|f| f.set_len(bytes))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Two nodes PXE-boot side by side in install mode: inst0's disk (named by its serial) is
+/// blank and gets the image, then the node restarts into it without asking the network;
+/// foreign0's disk (the only one of at least 2 GiB) holds an ext4 filesystem, so its first
+/// stage refuses, says why on its console and to the server, and writes nothing. Then
+/// `ironbake install inst0` asks for a fresh install.
+#[test]
+fn a_blank_disk_is_installed_over_the_network_and_a_foreign_one_is_left_alone() {
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let (paths, _, m) = disk_fixture();
+    let record = m.outputs.iter().find(|o| o.path == "disk.img").unwrap();
+    let _one = one_at_a_time();
+    let dir = test_dir("install");
+    let lan = Lan::new("inst", &dir).unwrap();
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "[nodes.inst0]\nmac = \"52:54:00:00:00:41\"\nrecipe = \"ci-node\"\nversion = \"{v}\"\n\
+             install = {{ disk = \"/dev/disk/by-id/virtio-inst0\" }}\n\n\
+             [nodes.foreign0]\nmac = \"52:54:00:00:00:42\"\nrecipe = \"ci-node\"\nversion = \"{v}\"\n\
+             install = {{ min-gib = 2 }}\n",
+            v = m.version
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&lan, &paths.out, &inventory, &dir).unwrap();
+    let disk = dir.join("inst0.disk");
+    blank_disk(&disk, record.size + (1 << 30));
+    let foreign = dir.join("foreign0.disk");
+    blank_disk(&foreign, (2 << 30) + (64 << 20));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "theirs"])
+        .arg(&foreign));
+    let foreign_before = digest_of(&foreign, 0, (2 << 30) + (64 << 20));
+
+    let vm = |name: &str, mac: &str, boot: Boot, disk: &Path| VmConfig {
+        name: name.into(),
+        boot,
+        mem_mib: 1024,
+        cpus: 1,
+        nic: Some(Nic {
+            mac: mac.into(),
+            tap: lan.tap().unwrap(),
+        }),
+        disks: vec![disk.to_path_buf()],
+        links: vec![],
+    };
+    let on = Instant::now();
+    // A firmware that starts over after a reset, as an installed machine's does: the
+    // install's restart is then a power cycle of the same VM (same variable store).
+    let mut inst = Vm::start(
+        &lan.ns,
+        &vm("inst0", "52:54:00:00:00:41", ovmf_retrying(), &disk),
+        &dir,
+    )
+    .unwrap();
+    let mut other = Vm::start(
+        &lan.ns,
+        &vm("foreign0", "52:54:00:00:00:42", ovmf(), &foreign),
+        &dir,
+    )
+    .unwrap();
+    let on_disk = m.version.clone();
+    let with_log = |e: anyhow::Error| -> ! {
+        panic!(
+            "{e:#}\n--- server log (last 40 lines) ---\n{}",
+            qemu_tests::console::last_lines(&server.log_text(), 40)
+        )
+    };
+
+    // foreign0: refused, on its console and in the server's log; nothing written.
+    let (refused, _) = other
+        .wait_line(
+            "the refusal",
+            "REFUSED install of ci-node@",
+            deadline::PXE_READY,
+            0,
+        )
+        .unwrap_or_else(|e| with_log(e));
+    assert!(
+        refused.contains("/dev/vda (serial foreign0, 2 GiB) holds what is not ironbake's: an ext2/3/4 filesystem on the whole disk (wipe = true in the node's install overwrites it)"),
+        "{refused}"
+    );
+    other
+        .wait_line(
+            "what to do",
+            "nothing was written; fix the node's install",
+            deadline::REPORT,
+            0,
+        )
+        .unwrap();
+    let logged = qemu_tests::console::wait_until(deadline::REPORT, || {
+        server
+            .log_text()
+            .lines()
+            .find(|l| l.contains("install refused, nothing written") && l.contains("foreign0"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| with_log(anyhow::anyhow!("no refusal in the server's log")));
+    assert!(
+        logged.contains("an ext2/3/4 filesystem on the whole disk"),
+        "{logged}"
+    );
+    drop(other);
+    assert_eq!(
+        digest_of(&foreign, 0, (2 << 30) + (64 << 20)),
+        foreign_before,
+        "the refused disk changed"
+    );
+
+    // inst0: installed, then ready from its disk as itself.
+    let steps =
+        qemu_tests::install::follow(&mut inst, "inst0", m, on).unwrap_or_else(|e| with_log(e));
+    let console = inst.console.text();
+    assert!(
+        steps[2].line.contains(&format!(
+            "onto /dev/vdb (serial inst0, {} GiB)",
+            (record.size + (1 << 30)) >> 30
+        )),
+        "{}",
+        steps[2].line
+    );
+    assert!(
+        steps[4].line.contains(&record.sha256),
+        "the read-back digest is the manifest's: {}",
+        steps[4].line
+    );
+    assert_eq!(inst.power_cycles(), 1, "one restart, into the disk");
+    // The second boot asked the network nothing: no PXE, no lease in the first stage; the
+    // server's record of the node ends with its install.
+    let second = console.rsplit("restarting into the disk").next().unwrap();
+    assert!(
+        !second.contains("Start PXE")
+            && !second.contains("network: ")
+            && !second.contains("installs ci-node"),
+        "the boot after the install went to the network:\n{second}"
+    );
+    assert!(
+        second.contains("root layer ironbake-base-a: /dev/vdb2"),
+        "{second}"
+    );
+    let made = second
+        .lines()
+        .find(|l| l.contains("ironbake: data partition /dev/vdb6 ("))
+        .unwrap_or_else(|| panic!("no data partition line:\n{second}"));
+    assert!(made.ends_with("): made on this boot"), "{made}");
+    let boots = server.hub.boots_of("52:54:00:00:00:41");
+    let last = boots[0].stages.last().unwrap();
+    assert_eq!(last.stage, netboot::hub::Stage::Installed, "{boots:?}");
+    assert!(
+        last.detail
+            .contains(&format!("ci-node@{on_disk} on /dev/vdb")),
+        "{last:?}"
+    );
+    let fleet = server.get("/api/v1/fleet").unwrap();
+    assert!(
+        fleet.contains("\"installed\": {") && fleet.contains("serial inst0"),
+        "{fleet}"
+    );
+    // The disk: a table that spans it (backup at the end), the node's settings on its ESP.
+    let verify = run(Command::new("sgdisk").arg("--verify").arg(&disk));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let esp = ironbake::disk::read_esp(&disk).unwrap();
+    assert!(
+        esp.iter()
+            .any(|(p, d)| p == ironbake::disk::NODE_SETTINGS && !d.is_empty()),
+        "no node settings on the ESP"
+    );
+    let figure = qemu_tests::install::at(&steps, "ready from the disk");
+    eprintln!(
+        "power-on to ready from the disk: {figure:.1} s (install done at {:.1} s)",
+        qemu_tests::install::at(&steps, "the restart")
+    );
+    drop(inst);
+
+    // Installed: its network boots are sent to the disk, until `ironbake install` asks again.
+    let script = server.get("/boot.ipxe?mac=52:54:00:00:00:41").unwrap();
+    assert!(
+        script.contains("is installed on its disk") && script.contains("exit 1"),
+        "{script}"
+    );
+    let client = server.fleet_client(&dir).unwrap();
+    let said = server
+        .in_lan(move || {
+            let mut out = Vec::new();
+            ironbake::fleet::install(&client, &["inst0".to_string()], &mut out)
+                .map(|_| String::from_utf8(out).unwrap())
+        })
+        .join()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        said.contains(&format!(
+            "inst0: was ci-node@{on_disk} on /dev/vdb (serial inst0"
+        )),
+        "{said}"
+    );
+    let script = server.get("/boot.ipxe?mac=52:54:00:00:00:41").unwrap();
+    assert!(
+        script.contains(" ironbake.install=disk:/dev/disk/by-id/virtio-inst0 "),
+        "{script}"
+    );
+    let state = std::fs::read_to_string(dir.join("netboot-state/installed.json")).unwrap();
+    assert!(!state.contains("inst0"), "{state}");
 }

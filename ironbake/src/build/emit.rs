@@ -170,10 +170,7 @@ pub fn disk_image(
         fs::File::open(&image).with_context(|| format!("reading {}", image.display()))?,
     )
     .with_context(|| format!("reading {}", image.display()))?;
-    write_synced(
-        &vdir.join(netboot::layout::DISK_CHUNKS),
-        chunks.as_bytes(),
-    )?;
+    write_synced(&vdir.join(netboot::layout::DISK_CHUNKS), chunks.as_bytes())?;
     known.insert(disk::FILE.to_string(), (sha256, len));
     stage.done(&format!(
         "{} MiB, {} partitions, slot {slot} booting",

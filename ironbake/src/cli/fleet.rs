@@ -1,4 +1,4 @@
-//! `power` and `rollout`: the fleet commands, asked of a running boot server.
+//! `power`, `rollout` and `install`: the fleet commands, asked of a running boot server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,6 +107,24 @@ impl Power {
         } else {
             ExitCode::FAILURE
         })
+    }
+}
+
+/// `install NODE...`: a fresh install at each node's next network boot.
+#[derive(Debug, Args)]
+pub struct Install {
+    /// The nodes, by name (each must have an `install` in the inventory).
+    #[arg(value_name = "node", required = true)]
+    nodes: Vec<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl Install {
+    pub(super) fn run(self, global: &Global) -> Result<ExitCode> {
+        let c = self.server.client(global)?;
+        fleet::install(&c, &self.nodes, &mut std::io::stdout())?;
+        Ok(ExitCode::SUCCESS)
     }
 }
 

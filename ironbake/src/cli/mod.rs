@@ -99,6 +99,9 @@ pub enum Command {
     /// Roll a version out to a recipe's nodes: canaries first, then batches; a node that is
     /// not ready on it in time is put back and the rollout stops.
     Rollout(fleet::Rollout),
+    /// Install a node's disk image afresh at its next network boot (a node whose inventory
+    /// entry has an `install`; until then it boots from its disk).
+    Install(fleet::Install),
 }
 
 impl Command {
@@ -118,6 +121,7 @@ impl Command {
             Command::Disk(c) => c.run(global),
             Command::Power(c) => c.run(global),
             Command::Rollout(c) => c.run(global),
+            Command::Install(c) => c.run(global),
         }
     }
 }

@@ -279,6 +279,30 @@ blank() {
     [ -z "$(dd if="$1" bs=512 skip="$2" count=2048 2>/dev/null | tr -d '\000' | head -c 1)" ]
 }
 
+# hex_at DEV OFFSET LENGTH: those bytes of DEV, in hex.
+hex_at() {
+    dd if="$1" bs=1 skip="$2" count="$3" 2>/dev/null | od -An -v -tx1 | tr -d ' \n'
+}
+
+# fs_type DEV: the filesystem, volume or table DEV starts with, by its magic number (the
+# first stage has no blkid), or nothing.
+fs_type() {
+    [ "$(hex_at "$1" 1080 2)" = 53ef ] && { echo "an ext2/3/4 filesystem"; return; }
+    case "$(hex_at "$1" 0 6)" in
+    58465342*) echo "an XFS filesystem"; return ;;
+    4c554b53babe) echo "a LUKS volume"; return ;;
+    esac
+    [ "$(hex_at "$1" 65600 8)" = 5f42485266535f4d ] && { echo "a btrfs filesystem"; return; }
+    [ "$(hex_at "$1" 536 8)" = 4c564d3220303031 ] && { echo "an LVM physical volume"; return; }
+    [ "$(hex_at "$1" 4096 4)" = fc4e2ba9 ] && { echo "a RAID member (md)"; return; }
+    [ "$(hex_at "$1" 4086 10)" = 53574150535041434532 ] && { echo "a swap area"; return; }
+    [ "$(hex_at "$1" 3 4)" = 4e544653 ] && { echo "an NTFS filesystem"; return; }
+    [ "$(hex_at "$1" 82 3)" = 464154 ] && { echo "a FAT filesystem"; return; }
+    [ "$(hex_at "$1" 54 3)" = 464154 ] && { echo "a FAT filesystem"; return; }
+    [ "$(hex_at "$1" 512 8)" = 4546492050415254 ] && { echo "a GPT with no partitions the kernel shows"; return; }
+    [ "$(hex_at "$1" 510 2)" = 55aa ] && { echo "an MBR partition table"; return; }
+}
+
 # foreign NAME: what on the disk is not ironbake's (nothing when it is blank or ours).
 foreign() {
     d=$1 parts=0 what=''
@@ -287,14 +311,14 @@ foreign() {
         parts=$((parts + 1))
         label=$(sed -n 's/^PARTNAME=//p' "$p/uevent")
         if ! ours "$label"; then
-            type=$(blkid "/dev/${p##*/}" 2>/dev/null | sed -n 's/.*TYPE="\([^"]*\)".*/\1/p')
+            type=$(fs_type "/dev/${p##*/}")
             what="$what, partition ${p##*/} (${label:+GPT name $label, }${type:-no filesystem known})"
         fi
     done
     if [ "$parts" = 0 ]; then
-        type=$(blkid "/dev/$d" 2>/dev/null | sed -n 's/.*TYPE="\([^"]*\)".*/\1/p')
+        type=$(fs_type "/dev/$d")
         if [ -n "$type" ]; then
-            what=", a $type filesystem on the whole disk"
+            what=", $type on the whole disk"
         elif ! blank "/dev/$d" 0; then
             what=", data in its first MiB (no partition table ironbake knows)"
         elif ! blank "/dev/$d" $(($(cat "/sys/block/$d/size") - 2048)); then
@@ -482,8 +506,9 @@ install_settings() {
         countdown "$(backoff "$attempt")" "fetching this node's settings for its disk failed (attempt $attempt)"
     done
     mv "$cred.new" "$cred"
-    umount /run/ironbake/esp
-    install_say "node settings on the ESP ($(wc -c <"$cred" 2>/dev/null || echo '?') bytes)"
+    bytes=$(wc -c <"$cred")
+    umount /run/ironbake/esp || { say "cannot unmount the ESP /dev/$esp"; return 1; }
+    install_say "node settings on the ESP ($bytes bytes)"
 }
 
 # install_once: one try; 1 when it was refused (after the rescue shell).

@@ -240,7 +240,11 @@ fn skeleton(busybox: Vec<u8>, release: &str, label: &str, extra: &[String]) -> V
             body: Body::Symlink("busybox".into()),
         },
         file("init", 0o755, INIT.as_bytes().to_vec()),
-        file("etc/ironbake/install.sh", 0o644, INSTALL.as_bytes().to_vec()),
+        file(
+            "etc/ironbake/install.sh",
+            0o644,
+            INSTALL.as_bytes().to_vec(),
+        ),
         file(
             "etc/ironbake/udhcpc.script",
             0o755,

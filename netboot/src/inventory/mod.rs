@@ -473,11 +473,16 @@ mod tests {
     #[test]
     fn an_install_names_one_disk_that_fits_on_a_command_line() {
         let node = |install: &str| {
-            format!("[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\ninstall = {{ {install} }}\n")
+            format!(
+                "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\ninstall = {{ {install} }}\n"
+            )
         };
         let inv = parse("i.toml", &node("disk = \"/dev/disk/by-id/virtio-abc\"")).unwrap();
         let i = inv.nodes["a"].install.as_ref().unwrap();
-        assert_eq!((i.word(), i.wipe), ("disk:/dev/disk/by-id/virtio-abc".into(), false));
+        assert_eq!(
+            (i.word(), i.wipe),
+            ("disk:/dev/disk/by-id/virtio-abc".into(), false)
+        );
         let inv = parse("i.toml", &node("min-gib = 100, wipe = true")).unwrap();
         let i = inv.nodes["a"].install.as_ref().unwrap();
         assert_eq!((i.word(), i.wipe), ("min-gib:100".into(), true));

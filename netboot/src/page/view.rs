@@ -89,6 +89,9 @@ pub struct NodeRow {
     pub power: String,
     /// Does it have a BMC?
     pub bmc: bool,
+    /// Its disk, for a node the inventory installs: what is on it, or that it waits for
+    /// its install.
+    pub disk: Option<String>,
 }
 
 /// One stage of a boot.
@@ -261,6 +264,15 @@ pub fn row(s: &Snapshot, name: &str) -> NodeRow {
             ("ready".to_string(), "ok")
         }
         (_, Some(st)) if st.stage == Stage::Ready => ("not heard from".to_string(), "bad"),
+        (_, Some(st)) if st.stage == Stage::Installed => {
+            ("installed: booting from its disk".to_string(), "ok")
+        }
+        (_, Some(st)) if st.stage == Stage::Refused => {
+            (format!("install refused: {}", st.detail), "bad")
+        }
+        (_, Some(st)) if st.stage == Stage::Installing && moving => {
+            ("installing onto its disk".to_string(), "busy")
+        }
         (_, Some(st)) if moving => (format!("booting: {}", st.stage.name()), "busy"),
         (_, Some(st)) => (format!("stalled after {}", st.stage.name()), "bad"),
         (_, None) => ("not seen".to_string(), "idle"),
@@ -286,6 +298,13 @@ pub fn row(s: &Snapshot, name: &str) -> NodeRow {
         last_seen_unix,
         power: power_words(alive, powered_off, power),
         bmc: node.bmc.is_some(),
+        disk: node
+            .install
+            .as_ref()
+            .map(|i| match status.and_then(|st| st.installed.as_ref()) {
+                Some(d) => format!("{}@{} on {}", d.recipe, d.version, d.disk),
+                None => format!("not installed yet: {}", i.word()),
+            }),
     }
 }
 
