@@ -1,8 +1,9 @@
 //! Tier (b): the `k3s-node` recipe, built with a stand-in for the k3s binary served from a
 //! loopback URL with its own checksum file (the project's k3s overlay with only its two URLs
 //! changed). Checks the binary, unit and links in the image, that no secret is in anything
-//! published, and each node's per-node settings as the boot server renders them: its own
-//! config with its own join token, mode 0600, and a clear refusal for a node with no token.
+//! published, that its state is persisted, and each node's per-node settings as the boot
+//! server renders them: its own config with its own join token, mode 0600, its data disk, and
+//! a clear refusal for a node with no token.
 
 mod common;
 
@@ -34,7 +35,6 @@ recipe = "k3s-node"
 role = "agent"
 node_ip = "192.168.88.21"
 server_url = "https://192.168.88.20:6443"
-data_partition = "k3s-data"
 
 [nodes.k3s2]
 mac = "02:00:00:00:00:22"
@@ -43,7 +43,6 @@ recipe = "k3s-node"
 role = "agent"
 node_ip = "192.168.88.22"
 server_url = "https://192.168.88.20:6443"
-data_partition = "k3s-data"
 "#;
 
 /// Files of a settings archive: (mode string from `cpio -tv`, path) and the extracted tree.
@@ -164,7 +163,8 @@ fn k3s_node_builds_with_a_stand_in_and_each_node_gets_only_its_own_token() {
     for needle in [
         "ExecStart=/usr/local/bin/k3s $K3S_ROLE",
         "EnvironmentFile=/etc/default/k3s",
-        "RequiresMountsFor=/var/lib/rancher",
+        "After=network-online.target ironbake-persist.service",
+        "ExecStartPre=/usr/lib/ironbake/k3s-state",
         "Type=notify",
     ] {
         assert!(unit.contains(needle), "k3s.service lacks {needle:?}");
@@ -177,6 +177,11 @@ fn k3s_node_builds_with_a_stand_in_and_each_node_gets_only_its_own_token() {
     assert!(
         wants.contains("-> /etc/systemd/system/k3s.service"),
         "{wants}"
+    );
+    // Its state is persisted on the node's data partition, the base overlay's way.
+    assert_eq!(
+        unsquashfs_cat(&layer, "/usr/lib/ironbake/persist.list"),
+        "/var/lib/rancher\n"
     );
     let modules = unsquashfs_cat(&layer, "/etc/modules-load.d/ironbake.conf");
     assert!(
@@ -237,7 +242,7 @@ fn k3s_node_builds_with_a_stand_in_and_each_node_gets_only_its_own_token() {
         "-rw-------"
     );
     assert_eq!(mode_of(&files, "/etc/default/k3s"), "-rw-r--r--");
-    assert_eq!(mode_of(&files, "/etc/fstab"), "-rw-r--r--");
+    assert_eq!(mode_of(&files, "/etc/ironbake/data-disk"), "-rw-r--r--");
     let read = |tree: &Path, p: &str| {
         fs::read_to_string(tree.join(SETTINGS_PREFIX).join(p.trim_start_matches('/'))).unwrap()
     };
@@ -261,12 +266,11 @@ fn k3s_node_builds_with_a_stand_in_and_each_node_gets_only_its_own_token() {
         read(&tree, "/etc/default/k3s").lines().last(),
         Some("K3S_ROLE=server")
     );
-    let fstab = read(&tree, "/etc/fstab");
+    // Where its persisted folders go, from the inventory's data = { disk = ... }.
+    let data = read(&tree, "/etc/ironbake/data-disk");
     assert!(
-        fstab.contains(
-            "/dev/disk/by-partlabel/k3s-data\t/var/lib/rancher\text4\tdefaults,nofail,x-systemd.makefs"
-        ),
-        "{fstab}"
+        data.starts_with("disk=/dev/disk/by-id/") && data.ends_with("\nlabel=ironbake-data\n"),
+        "{data}"
     );
 
     let agent = settings("02:00:00:00:00:21", "k3s1").unwrap();

@@ -106,7 +106,13 @@ pub struct Target {
     pub version_dir: PathBuf,
     /// What its node templates see as `node.*`.
     pub node_vars: BTreeMap<String, toml::Value>,
+    /// Where it keeps its persisted folders, if the inventory says.
+    pub data: Option<inventory::DataDisk>,
 }
+
+/// Where a node's settings name its data disk (`disk=PATH`, `label=NAME`), for
+/// `ironbake-persist.service`.
+pub const DATA_DISK_PATH: &str = "/etc/ironbake/data-disk";
 
 #[derive(Debug)]
 struct Loaded {
@@ -388,11 +394,13 @@ impl Inventories {
             wol: None,
             bmc: None,
             install: None,
+            data: None,
             vars: BTreeMap::new(),
         });
         let mut node_vars = inventory::node_context(&name, &node);
         node_vars.insert("secrets".into(), self.secrets().of(&name));
         Ok(Target {
+            data: node.data.clone(),
             node_vars,
             name,
             mac: mac.to_string(),
@@ -538,6 +546,13 @@ impl Inventories {
                 dest: "/etc/machine-id".into(),
                 data: format!("{id}\n").into_bytes(),
                 mode: 0o444,
+            });
+        }
+        if let Some(d) = &t.data {
+            extra.push(ExtraFile {
+                dest: DATA_DISK_PATH.into(),
+                data: format!("disk={}\nlabel={}\n", d.disk, d.label).into_bytes(),
+                mode: 0o644,
             });
         }
         if let Some(state) = &self.state {

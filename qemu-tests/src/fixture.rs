@@ -104,9 +104,9 @@ pub fn test_dir(name: &str) -> PathBuf {
 
 /// Three versions of `ci-node` published side by side in `target/qemu-tests/fleet-out`, for
 /// the fleet tests, built from copies of the project (the package layer is the shared one):
-/// A is the project's own; B changes one file of the base overlay (what an admin's edit does);
-/// C is B plus a unit that multi-user requires and that fails, so C never reaches ready.
-/// `current` is A.
+/// A is the project's own with the test's [`PERSIST_CHECK`] overlay; B changes one file of
+/// the base overlay (what an admin's edit does); C is B plus a unit that multi-user requires
+/// and that fails, so C never reaches ready. `current` is A.
 #[derive(Debug)]
 pub struct FleetVersions {
     /// The published root.
@@ -126,6 +126,7 @@ pub fn fleet_versions() -> &'static FleetVersions {
         let project = work.join("fleet-project");
         let _ = std::fs::remove_dir_all(&project);
         ironbake::project::copy_inputs(&root, &project).expect("copying the project");
+        add_persist_check(&project);
         let build = || {
             let mut paths = ironbake::Paths::in_project(&project);
             paths.out = out.clone();
@@ -165,4 +166,66 @@ pub fn fleet_versions() -> &'static FleetVersions {
             versions: [a, b, c],
         }
     })
+}
+
+/// The test overlay that checks persisted folders: it persists [`PERSIST_CHECK`], ships a
+/// file in one of them, and at every boot appends the running version to a file in each and
+/// prints a line per folder (`ironbake-check: FOLDER: VERSION... | FILES`).
+pub const PERSIST_CHECK: [&str; 2] = ["/etc/ironbake-check", "/var/lib/ironbake-check"];
+
+/// Adds the persist-check overlay to `project` and to its ci-node recipe.
+fn add_persist_check(project: &std::path::Path) {
+    let ov = project.join("overlays/persist-check");
+    let write = |path: &str, text: &str, mode: u32| {
+        let p = ov.join(path);
+        std::fs::create_dir_all(p.parent().expect("has a folder")).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    write(
+        "overlay.toml",
+        &format!(
+            "description = \"Tests only: two persisted folders, and a unit that adds each boot's \
+             version to a file in both\"\npersist = [\"{}\", \"{}\"]\nunits = [\"ironbake-check.service\"]\n",
+            PERSIST_CHECK[0], PERSIST_CHECK[1]
+        ),
+        0o644,
+    );
+    write(
+        "files/etc/ironbake-check/from-image",
+        "shipped in the image\n",
+        0o644,
+    );
+    write(
+        "files/usr/lib/systemd/system/ironbake-check.service",
+        "[Unit]\nDescription=tests: the versions this node booted, in two persisted folders\n\
+         After=ironbake-persist.service\n\n[Service]\nType=oneshot\n\
+         ExecStart=/usr/lib/ironbake/check-persist\n\n[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    write(
+        "files/usr/lib/ironbake/check-persist",
+        r#"#!/bin/sh
+# Tests only: appends this boot's version to a file in each persisted folder, and prints
+# what each holds.
+. /usr/lib/os-release
+for d in /var/lib/ironbake-check /etc/ironbake-check; do
+    echo "$IMAGE_VERSION" >>"$d/versions"
+    echo "ironbake-check: $d: $(tr '\n' ' ' <"$d/versions")| $(ls "$d" | tr '\n' ' ')" >/dev/console
+done
+"#,
+        0o755,
+    );
+    let recipe = project.join("recipes/ci-node.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let edited = text.replacen(
+        "overlays = [\"base\",",
+        "overlays = [\"base\", \"persist-check\",",
+        1,
+    );
+    assert_ne!(
+        edited, text,
+        "ci-node.toml no longer reads overlays = [\"base\", ..."
+    );
+    std::fs::write(&recipe, edited).unwrap();
 }

@@ -97,11 +97,25 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     let dir = test_dir("fleet");
     let mut inv =
         String::from("[server]\nname = \"test\"\nwol = { broadcast = \"10.33.0.255\" }\n");
+    // fleet0 and fleet1 keep their persisted folders on a data disk of their own (blank: the
+    // first boot makes the partition); fleet2 has none.
+    let data_disks: Vec<Option<std::path::PathBuf>> = (0..NODES.len())
+        .map(|i| (i < 2).then(|| dir.join(format!("{}-data.disk", NODES[i]))))
+        .collect();
     for (i, n) in NODES.iter().enumerate() {
         inv.push_str(&format!(
             "[nodes.{n}]\nmac = \"{}\"\nrecipe = \"ci-node\"\n",
             mac(i)
         ));
+        if let Some(d) = &data_disks[i] {
+            std::fs::File::create(d)
+                .and_then(|f| f.set_len(256 << 20))
+                .unwrap();
+            inv.push_str(&format!(
+                "data = {{ disk = \"/dev/disk/by-id/virtio-{}\" }}\n",
+                qemu_tests::qemu::serial_of(d)
+            ));
+        }
     }
     let inventory = dir.join("inventory.toml");
     std::fs::write(&inventory, inv).unwrap();
@@ -121,7 +135,7 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
                 mac: mac(i),
                 tap: lan.tap().unwrap(),
             }),
-            disks: vec![],
+            disks: data_disks[i].iter().cloned().collect(),
             links: vec![],
         })
         .collect();
@@ -144,6 +158,49 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     server
         .wait_agents(&NODES, &a, Duration::from_secs(120))
         .unwrap();
+    // Persisted folders: on fleet0 and fleet1, a data partition made on the blank disk, each
+    // folder with the image's contents; fleet2 ready all the same, saying what is in RAM.
+    let [etc, var] = qemu_tests::fixture::PERSIST_CHECK;
+    let check = |vm: &mut Vm, n: &str, dir: &str, want: &str, skip: usize| {
+        let needle = format!("ironbake-check: {dir}: {want}|");
+        vm.wait_line(
+            &format!("{n}: {dir} holds {want}"),
+            &needle,
+            deadline::REPORT,
+            skip,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .0
+    };
+    for (n, vm) in NODES.iter().zip(&mut vms).take(2) {
+        // (vdb: the retrying firmware's own small disk is vda.)
+        let made = format!(
+            "ironbake: data partition /dev/vdb1 (ironbake-data on /dev/disk/by-id/virtio-{n}-data): made on this boot"
+        );
+        assert!(vm.console.text().contains(&made), "{n}: no {made:?}");
+        assert!(check(vm, n, etc, &format!("{a} "), 0).ends_with("| from-image versions"));
+        check(vm, n, var, &format!("{a} "), 0);
+    }
+    let fleet2 = vms[2].console.text();
+    assert!(
+        fleet2.contains(&format!(
+            "ironbake: not persisted (no data disk: give the node data = {{ disk = \"/dev/disk/by-id/...\" }} in the inventory): {etc} {var}"
+        )),
+        "fleet2 does not say what is in RAM"
+    );
+    let status = fleet_json(&server);
+    let said = |node: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap()["live"]["not_persisted"]
+            .clone()
+    };
+    assert_eq!(said("fleet2"), serde_json::json!([etc, var]), "{status:#}");
+    assert!(said("fleet0").is_null(), "{status:#}");
+    let skips: Vec<usize> = vms.iter().map(|vm| vm.console.line_count()).collect();
 
     // A -> B: every node, one at a time, the canary first.
     let b2 = b.clone();
@@ -160,6 +217,17 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     for (n, vm) in NODES.iter().zip(&mut vms) {
         vm.wait_line("ready on B", &ready_line(n, &b), deadline::REPORT, 0)
             .unwrap();
+    }
+    // The folders outlived the reboot into B.
+    for (i, (n, vm)) in NODES.iter().zip(&mut vms).enumerate().take(2) {
+        check(vm, n, var, &format!("{a} {b} "), skips[i]);
+        check(vm, n, etc, &format!("{a} {b} "), skips[i]);
+        assert!(
+            vm.console.text().contains(&format!(
+                "ironbake: data partition /dev/vdb1 (ironbake-data on /dev/disk/by-id/virtio-{n}-data): kept"
+            )),
+            "{n}: its data partition was not kept"
+        );
     }
     let rollouts: serde_json::Value =
         serde_json::from_str(&server.get("/api/v1/rollouts").unwrap()).unwrap();
@@ -230,6 +298,21 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     assert!(
         text.contains(&format!("ironbake: fleet0 boots ci-node@{c}")),
         "fleet0 did boot C"
+    );
+    // And the rollback back to B: every version it booted is still there.
+    check(
+        &mut vms[0],
+        "fleet0",
+        var,
+        &format!("{a} {b} {c} {b} "),
+        skip,
+    );
+    check(
+        &mut vms[0],
+        "fleet0",
+        etc,
+        &format!("{a} {b} {c} {b} "),
+        skip,
     );
 
     server

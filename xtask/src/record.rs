@@ -17,7 +17,16 @@ const HEADER: &str = "| benchmark | figure | goal | latest | met | machine | dat
                       | --- | --- | --- | ---: | --- | --- | --- |\n";
 
 /// The benchmarks in the order their sections and rows appear.
-const ORDER: [&str; 6] = ["build", "initramfs", "serve", "boot", "disk", "rollout"];
+const ORDER: [&str; 8] = [
+    "build",
+    "initramfs",
+    "serve",
+    "boot",
+    "disk",
+    "install",
+    "rollout",
+    "page",
+];
 
 /// Records `report` in the BENCHMARKS.md at `path`.
 pub fn write(path: &Path, report: &Report) -> Result<()> {

@@ -89,6 +89,7 @@ fn nodes_of(inv: &inventory::Inventory, recipe: &str) -> Vec<(String, inventory:
                 wol: None,
                 bmc: None,
                 install: None,
+                data: None,
                 vars: BTreeMap::new(),
             },
         ));

@@ -24,6 +24,8 @@
 //! cmdline = ["rdblacklist=x"]       # appended to the recipe's kernel command line
 //! kernel = "proxmox-default-kernel" # installed instead of the recipe's [kernel] package
 //!                                   # (one overlay at most)
+//! persist = ["/var/lib/pve-cluster"] # folders kept on the node's data partition across
+//!                                   # reboots and versions (bind-mounted over the image's)
 //!
 //! [[apt-sources]]                   # extra repositories for `packages`
 //! name = "pve"
@@ -108,6 +110,10 @@ pub struct Spec {
     /// Modes and owners of paths, keyed by absolute image path.
     #[serde(default)]
     pub permissions: BTreeMap<ImagePath, Permission>,
+    /// Folders whose contents outlive a reboot: kept on the node's data partition and
+    /// bind-mounted over the image's before the units that use them start.
+    #[serde(default)]
+    pub persist: Vec<ImagePath>,
 }
 
 /// An extra apt repository.

@@ -284,6 +284,7 @@ pub fn resolve(inp: &Inputs<'_>) -> Result<Plan> {
     units::mask(&mut b, inp.overlays)?;
     put_modules(&mut b, inp.overlays)?;
     put_os_release(&mut b, inp)?;
+    put_persist(&mut b, inp)?;
     apply_permissions(&mut b, inp.overlays, &accounts)?;
     if let Some((path, e)) = b.entries.iter().find(|(p, _)| is_identity_path(p)) {
         bail!(
@@ -445,6 +446,83 @@ fn put_os_release(b: &mut Builder<'_>, inp: &Inputs<'_>) -> Result<()> {
         inp.recipe_name, inp.version
     );
     b.put_text("/usr/lib/os-release", text, 0o644, "ironbake")
+}
+
+/// Where the image lists the folders it keeps on the node's data partition, one a line, for
+/// `ironbake-persist.service` (the base overlay's).
+pub const PERSIST_LIST: &str = "/usr/lib/ironbake/persist.list";
+
+/// Folders no image may persist: the kernel's and systemd's own, the read-only image, and
+/// where the data partition itself is mounted.
+const NOT_PERSISTED: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/tmp",
+    "/usr",
+    "/boot",
+    "/efi",
+    "/etc",
+    "/var",
+    "/var/lib",
+    "/var/lib/ironbake",
+];
+
+/// The recipe's and every overlay's `persist`, checked (no folder the system needs before
+/// the data partition is mounted, none inside another), into [`PERSIST_LIST`].
+fn put_persist(b: &mut Builder<'_>, inp: &Inputs<'_>) -> Result<()> {
+    let mut all: BTreeMap<String, String> = BTreeMap::new();
+    let from_recipe = inp
+        .recipe
+        .persist
+        .iter()
+        .map(|p| (p, "the recipe".to_string()));
+    let from_overlays = inp.overlays.iter().flat_map(|ov| {
+        ov.spec
+            .persist
+            .iter()
+            .map(|p| (p, format!("overlay {:?}", ov.name)))
+    });
+    for (path, who) in from_recipe.chain(from_overlays) {
+        let path = path.as_str();
+        let under = |top: &str| path == top || path.starts_with(&format!("{top}/"));
+        if NOT_PERSISTED.contains(&path)
+            || [
+                "/proc",
+                "/sys",
+                "/dev",
+                "/run",
+                "/tmp",
+                "/usr",
+                "/var/lib/ironbake",
+            ]
+            .iter()
+            .any(|t| under(t))
+        {
+            bail!(
+                "{who} persists {path}: that folder cannot be kept on the data partition (it is \
+                 needed before the partition is mounted, is the read-only image, or holds the \
+                 partition itself); persist the folders under it that hold state"
+            );
+        }
+        all.entry(path.to_string()).or_insert(who);
+    }
+    for outer in all.keys() {
+        if let Some(inner) = all.keys().find(|p| p.starts_with(&format!("{outer}/"))) {
+            bail!(
+                "{} persists {outer} and {} persists {inner}, which is inside it: persist one \
+                 of them",
+                all[outer],
+                all[inner],
+            );
+        }
+    }
+    if all.is_empty() {
+        return Ok(());
+    }
+    let text: String = all.keys().map(|p| format!("{p}\n")).collect();
+    b.put_text(PERSIST_LIST, text, 0o644, "ironbake")
 }
 
 /// Every overlay's `[permissions]` over what the layer holds (node templates' modes were

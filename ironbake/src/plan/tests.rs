@@ -251,3 +251,44 @@ fn an_unreadable_overlay_file_is_an_error_not_an_empty_file() {
         "{err}"
     );
 }
+
+#[test]
+fn persisted_folders_are_listed_once_and_unsafe_ones_refused() {
+    let base = base();
+    let mut r = recipe();
+    r.persist = vec!["/var/lib/rancher".try_into().unwrap()];
+    let ovs = [
+        overlay(
+            "pve",
+            spec("persist = [\"/var/lib/pve-cluster\", \"/etc/corosync\"]\n"),
+        ),
+        overlay("k3s", spec("persist = [\"/var/lib/rancher\"]\n")),
+    ];
+    let plan = resolve(&inputs(&r, &ovs, &base)).unwrap();
+    let list = plan.entries.get(PERSIST_LIST).expect("the persist list");
+    match &list.kind {
+        Kind::File(Data::Bytes(b)) => assert_eq!(
+            String::from_utf8_lossy(b),
+            "/etc/corosync\n/var/lib/pve-cluster\n/var/lib/rancher\n"
+        ),
+        other => panic!("{other:?}"),
+    }
+    for (bad, says) in [
+        ("/etc", "cannot be kept on the data partition"),
+        ("/run/x", "cannot be kept"),
+        ("/var/lib/ironbake/data", "cannot be kept"),
+        ("/var/lib/rancher/k3s", "which is inside it"),
+    ] {
+        let ovs = [
+            overlay("k3s", spec("persist = [\"/var/lib/rancher\"]\n")),
+            overlay("bad", spec(&format!("persist = [\"{bad}\"]\n"))),
+        ];
+        let e = resolve(&inputs(&recipe(), &ovs, &base))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+    }
+    // Nothing persisted: no list.
+    let plan = resolve(&inputs(&recipe(), &[], &base)).unwrap();
+    assert!(!plan.entries.contains_key(PERSIST_LIST));
+}

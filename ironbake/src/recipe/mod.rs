@@ -100,6 +100,10 @@ pub struct Recipe {
     /// Values for the overlays' templates.
     #[serde(default)]
     pub variables: BTreeMap<VarName, toml::Value>,
+    /// Folders kept on the node's data partition across reboots and versions, besides the
+    /// overlays' own `persist`.
+    #[serde(default)]
+    pub persist: Vec<crate::checked::ImagePath>,
 }
 
 /// A published artifact kind.

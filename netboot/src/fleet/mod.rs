@@ -13,6 +13,7 @@
 //! id=<the command acknowledged>             (kind=ack)
 //! disk=<the disk the image went onto>       (kind=installed, from the first stage)
 //! why=<why the first stage wrote nothing>   (kind=refused)
+//! not_persisted=<the persisted folders in RAM on this boot, for want of a data partition>
 //! ```
 //!
 //! and gets back `nonce=...`, `command=none|reboot|poweroff` and `id=N`, signed. A heartbeat
@@ -127,6 +128,8 @@ pub struct Message {
     pub disk: String,
     /// Why the install was refused (kind refused).
     pub why: String,
+    /// The folders the image persists that are in RAM on this boot (no data partition).
+    pub not_persisted: Vec<String>,
 }
 
 /// Parses a message body; the error says which line is wrong.
@@ -199,6 +202,11 @@ pub fn parse_message(body: &str) -> Result<Message, String> {
         },
         disk: short("disk")?,
         why: at_most("why", MAX_LOG_LINE)?,
+        not_persisted: at_most("not_persisted", MAX_LOG_LINE)?
+            .split_whitespace()
+            .take(32)
+            .map(str::to_string)
+            .collect(),
     })
 }
 
@@ -265,6 +273,9 @@ pub struct Live {
     pub uptime_s: Option<f64>,
     /// Failed units.
     pub failed: Vec<String>,
+    /// The folders its image persists that are in RAM on this boot (no data partition).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_persisted: Vec<String>,
     /// Their last log lines.
     pub log: Vec<String>,
     /// When the last message came.
@@ -450,6 +461,7 @@ impl Fleet {
             l.ready = Some(m.ready.clone());
             l.uptime_s = Some(m.uptime_s);
             l.failed = m.failed.clone();
+            l.not_persisted = m.not_persisted.clone();
             l.log = m.log.clone();
             l.last_seen = Some(Instant::now());
             l.last_seen_unix = Some(unix_now());

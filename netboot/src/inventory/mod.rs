@@ -189,6 +189,10 @@ pub struct Node {
     /// from that disk (see [`Install`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<Install>,
+    /// Where it keeps what its image persists, when it boots from the network (see
+    /// [`DataDisk`]; a node installed on its disk keeps it on that disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataDisk>,
     /// Per-node variables for node templates.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
@@ -213,6 +217,57 @@ pub struct Install {
     /// it, such a disk is refused and nothing is written).
     #[serde(default, skip_serializing_if = "is_false")]
     pub wipe: bool,
+}
+
+/// The disk a network-booted node keeps its persisted folders on (`data = { disk =
+/// "/dev/disk/by-id/..." }`): the partition with `label` on it, made on first boot when the
+/// disk is blank or ironbake's with free space, never on a disk holding other data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DataDisk {
+    /// The disk, as for [`Install::disk`].
+    pub disk: String,
+    /// The data partition's GPT name.
+    #[serde(default = "data_label")]
+    pub label: String,
+}
+
+fn data_label() -> String {
+    "ironbake-data".into()
+}
+
+impl DataDisk {
+    /// Why this cannot be, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        let l = &self.label;
+        if l.is_empty()
+            || l.len() > 36
+            || !l
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return Some(format!(
+                "label {l:?} must be a GPT partition name: letters, digits, - and _, at most 36"
+            ));
+        }
+        disk_path_problem(&self.disk)
+    }
+}
+
+/// Why `d` cannot name a whole disk on a kernel command line or in a node's settings.
+fn disk_path_problem(d: &str) -> Option<String> {
+    let ok = d.starts_with("/dev/")
+        && !d.contains("..")
+        && !d.ends_with('/')
+        && d.len() <= 200
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._:+-".contains(c));
+    (!ok).then(|| {
+        format!(
+            "disk {d:?} must be a whole disk under /dev/ (letters, digits and /._:+- only), \
+             like /dev/disk/by-id/nvme-MODEL_SERIAL"
+        )
+    })
 }
 
 fn is_false(b: &bool) -> bool {
@@ -241,20 +296,7 @@ impl Install {
                     .into(),
             ),
             (None, Some(0)) => Some("min-gib must be at least 1".into()),
-            (Some(d), None) => {
-                let ok = d.starts_with("/dev/")
-                    && !d.contains("..")
-                    && !d.ends_with('/')
-                    && d.len() <= 200
-                    && d.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "/._:+-".contains(c));
-                (!ok).then(|| {
-                    format!(
-                        "disk {d:?} must be a whole disk under /dev/ (letters, digits and \
-                         /._:+- only), like /dev/disk/by-id/nvme-MODEL_SERIAL"
-                    )
-                })
-            }
+            (Some(d), None) => disk_path_problem(d),
             (None, Some(_)) => None,
         }
     }
@@ -328,6 +370,17 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
                 &format!("nodes.{name}"),
                 &needle,
                 format!("node {name}: install: {why}"),
+            ));
+        }
+        if let Some(d) = &node.data
+            && let Some(why) = d.problem()
+        {
+            return Err(diag::locate_after(
+                file,
+                text,
+                &format!("nodes.{name}"),
+                &d.disk,
+                format!("node {name}: data: {why}"),
             ));
         }
         for key in node.vars.keys() {
@@ -499,6 +552,23 @@ mod tests {
             assert_eq!(e.line, 4, "{bad}: {e}");
         }
         assert!(parse("i.toml", &node("disk = \"/dev/sda\", size = 3")).is_err());
+        let data = |d: &str| {
+            format!("[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\ndata = {{ {d} }}\n")
+        };
+        let inv = parse("i.toml", &data("disk = \"/dev/disk/by-id/virtio-d1\"")).unwrap();
+        assert_eq!(inv.nodes["a"].data.as_ref().unwrap().label, "ironbake-data");
+        let e = parse(
+            "i.toml",
+            &data("disk = \"/dev/vdb\", label = \"no spaces\""),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("GPT partition name"), "{}", e.message);
+        assert!(
+            parse("i.toml", &data("disk = \"vdb\""))
+                .unwrap_err()
+                .message
+                .contains("under /dev/")
+        );
     }
 
     #[test]

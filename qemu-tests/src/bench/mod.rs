@@ -6,7 +6,8 @@
 //! `boot.rs`: power-on to ready through the whole PXE chain, by stage; `disk.rs`: a disk
 //! image's write time against the shell route, its sizes, booting it against PXE;
 //! `serve.rs`: the boot server against tftpd-hpa, dnsmasq and nginx, and a boot storm;
-//! `rollout.rs`: an overlay edit to ready on the new version through a rollout, and power.
+//! `rollout.rs`: an overlay edit to ready on the new version through a rollout, and power;
+//! `install.rs`: power-on to ready from a disk installed over the network.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,6 +21,7 @@ use crate::server::Server;
 pub mod boot;
 pub mod disk;
 pub mod initramfs;
+pub mod install;
 pub mod rollout;
 pub mod serve;
 

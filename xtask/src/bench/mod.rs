@@ -30,6 +30,9 @@ pub enum What {
     /// An overlay edit -> build -> rollout -> ready, for one node and the three core nodes;
     /// power off and Wake-on-LAN power on of the three.
     Rollout,
+    /// Power-on to ready from the disk for a blank-disk node installed over the network, by
+    /// step, against the preseeded installer's 5 to 10 minutes.
+    Install,
     /// The fleet page: the size it adds to netboot; the server's memory during the boot
     /// storm with the page open in 10 headless browsers.
     Page,
@@ -104,6 +107,10 @@ impl Bench {
                     .current_dir(root)
                     .run_attached()?;
                 qemu_tests::bench::serve::page::run(root, &release.join("netboot"), &without)?
+            }
+            What::Install => {
+                host::ensure(&[host::BUILD, host::TEST].concat(), &progress)?;
+                qemu_tests::bench::install::run(root)?
             }
             What::Initramfs => qemu_tests::bench::initramfs::run(root)?,
             What::Boot => qemu_tests::bench::boot::run(root)?,
