@@ -98,9 +98,10 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     let mut inv =
         String::from("[server]\nname = \"test\"\nwol = { broadcast = \"10.33.0.255\" }\n");
     // fleet0 and fleet1 keep their persisted folders on a data disk of their own (blank: the
-    // first boot makes the partition); fleet2 has none.
+    // first boot makes the partition); fleet2's disk holds someone else's filesystem, which
+    // it must leave alone.
     let data_disks: Vec<Option<std::path::PathBuf>> = (0..NODES.len())
-        .map(|i| (i < 2).then(|| dir.join(format!("{}-data.disk", NODES[i]))))
+        .map(|i| Some(dir.join(format!("{}-data.disk", NODES[i]))))
         .collect();
     for (i, n) in NODES.iter().enumerate() {
         inv.push_str(&format!(
@@ -117,6 +118,14 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
             ));
         }
     }
+    let theirs = data_disks[2].clone().unwrap();
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "theirs"])
+        .arg(&theirs)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let theirs_before = std::fs::read(&theirs).unwrap();
     let inventory = dir.join("inventory.toml");
     std::fs::write(&inventory, inv).unwrap();
     let lan = Lan::new("fleet", &dir).unwrap();
@@ -184,9 +193,15 @@ fn three_nodes_roll_forward_roll_back_power_off_and_wake_on_lan() {
     let fleet2 = vms[2].console.text();
     assert!(
         fleet2.contains(&format!(
-            "ironbake: not persisted (no data disk: give the node data = {{ disk = \"/dev/disk/by-id/...\" }} in the inventory): {etc} {var}"
+            "ironbake: not persisted (/dev/disk/by-id/virtio-fleet2-data holds other data: a \
+             filesystem or volume (ext4) on the whole disk; name a blank disk, or free space on \
+             an ironbake one): {etc} {var}"
         )),
         "fleet2 does not say what is in RAM"
+    );
+    assert!(
+        std::fs::read(&theirs).unwrap() == theirs_before,
+        "fleet2 wrote to a disk holding another filesystem"
     );
     let status = fleet_json(&server);
     let said = |node: &str| {
@@ -1118,11 +1133,23 @@ fn the_fleet_page_in_chromium_and_prometheus_follow_a_booting_node() {
     std::fs::write(dir.join("page.png"), &shots.0).unwrap();
     std::fs::write(dir.join("node-page.png"), &shots.1).unwrap();
     std::fs::write(dir.join("page-phone.png"), &shots.3).unwrap();
+    // This node has no data disk: its console and its page say what is in RAM.
+    let [etc, var] = qemu_tests::fixture::PERSIST_CHECK;
+    assert!(
+        vm.console.text().contains(&format!(
+            "ironbake: not persisted (no data disk: give the node data = {{ disk = \"/dev/disk/by-id/...\" }} in the inventory): {etc} {var}"
+        )),
+        "{}",
+        vm.console.tail(40)
+    );
+    let in_ram = format!("{etc} {var} (no data partition: in RAM this boot)");
     for want in [
         "Recent boots",
         "Server log for this node",
         "boot script",
         &a,
+        "Not persisted",
+        &in_ram,
     ] {
         assert!(
             shots.2.contains(want),

@@ -389,7 +389,7 @@ install_stop() {
 # one last; 1 when a piece keeps failing its check.
 install_pieces() {
     d=$1 total=$((INSTALL_BYTES >> 20)) start=$(uptime_s) piece=/run/ironbake/img/piece
-    first=''
+    first='' done=0
     while read -r off len want; do
         if [ "$off" = 0 ]; then
             first="$off $len $want"
@@ -397,7 +397,8 @@ install_pieces() {
         fi
         install_piece "$d" "$off" "$len" "$want" "$piece" || return 1
         now=$(uptime_s)
-        mib=$(((off + len) >> 20))
+        done=$((done + len))
+        mib=$((done >> 20))
         secs=$(echo "$start $now" | awk '{ d = $2 - $1; if (d < 0.1) d = 0.1; print d }')
         install_say "written $mib of $total MiB ($(echo "$mib $secs" | awk '{ printf "%.1f", $1 / $2 }') MiB/s)"
     done </run/ironbake/img/chunks
