@@ -133,7 +133,13 @@ pub struct Inventories {
     loaded: Mutex<Loaded>,
     manifests: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
     templates: Mutex<HashMap<PathBuf, Arc<Vec<TemplateSource>>>>,
+    /// The server's URL, once it serves: written into every node's settings, so that a node
+    /// booted from its disk (whose command line names no server) still reports to it.
+    server_url: std::sync::OnceLock<String>,
 }
+
+/// Where a node's settings name the boot server (read when the kernel command line does not).
+pub const SERVER_PATH: &str = "/etc/ironbake/server";
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -179,6 +185,7 @@ impl Inventories {
                 secrets: Arc::new(secrets),
             }),
             manifests: Mutex::new(HashMap::new()),
+            server_url: std::sync::OnceLock::new(),
             templates: Mutex::new(HashMap::new()),
         })
     }
@@ -493,6 +500,11 @@ impl Inventories {
         Ok(Some((private, format!("{public} root@{name}\n"))))
     }
 
+    /// Names the server's URL (`http://ADDRESS:PORT`) in every settings archive from now on.
+    pub fn set_server_url(&self, url: &str) {
+        let _ = self.server_url.set(url.to_string());
+    }
+
     /// The node's settings archive, ready to follow the version's initramfs.
     pub fn settings(&self, t: &Target) -> Result<Vec<u8>, TargetError> {
         let initrd_len = std::fs::metadata(t.version_dir.join(boot::INITRD)).map_or(0, |m| m.len());
@@ -546,6 +558,13 @@ impl Inventories {
                 dest: "/etc/machine-id".into(),
                 data: format!("{id}\n").into_bytes(),
                 mode: 0o444,
+            });
+        }
+        if let Some(url) = self.server_url.get() {
+            extra.push(ExtraFile {
+                dest: SERVER_PATH.into(),
+                data: format!("{url}\n").into_bytes(),
+                mode: 0o644,
             });
         }
         if let Some(d) = &t.data {

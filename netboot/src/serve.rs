@@ -167,6 +167,7 @@ pub async fn run(
         })?;
     let http_local = listener.local_addr().expect("bound");
     let http_base = format!("http://{advertise}:{}", http_local.port());
+    nodes.set_server_url(&http_base);
 
     let tftp_addr = SocketAddr::V4(SocketAddrV4::new(cfg.bind, cfg.tftp_port));
     let tftp_sock = tokio::net::UdpSocket::bind(tftp_addr)

@@ -59,8 +59,9 @@ fn build_without(recipe: &str, without: &[&str]) -> Image {
 }
 
 /// A copy of the project in `target/qemu-tests/OUT-project` whose ci-node recipe also uses the
-/// `disk-boot` overlay and lists the `disk` output, publishing into `target/qemu-tests/OUT`
-/// (emptied first); the package layer cache is shared with the other tests' ci-node.
+/// `disk-boot` overlay (and the tests' [`PERSIST_CHECK`] overlay) and lists the `disk` output,
+/// publishing into `target/qemu-tests/OUT` (emptied first); the package layer cache is shared
+/// with the other tests' ci-node.
 pub fn disk_project(out: &str) -> ironbake::Paths {
     let root = crate::project();
     let work = root.join("target").join("qemu-tests");
@@ -68,6 +69,7 @@ pub fn disk_project(out: &str) -> ironbake::Paths {
     let _ = std::fs::remove_dir_all(&project);
     let _ = std::fs::remove_dir_all(work.join(out));
     ironbake::project::copy_inputs(&root, &project).expect("copying the project");
+    add_persist_check(&project);
     let recipe = project.join("recipes/ci-node.toml");
     let text = std::fs::read_to_string(&recipe).expect("reading ci-node.toml");
     let edited = text.replace(

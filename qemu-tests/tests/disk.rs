@@ -536,6 +536,15 @@ fn ovmf_boots_the_disk_image_with_no_network_then_an_update_from_slot_b() {
     );
     let console = boot(&ns, &dir, &disk, "disk1", &v2, Some(MARKED_GOOD), false);
     assert!(booted_from(&console, 'b'), "{console}");
+    // The persisted folders (on the data partition) kept what the first version wrote.
+    let [_, var] = qemu_tests::fixture::PERSIST_CHECK;
+    assert!(
+        console.contains(&format!(
+            "ironbake-check: {var}: {} {} |",
+            m.version, v2.version
+        )),
+        "{console}"
+    );
     assert!(
         console.contains(&format!(
             "ironbake: data partition /dev/vda6 ({} MiB, ext4 {uuid}): kept",
@@ -734,18 +743,43 @@ fn a_blank_disk_is_installed_over_the_network_and_a_foreign_one_is_left_alone() 
         second.contains("root layer ironbake-base-a: /dev/vdb2"),
         "{second}"
     );
+    // Its persisted folders are on the installed disk's data partition, seeded from the image.
+    let [etc, var] = qemu_tests::fixture::PERSIST_CHECK;
+    assert!(
+        second.contains(&format!(
+            "ironbake: persisted on /dev/vdb6: {etc} {var} (first time: {etc} {var})"
+        )) && second.contains(&format!(
+            "ironbake-check: {etc}: {on_disk} | from-image versions"
+        )),
+        "{second}"
+    );
     let made = second
         .lines()
         .find(|l| l.contains("ironbake: data partition /dev/vdb6 ("))
         .unwrap_or_else(|| panic!("no data partition line:\n{second}"));
     assert!(made.ends_with("): made on this boot"), "{made}");
+    // The node reports to the server from its disk (its settings name the server), and the
+    // server saw nothing of it between the install and that report: no DHCP, no script.
+    server
+        .wait_agents(&["inst0"], &on_disk, std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| with_log(e));
     let boots = server.hub.boots_of("52:54:00:00:00:41");
-    let last = boots[0].stages.last().unwrap();
-    assert_eq!(last.stage, netboot::hub::Stage::Installed, "{boots:?}");
+    let stages = &boots[0].stages;
+    let installed = stages
+        .iter()
+        .position(|st| st.stage == netboot::hub::Stage::Installed)
+        .unwrap_or_else(|| panic!("no install in {boots:?}"));
     assert!(
-        last.detail
+        stages[installed]
+            .detail
             .contains(&format!("ci-node@{on_disk} on /dev/vdb")),
-        "{last:?}"
+        "{stages:?}"
+    );
+    assert!(
+        stages[installed + 1..]
+            .iter()
+            .all(|st| st.stage == netboot::hub::Stage::Ready),
+        "the node asked the network after its install: {stages:?}"
     );
     let fleet = server.get("/api/v1/fleet").unwrap();
     assert!(

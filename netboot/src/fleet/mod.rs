@@ -274,7 +274,6 @@ pub struct Live {
     /// Failed units.
     pub failed: Vec<String>,
     /// The folders its image persists that are in RAM on this boot (no data partition).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_persisted: Vec<String>,
     /// Their last log lines.
     pub log: Vec<String>,
