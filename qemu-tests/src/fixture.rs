@@ -215,6 +215,8 @@ for d in /var/lib/ironbake-check /etc/ironbake-check; do
     echo "$IMAGE_VERSION" >>"$d/versions"
     echo "ironbake-check: $d: $(tr '\n' ' ' <"$d/versions")| $(ls "$d" | tr '\n' ' ')" >/dev/console
 done
+# On the disk now: some tests end a VM as soon as it is ready, as a power cut would.
+sync
 "#,
         0o755,
     );
