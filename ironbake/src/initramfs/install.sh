@@ -377,10 +377,13 @@ install_refuse() {
 }
 
 # install_stop WORD WHY NEXT: stops the install with WHY on the console and to the server
-# (kind=refused), says what to do NEXT, and opens the rescue shell.
+# (kind=refused; written=yes unless WORD is REFUSED), says what to do NEXT, and opens the
+# rescue shell.
 install_stop() {
+    written=yes
+    [ "$1" = REFUSED ] && written=no
     say "$1 install of $INSTALL_RECIPE@$INSTALL_VERSION: $2"
-    install_report refused "why=$2" || say "(the boot server did not take the report)"
+    install_report refused "why=$2" "written=$written" || say "(the boot server did not take the report)"
     say "$3"
     rescue "install stopped"
 }
@@ -533,14 +536,14 @@ install_once() {
         countdown "$(backoff "$attempt")" "fetching ${INSTALL_IMAGE}disk.chunks failed (attempt $attempt)"
     done
     if ! install_pieces "$d"; then
-        install_refuse "a piece of disk.img kept failing its sha256 (the published image does not match its manifest: run ironbake verify); the pieces before it were written, the partition table was not"
+        install_stop FAILED "a piece of disk.img kept failing its sha256 (the published image does not match its manifest: run ironbake verify); the pieces before it were written, the partition table was not" "fix the published image, then power-cycle $INSTALL_NODE"
         return 1
     fi
     sync
     echo 3 >/proc/sys/vm/drop_caches
     got=$(dd if="/dev/$d" bs=1M count=$((INSTALL_BYTES >> 20)) 2>/dev/null | sha256sum | cut -d' ' -f1)
     if [ "$got" != "$INSTALL_IMAGE_SHA256" ]; then
-        install_refuse "/dev/$d does not read back as written: sha256 $got, the image's is $INSTALL_IMAGE_SHA256 (a failing disk?)"
+        install_stop FAILED "/dev/$d does not read back as written: sha256 $got, the image's is $INSTALL_IMAGE_SHA256 (a failing disk?)" "check the disk, then power-cycle $INSTALL_NODE"
         return 1
     fi
     install_say "read back from the disk: sha256 $got, as the manifest says"

@@ -12,7 +12,7 @@
 //! log=<a line of a failed unit's journal>   (repeated, at most MAX_LOG)
 //! id=<the command acknowledged>             (kind=ack)
 //! disk=<the disk the image went onto>       (kind=installed, from the first stage)
-//! why=<why the first stage wrote nothing>   (kind=refused)
+//! why=<why the first stage stopped>         (kind=refused; written=yes when it had written)
 //! not_persisted=<the persisted folders in RAM on this boot, for want of a data partition>
 //! ```
 //!
@@ -128,6 +128,8 @@ pub struct Message {
     pub disk: String,
     /// Why the install was refused (kind refused).
     pub why: String,
+    /// Had the install written to the disk before it stopped (kind refused)?
+    pub written: bool,
     /// The folders the image persists that are in RAM on this boot (no data partition).
     pub not_persisted: Vec<String>,
 }
@@ -202,6 +204,7 @@ pub fn parse_message(body: &str) -> Result<Message, String> {
         },
         disk: short("disk")?,
         why: at_most("why", MAX_LOG_LINE)?,
+        written: f.get("written") == Some(&"yes"),
         not_persisted: at_most("not_persisted", MAX_LOG_LINE)?
             .split_whitespace()
             .take(32)
@@ -500,6 +503,9 @@ impl Fleet {
             tracing::info!(%peer, node = %m.node, id = ?m.id, "node took its command");
         } else if m.kind == Kind::Installed {
             self.installed(peer, &mac, &m)?;
+        } else if m.kind == Kind::Refused && m.written {
+            self.hub.stage(&mac, Some(&m.node), Stage::Refused, &m.why);
+            tracing::error!(%peer, node = %m.node, recipe = %m.recipe, version = %m.version, "install stopped after writing to the disk: {}", m.why);
         } else if m.kind == Kind::Refused {
             self.hub.stage(&mac, Some(&m.node), Stage::Refused, &m.why);
             tracing::error!(%peer, node = %m.node, recipe = %m.recipe, version = %m.version, "install refused, nothing written: {}", m.why);
@@ -539,6 +545,22 @@ impl Fleet {
     /// Records that `m.node` installed `m.recipe`@`m.version` onto `m.disk`: from now on its
     /// network boots are sent to that disk.
     fn installed(&self, peer: std::net::IpAddr, mac: &str, m: &Message) -> Result<(), Refusal> {
+        if self
+            .nodes
+            .get()
+            .nodes
+            .get(&m.node)
+            .is_none_or(|n| n.install.is_none())
+        {
+            return Err(refuse(
+                400,
+                format!(
+                    "node {} has no install in {}: not recorded",
+                    m.node,
+                    self.nodes.shown()
+                ),
+            ));
+        }
         let record = installs::Installed {
             recipe: m.recipe.clone(),
             version: m.version.clone(),
@@ -905,6 +927,21 @@ mod tests {
                 .unwrap_err()
                 .contains("nonce")
         );
+        let r =
+            parse_message("node=a\nnonce=1\nkind=refused\nwhy=a ext4 disk\nwritten=yes\n").unwrap();
+        assert_eq!(
+            (r.kind, r.why.as_str(), r.written),
+            (Kind::Refused, "a ext4 disk", true)
+        );
+        let i = parse_message(
+            "node=a\nnonce=1\nkind=installed\ndisk=/dev/vda (8 GiB)\nnot_persisted=/a /b\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (i.kind, i.disk.as_str(), i.written),
+            (Kind::Installed, "/dev/vda (8 GiB)", false)
+        );
+        assert_eq!(i.not_persisted, ["/a", "/b"]);
         assert!(
             parse_message("node=a\nnonce=1\nkind=x\n")
                 .unwrap_err()
