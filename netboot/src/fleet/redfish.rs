@@ -121,15 +121,28 @@ impl Service {
         Ok((status, body))
     }
 
+    /// A GET, tried again (after 1 s, then 2 s) when the BMC answers with a server error: BMCs
+    /// busy with another request say 500 or 503 for a moment (sushy-tools' emulator does, with
+    /// "database is locked", when two systems are read at once). A GET changes nothing, so
+    /// asking again is safe; actions are never repeated.
     fn get(&self, path: &str) -> Result<Value, String> {
         let url = self.url(path);
-        let r = self
-            .agent
-            .get(&url)
-            .header("Authorization", &self.authorization)
-            .header("Accept", "application/json")
-            .call();
-        self.answer(&format!("GET {url}"), r).map(|(_, b)| b)
+        let mut tries = 0;
+        loop {
+            let r = self
+                .agent
+                .get(&url)
+                .header("Authorization", &self.authorization)
+                .header("Accept", "application/json")
+                .call();
+            tries += 1;
+            let busy = r.as_ref().is_ok_and(|r| r.status().is_server_error());
+            if busy && tries < 3 {
+                std::thread::sleep(Duration::from_secs(tries));
+                continue;
+            }
+            return self.answer(&format!("GET {url}"), r).map(|(_, b)| b);
+        }
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<u16, String> {
