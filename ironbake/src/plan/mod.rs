@@ -452,20 +452,19 @@ fn put_os_release(b: &mut Builder<'_>, inp: &Inputs<'_>) -> Result<()> {
 /// `ironbake-persist.service` (the base overlay's).
 pub const PERSIST_LIST: &str = "/usr/lib/ironbake/persist.list";
 
-/// Folders no image may persist: the kernel's and systemd's own, the read-only image, and
-/// where the data partition itself is mounted.
-const NOT_PERSISTED: &[&str] = &[
+/// Folders no image may persist as a whole: the system needs them before the data partition
+/// is mounted.
+const NOT_PERSISTED: &[&str] = &["/boot", "/efi", "/etc", "/var", "/var/lib"];
+
+/// Folders nothing may be persisted in: the kernel's and systemd's own, the read-only image,
+/// and where the data partition itself is mounted.
+const NOTHING_UNDER: &[&str] = &[
     "/proc",
     "/sys",
     "/dev",
     "/run",
     "/tmp",
     "/usr",
-    "/boot",
-    "/efi",
-    "/etc",
-    "/var",
-    "/var/lib",
     "/var/lib/ironbake",
 ];
 
@@ -487,19 +486,7 @@ fn put_persist(b: &mut Builder<'_>, inp: &Inputs<'_>) -> Result<()> {
     for (path, who) in from_recipe.chain(from_overlays) {
         let path = path.as_str();
         let under = |top: &str| path == top || path.starts_with(&format!("{top}/"));
-        if NOT_PERSISTED.contains(&path)
-            || [
-                "/proc",
-                "/sys",
-                "/dev",
-                "/run",
-                "/tmp",
-                "/usr",
-                "/var/lib/ironbake",
-            ]
-            .iter()
-            .any(|t| under(t))
-        {
+        if NOT_PERSISTED.contains(&path) || NOTHING_UNDER.iter().any(|t| under(t)) {
             bail!(
                 "{who} persists {path}: that folder cannot be kept on the data partition (it is \
                  needed before the partition is mounted, is the read-only image, or holds the \
