@@ -167,6 +167,25 @@ pub const TEST: &[Need] = &[
         tool: "prometheus",
         package: "prometheus",
     },
+    // Past one boot server: a real OCI registry (the CNCF distribution registry) with basic
+    // authentication, another client that reads what `push` wrote, and a real HTTP cache in
+    // front of a boot server.
+    Need {
+        tool: "docker-registry",
+        package: "docker-registry",
+    },
+    Need {
+        tool: "htpasswd",
+        package: "apache2-utils",
+    },
+    Need {
+        tool: "skopeo",
+        package: "skopeo",
+    },
+    Need {
+        tool: "nginx",
+        package: "nginx-light",
+    },
 ];
 
 /// A Python tool the tests run that Debian does not package: its PyPI name and pinned

@@ -85,12 +85,57 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Pull published versions from this registry repository (REGISTRY/REPO[:TAG]) at
+    /// start and every --sync-every seconds; each recipe's `current` follows TAG (default
+    /// latest).
+    #[arg(long, value_name = "ref")]
+    pub sync_from: Option<String>,
+    /// Seconds between syncs.
+    #[arg(
+        long,
+        value_name = "seconds",
+        default_value_t = 60,
+        requires = "sync_from"
+    )]
+    pub sync_every: u64,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach a registry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Registry credentials: a TOML file holding `token`, or `username` and `password`
+    /// (mode 0600).
+    #[arg(long, value_name = "file")]
+    pub registry_auth: Option<PathBuf>,
+    /// Speak plain HTTP to a registry that is not on this machine (HTTPS otherwise; a
+    /// registry on loopback is always plain HTTP).
+    #[arg(long)]
+    pub registry_insecure: bool,
+}
+
+impl RegistryArgs {
+    /// The source these flags and a reference describe.
+    pub fn source(
+        &self,
+        reference: &str,
+        every: std::time::Duration,
+    ) -> Result<crate::oci::Source, crate::oci::OciError> {
+        crate::oci::Source::new(
+            reference,
+            self.registry_auth.as_deref(),
+            self.registry_insecure,
+            every,
+        )
+    }
 }
 
 impl ServeArgs {
     /// The server settings these flags describe.
-    pub fn config(&self) -> crate::serve::Config {
-        crate::serve::Config {
+    pub fn config(&self) -> Result<crate::serve::Config, crate::oci::OciError> {
+        Ok(crate::serve::Config {
             root: self.root.clone(),
             inventory: self.inventory.clone(),
             state_dir: self.state.clone(),
@@ -115,7 +160,15 @@ impl ServeArgs {
                 max_connections: self.http_max_connections,
                 max_per_source: self.http_max_per_source,
             },
-        }
+            sync: self
+                .sync_from
+                .as_deref()
+                .map(|r| {
+                    self.registry
+                        .source(r, std::time::Duration::from_secs(self.sync_every.max(1)))
+                })
+                .transpose()?,
+        })
     }
 
     /// Sets up logging and serves until Ctrl-C.
@@ -144,7 +197,7 @@ impl ServeArgs {
                     .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
             )
             .try_init();
-        let cfg = self.config();
+        let cfg = self.config()?;
         // File reads run on tokio's blocking pool; a few threads keep up with the network, and
         // a hundred (tokio's default cap is 512) would each cost memory.
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -182,6 +235,19 @@ enum Command {
         #[arg(long, value_name = "dir", default_value = "out")]
         root: PathBuf,
     },
+    /// Pull versions from a registry into the published root, each checked against its
+    /// digests and published whole (a broken download never appears).
+    Sync {
+        /// The repository, REGISTRY/REPO[:TAG]; each recipe's `current` follows TAG
+        /// (default latest).
+        #[arg(long, value_name = "ref")]
+        from: String,
+        /// The published root.
+        #[arg(long, value_name = "dir", default_value = "out")]
+        root: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Re-hash a published version against its manifest.
     Verify {
         /// The published root.
@@ -212,6 +278,42 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Serve(a) => {
             a.run()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync {
+            from,
+            root,
+            registry,
+        } => {
+            let source = registry.source(&from, std::time::Duration::ZERO)?;
+            let report = source.sync_once(&root, &mut |line| println!("{line}"))?;
+            for v in &report.present {
+                println!("{v}: already here");
+            }
+            for v in &report.pulled {
+                println!("{v}: pulled and published");
+            }
+            match &report.current {
+                Some(c) => println!("current: {c}"),
+                None if report.followed_found => {
+                    println!("`current` left as it was: the followed tag's artifact was refused")
+                }
+                None => println!(
+                    "the repository has no tag {}: `current` left as it was",
+                    source
+                        .reference
+                        .tag
+                        .as_deref()
+                        .unwrap_or(crate::oci::DEFAULT_TAG)
+                ),
+            }
+            for (tags, why) in &report.refused {
+                eprintln!("refused {tags}: {why}");
+            }
+            Ok(if report.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::List { root } => {
             for r in layout::list_published(&root)? {

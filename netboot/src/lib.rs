@@ -17,8 +17,10 @@ pub mod layout;
 pub mod logs;
 pub mod mesh;
 pub mod nodes;
+pub mod oci;
 #[cfg(feature = "page")]
 pub mod page;
+pub mod publish;
 pub mod secrets;
 pub mod serve;
 pub mod telemetry;

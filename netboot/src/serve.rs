@@ -41,6 +41,8 @@ pub struct Config {
     pub tftp: tftp::Config,
     /// HTTP timeouts and connection caps (fitted to the open-file limit at start).
     pub http: crate::http::Limits,
+    /// A registry repository to pull published versions from, now and then.
+    pub sync: Option<crate::oci::Source>,
 }
 
 /// Raises this process's soft limit on open files to its hard limit (no privilege needed),
@@ -135,6 +137,13 @@ pub async fn run(
     on_bound: impl FnOnce(&Bound),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    if cfg.sync.is_some() && !cfg.root.exists() {
+        // Filled by the first sync.
+        std::fs::create_dir_all(&cfg.root).map_err(|source| ServeError::Stopped {
+            what: "creating the published root",
+            source,
+        })?;
+    }
     if !cfg.root.is_dir() {
         return Err(ServeError::NoRoot(cfg.root.display().to_string()));
     }
@@ -264,6 +273,10 @@ pub async fn run(
         let (files, hub, tcfg) = (Arc::clone(&files), Arc::clone(&hub), cfg.tftp.clone());
         tasks.spawn(async move { ("TFTP", tftp::serve(tftp_sock, files, tcfg, hub).await) });
     }
+    if let Some(source) = cfg.sync.clone() {
+        let root = root.clone();
+        tasks.spawn(async move { ("registry sync", sync_loop(source, root).await) });
+    }
     if let Some((s67, s4011)) = dhcp_socks {
         let dcfg = dhcp::Config {
             server_ip: advertise,
@@ -299,6 +312,37 @@ pub async fn run(
                 source: std::io::Error::other(e.to_string()),
             }),
         },
+    }
+}
+
+/// Pulls from the registry now and every `source.every`, logging what changed; a failed
+/// sync is logged and tried again next time (what is published stays as it was).
+async fn sync_loop(source: crate::oci::Source, root: PathBuf) -> std::io::Result<()> {
+    loop {
+        let (s, r) = (source.clone(), root.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            s.sync_once(
+                &r,
+                &mut |line| tracing::info!(registry = %s.reference, "{}", line.trim()),
+            )
+        })
+        .await;
+        match done {
+            Ok(Ok(report)) => {
+                for v in &report.pulled {
+                    tracing::info!(registry = %source.reference, version = %v, "pulled and published");
+                }
+                for (tags, why) in &report.refused {
+                    tracing::warn!(registry = %source.reference, tags = %tags, "refused: {why}");
+                }
+                if let Some(c) = &report.current {
+                    tracing::debug!(registry = %source.reference, current = %c, "synced");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(registry = %source.reference, "sync failed: {e}"),
+            Err(e) => tracing::warn!(registry = %source.reference, "sync failed: {e}"),
+        }
+        tokio::time::sleep(source.every).await;
     }
 }
 

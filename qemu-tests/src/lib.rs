@@ -18,6 +18,7 @@ pub mod netns;
 pub mod prometheus;
 pub mod qemu;
 pub mod redfish;
+pub mod registry;
 pub mod report;
 pub mod require;
 pub mod server;

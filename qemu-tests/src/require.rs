@@ -19,6 +19,10 @@ pub fn vm_tests() -> bool {
         ("chromium", "chromium"),
         ("chromedriver", "chromium-driver"),
         ("prometheus", "prometheus"),
+        ("docker-registry", "docker-registry"),
+        ("htpasswd", "apache2-utils"),
+        ("skopeo", "skopeo"),
+        ("nginx", "nginx-light"),
         (
             "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
             "systemd-boot-efi",

@@ -51,6 +51,7 @@ impl Server {
             interface: Some("br0".into()),
             tftp: netboot::tftp::Config::default(),
             http: netboot::http::Limits::default(),
+            sync: None,
         };
         Self::start_with(&lan.ns, cfg, dir)
     }

@@ -157,6 +157,8 @@ const NETBOOT_FOR_IRONBAKE: &[&str] = &[
     "layout",
     "mesh",
     "nodes",
+    "oci",
+    "publish",
     "secrets",
     "template",
 ];

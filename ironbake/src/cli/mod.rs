@@ -1,6 +1,6 @@
 //! The `ironbake` command line: argument types and dispatch only. Each command group has its
 //! own file (`build.rs`: build, list, verify; `disk.rs`; `fleet.rs`: power, rollout;
-//! `inventory.rs`; `serve.rs`), each
+//! `inventory.rs`; `registry.rs`: push; `serve.rs`), each
 //! command a struct with `run`. `cargo xtask` forwards these same commands (its own chores
 //! aside), so both spell them alike.
 
@@ -17,6 +17,7 @@ mod build;
 mod disk;
 mod fleet;
 mod inventory;
+mod registry;
 mod serve;
 
 /// ironbake: golden images for immutable bare-metal nodes.
@@ -102,6 +103,9 @@ pub enum Command {
     /// Install a node's disk image afresh at its next network boot (a node whose inventory
     /// entry has an `install`; until then it boots from its disk).
     Install(fleet::Install),
+    /// Push a published version to an OCI registry (one artifact: its files as layers,
+    /// manifest.json as config), for boot servers to `netboot sync` from.
+    Push(registry::Push),
 }
 
 impl Command {
@@ -122,6 +126,7 @@ impl Command {
             Command::Power(c) => c.run(global),
             Command::Rollout(c) => c.run(global),
             Command::Install(c) => c.run(global),
+            Command::Push(c) => c.run(global),
         }
     }
 }
