@@ -128,7 +128,6 @@ pub struct Inventories {
     path: PathBuf,
     shown: String,
     secrets_path: PathBuf,
-    state_dir: Option<PathBuf>,
     state: Option<Arc<crate::fleet::State>>,
     loaded: Mutex<Loaded>,
     manifests: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
@@ -136,6 +135,46 @@ pub struct Inventories {
     /// The server's URL, once it serves: written into every node's settings, so that a node
     /// booted from its disk (whose command line names no server) still reports to it.
     server_url: std::sync::OnceLock<String>,
+}
+
+/// A node's identity, derived from the site key and its name alone (so every server that
+/// shares the site key gives the node the same one, and none needs to be kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `/etc/machine-id`: 32 hex digits, shaped as a random (version 4) UUID, as systemd
+    /// makes them.
+    pub machine_id: String,
+    /// The SSH host key (ed25519), OpenSSH private key format.
+    pub host_key: String,
+    /// Its public half, `ssh-ed25519 ... root@NAME`.
+    pub host_key_pub: String,
+}
+
+/// The identity of node `name` under the site key of `keys`.
+pub fn identity(keys: &crate::fleet::auth::Keys, name: &str) -> Identity {
+    let mut id = keys.derive("machine-id", name);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    let seed = keys.derive("ssh host key ed25519", name);
+    let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let key = ssh_key::PrivateKey::new(
+        ssh_key::private::KeypairData::Ed25519(pair),
+        format!("root@{name}"),
+    )
+    .expect("an ed25519 key pair is a valid key");
+    let host_key = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .expect("an ed25519 key encodes")
+        .to_string();
+    let public = key
+        .public_key()
+        .to_openssh()
+        .expect("an ed25519 key encodes");
+    Identity {
+        machine_id: hex::encode(&id[..16]),
+        host_key,
+        host_key_pub: format!("{public}\n"),
+    }
 }
 
 /// Where a node's settings name the boot server (read when the kernel command line does not).
@@ -147,8 +186,8 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 impl Inventories {
     /// Loads `path` (a missing file is an empty inventory: every machine is unknown); a
-    /// malformed one is refused with its file:line. `state_dir`, when given, keeps each
-    /// node's generated identity (its machine-id) across boots. The nodes' secrets are read
+    /// malformed one is refused with its file:line. `state_dir`, when given, holds the
+    /// site key that nodes' keys and identities are derived from. The nodes' secrets are read
     /// from `secrets.toml` beside the inventory (see [`crate::secrets`]).
     pub fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Inventories, LoadError> {
         let shown = path.display().to_string();
@@ -176,7 +215,6 @@ impl Inventories {
             path: path.to_path_buf(),
             shown,
             secrets_path: secrets_path.clone(),
-            state_dir,
             state,
             loaded: Mutex::new(Loaded {
                 mtime: mtime(path),
@@ -416,87 +454,42 @@ impl Inventories {
         })
     }
 
-    /// The node's machine-id: made once, kept in the state folder.
-    fn machine_id(&self, name: &str) -> Result<Option<String>, TargetError> {
-        let Some(dir) = &self.state_dir else {
-            return Ok(None);
-        };
-        let io = |what: &str| {
-            let what = format!("{what} in {}", dir.display());
-            move |source| TargetError::Io { what, source }
-        };
-        let path = dir.join("machine-id").join(name);
-        if let Ok(id) = std::fs::read_to_string(&path) {
-            let id = id.trim().to_string();
-            if id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Ok(Some(id));
-            }
-        }
-        let mut raw = [0u8; 16];
-        use std::io::Read;
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .map_err(io("reading /dev/urandom"))?;
-        let id = hex::encode(raw);
-        std::fs::create_dir_all(path.parent().expect("has parent"))
-            .map_err(io("creating the state folder"))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{id}\n")).map_err(io("writing a machine-id"))?;
-        std::fs::rename(&tmp, &path).map_err(io("writing a machine-id"))?;
-        tracing::info!(node = name, "new machine-id kept in {}", path.display());
-        Ok(Some(id))
+    /// The node's machine-id: derived from the site key (see [`identity`]), unless the state
+    /// folder keeps one from before (an earlier release made them at random and kept them).
+    fn machine_id(&self, name: &str) -> Option<String> {
+        let state = self.state.as_ref()?;
+        let kept = std::fs::read_to_string(state.dir.join("machine-id").join(name))
+            .ok()
+            .map(|id| id.trim().to_string())
+            .filter(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()));
+        Some(kept.unwrap_or_else(|| identity(&state.keys, name).machine_id))
     }
 
-    /// The node's SSH host key (ed25519): made once, kept in the state folder, so the node
-    /// keeps its SSH identity across boots and versions. `(private, public)` in OpenSSH form.
+    /// The node's SSH host key (ed25519), `(private, public)` in OpenSSH form: derived from
+    /// the site key, unless the state folder keeps one from before.
     fn host_key(&self, name: &str) -> Result<Option<(String, String)>, TargetError> {
-        let Some(dir) = &self.state_dir else {
+        let Some(state) = &self.state else {
             return Ok(None);
         };
-        let io = |what: &str| {
-            let what = format!("{what} in {}", dir.display());
-            move |source| TargetError::Io { what, source }
+        let path = state
+            .dir
+            .join("ssh")
+            .join(name)
+            .join("ssh_host_ed25519_key");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            let id = identity(&state.keys, name);
+            return Ok(Some((id.host_key, id.host_key_pub)));
         };
-        let path = dir.join("ssh").join(name).join("ssh_host_ed25519_key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(text) => ssh_key::PrivateKey::from_openssh(&text).map_err(|e| TargetError::Io {
-                what: format!("reading {}", path.display()),
-                source: std::io::Error::other(e.to_string()),
-            })?,
-            Err(_) => {
-                let key = ssh_key::PrivateKey::random(
-                    &mut ssh_key::rand_core::OsRng,
-                    ssh_key::Algorithm::Ed25519,
-                )
-                .map_err(|e| TargetError::Io {
-                    what: "making an SSH host key".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                let text =
-                    key.to_openssh(ssh_key::LineEnding::LF)
-                        .map_err(|e| TargetError::Io {
-                            what: "encoding an SSH host key".into(),
-                            source: std::io::Error::other(e.to_string()),
-                        })?;
-                std::fs::create_dir_all(path.parent().expect("has parent"))
-                    .map_err(io("creating the state folder"))?;
-                crate::fleet::auth::write_private(&path, &text)
-                    .map_err(io("writing an SSH host key"))?;
-                tracing::info!(node = name, "new SSH host key kept in {}", path.display());
-                key
-            }
+        let bad = |e: ssh_key::Error| TargetError::Io {
+            what: format!("reading {}", path.display()),
+            source: std::io::Error::other(e.to_string()),
         };
+        let key = ssh_key::PrivateKey::from_openssh(&text).map_err(bad)?;
         let private = key
             .to_openssh(ssh_key::LineEnding::LF)
-            .map_err(|e| TargetError::Io {
-                what: "encoding an SSH host key".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+            .map_err(bad)?
             .to_string();
-        let public = key.public_key().to_openssh().map_err(|e| TargetError::Io {
-            what: "encoding an SSH host key".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let public = key.public_key().to_openssh().map_err(bad)?;
         Ok(Some((private, format!("{public} root@{name}\n"))))
     }
 
@@ -553,7 +546,7 @@ impl Inventories {
             }
         }
         let mut extra = Vec::new();
-        if let Some(id) = self.machine_id(&t.name)? {
+        if let Some(id) = self.machine_id(&t.name) {
             extra.push(ExtraFile {
                 dest: "/etc/machine-id".into(),
                 data: format!("{id}\n").into_bytes(),
@@ -600,5 +593,58 @@ impl Inventories {
             &extra,
             initrd_len,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_that_share_the_site_key_give_a_node_the_same_identity() {
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let ka = crate::fleet::auth::Keys::load(a.path()).unwrap();
+        // B was given A's site key; C made its own.
+        std::fs::remove_file(b.path().join(crate::fleet::auth::SITE_KEY_FILE)).ok();
+        let site =
+            std::fs::read_to_string(a.path().join(crate::fleet::auth::SITE_KEY_FILE)).unwrap();
+        crate::fleet::auth::write_private(&b.path().join(crate::fleet::auth::SITE_KEY_FILE), &site)
+            .unwrap();
+        let kb = crate::fleet::auth::Keys::load(b.path()).unwrap();
+        let kc = crate::fleet::auth::Keys::load(c.path()).unwrap();
+        let (ia, ib, ic) = (
+            identity(&ka, "n1"),
+            identity(&kb, "n1"),
+            identity(&kc, "n1"),
+        );
+        assert_eq!(ia, ib);
+        assert_ne!(ia.machine_id, ic.machine_id);
+        assert_ne!(ia.host_key, ic.host_key);
+        let other = identity(&ka, "n2");
+        assert_ne!(ia.machine_id, other.machine_id);
+        assert_ne!(ia.host_key_pub, other.host_key_pub);
+        // A machine-id systemd accepts (32 lowercase hex digits, a version 4 UUID's shape),
+        // and a key OpenSSH reads back, whose public half is the one given.
+        assert_eq!(ia.machine_id.len(), 32);
+        assert!(
+            ia.machine_id
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(&ia.machine_id[12..13], "4");
+        let key = ssh_key::PrivateKey::from_openssh(&ia.host_key).unwrap();
+        assert_eq!(
+            format!("{}\n", key.public_key().to_openssh().unwrap()),
+            ia.host_key_pub
+        );
+        assert!(
+            ia.host_key_pub.ends_with(" root@n1\n"),
+            "{}",
+            ia.host_key_pub
+        );
     }
 }

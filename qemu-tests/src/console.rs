@@ -6,6 +6,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+/// The fingerprint a node printed for its SSH host key (`ironbake: NODE ssh host key
+/// SHA256:...`), the last one in `text`.
+pub fn host_key_line(text: &str) -> Option<String> {
+    text.lines().rev().find_map(|l| {
+        l.split_once(" ssh host key ")
+            .map(|(_, f)| f.trim().to_string())
+    })
+}
+
+/// The `SHA256:...` fingerprint of an OpenSSH public key line, as `ssh-keygen -l` prints it.
+pub fn fingerprint(public: &str) -> String {
+    ssh_key::PublicKey::from_openssh(public.trim())
+        .expect("an OpenSSH public key")
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string()
+}
+
 /// How often the log is read again while waiting.
 const POLL: Duration = Duration::from_millis(100);
 

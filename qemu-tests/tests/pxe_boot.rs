@@ -218,14 +218,23 @@ fn two_nodes_boot_at_once_each_with_its_own_name_and_settings() {
     let mut b = Vm::start(&lan.ns, &pxe_vm(&lan, "ci1", "52:54:00:00:00:02"), &dir).unwrap();
     assert_eq!(ready_version(&mut a, &server, "ci0"), img.manifest.version);
     assert_eq!(ready_version(&mut b, &server, "ci1"), img.manifest.version);
-    // Each got its own settings: its own machine-id and host key, kept by the server.
-    let state = dir.join("netboot-state");
-    let id0 = std::fs::read_to_string(state.join("machine-id/ci0")).unwrap();
-    let id1 = std::fs::read_to_string(state.join("machine-id/ci1")).unwrap();
-    assert!(id0.trim().len() == 32 && id0 != id1, "{id0} {id1}");
-    let k0 = std::fs::read(state.join("ssh/ci0/ssh_host_ed25519_key")).unwrap();
-    let k1 = std::fs::read(state.join("ssh/ci1/ssh_host_ed25519_key")).unwrap();
-    assert_ne!(k0, k1);
+    // Each got its own settings: its own machine-id and host key, derived from the server's
+    // site key (the node's own host key is the one it printed).
+    let keys = netboot::fleet::auth::Keys::load(&dir.join("netboot-state")).unwrap();
+    let (i0, i1) = (
+        netboot::nodes::identity(&keys, "ci0"),
+        netboot::nodes::identity(&keys, "ci1"),
+    );
+    assert_ne!(i0.machine_id, i1.machine_id);
+    assert_ne!(i0.host_key, i1.host_key);
+    for (vm, id) in [(&a, &i0), (&b, &i1)] {
+        let shown = qemu_tests::console::host_key_line(&vm.console.text());
+        assert_eq!(
+            shown.as_deref(),
+            Some(qemu_tests::console::fingerprint(&id.host_key_pub).as_str()),
+            "the node's printed host key"
+        );
+    }
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //!   key is `HMAC-SHA256(site key, "ironbake node key v1:" + name)`; the node gets it in its
 //!   settings archive as `/etc/ironbake/node-key` (mode 0600), so no list of keys is kept and
 //!   servers that share the site key derive the same keys.
+//! - A node's identity (its machine-id, its SSH host key) is derived the same way (see
+//!   [`Keys::derive`]), so servers that share the site key give a node the same identity.
 //! - A node's message (heartbeat, ready, acknowledgement) is `key=value` lines carrying a
 //!   nonce the server handed out for that node moments before ([`Nonces`]: single use, short
 //!   lived), signed as `X-Ironbake-Signature: hex(HMAC-SHA256(node key, body))`. A forged
@@ -141,6 +143,16 @@ impl Keys {
             token,
             token_file: state_dir.join(TOKEN_FILE),
         })
+    }
+
+    /// 32 bytes for one `purpose` of the node named `name`:
+    /// `HMAC-SHA256(site key, "ironbake PURPOSE v1:" + name)`. Every server that shares the
+    /// site key derives the same bytes, so a node's identity does not depend on which server
+    /// it reached.
+    pub fn derive(&self, purpose: &str, name: &str) -> [u8; 32] {
+        let mut m = HmacSha256::new_from_slice(&self.site).expect("HMAC takes any key length");
+        m.update(format!("ironbake {purpose} v1:{name}").as_bytes());
+        m.finalize().into_bytes().into()
     }
 
     /// The key of the node named `name` (hex, as the node keeps it).
