@@ -27,16 +27,19 @@ pub fn unknown_node_name(mac: &str) -> String {
 }
 
 /// The node's iPXE script. `http_base` is the server's base URL (`http://10.33.0.1:8080`),
-/// `settings_url` the node's settings archive. Every fetch is retried (a server that restarts
-/// mid-boot only delays the node); the kernel line names both initrds, which iPXE on UEFI needs.
+/// `settings_url` the node's settings archive, `peers` the LAN's other boot servers. Every
+/// fetch is retried (a server that restarts mid-boot only delays the node), from the next
+/// server when there are several (one that dies mid-boot costs a retry); the kernel line
+/// names both initrds, which iPXE on UEFI needs.
 pub fn ipxe_script(
     m: &Manifest,
     http_base: &str,
+    peers: &[String],
     node: &str,
     mac: &str,
     settings_url: &str,
 ) -> String {
-    boot_script(m, http_base, node, mac, settings_url, "", "boots")
+    boot_script(m, (http_base, peers), node, mac, settings_url, "", "boots")
 }
 
 /// The iPXE script of a node that installs its disk image (see [`install_args`]): the same
@@ -44,6 +47,7 @@ pub fn ipxe_script(
 pub fn ipxe_install_script(
     m: &Manifest,
     http_base: &str,
+    peers: &[String],
     node: &str,
     mac: &str,
     settings_url: &str,
@@ -52,7 +56,7 @@ pub fn ipxe_install_script(
     let args = install_args(m, install)?;
     Ok(boot_script(
         m,
-        http_base,
+        (http_base, peers),
         node,
         mac,
         settings_url,
@@ -102,57 +106,111 @@ pub fn ipxe_boot_disk(node: &str, mac: &str, installed: &str) -> String {
 
 fn boot_script(
     m: &Manifest,
-    http_base: &str,
+    (http_base, peers): (&str, &[String]),
     node: &str,
     mac: &str,
     settings_url: &str,
     extra_args: &str,
     verb: &str,
 ) -> String {
-    let base = format!(
-        "{}/{}/{}",
-        http_base.trim_end_matches('/'),
-        m.recipe,
-        m.version
-    );
-    let cmdline = layout::boot_cmdline(m, http_base, node, http_base) + extra_args;
-    format!(
+    let own = http_base.trim_end_matches('/');
+    let mut servers = vec![own.to_string()];
+    for p in peers {
+        let p = p.trim_end_matches('/');
+        if !servers.iter().any(|s| s == p) {
+            servers.push(p.to_string());
+        }
+    }
+    // One server: every URL is literal and a failed fetch is tried again. Several: the URLs
+    // go through ${srv}, this server first, and a failed fetch starts the boot over from the
+    // next server (the published paths are the same on each, and so are the settings).
+    let several = servers.len() > 1;
+    let (server, settings) = if several {
+        let path = settings_url.strip_prefix(own).unwrap_or(settings_url);
+        ("${srv}".to_string(), format!("${{srv}}{path}"))
+    } else {
+        (own.to_string(), settings_url.to_string())
+    };
+    let base = format!("{server}/{}/{}", m.recipe, m.version);
+    let mut cmdline = layout::boot_cmdline(m, &server, node, &server);
+    if several {
+        let mut all = servers.clone();
+        all.sort();
+        cmdline.push_str(&format!(" ironbake.servers={}", all.join(",")));
+    }
+    cmdline.push_str(extra_args);
+    let again = |label: &str| {
+        if several {
+            "next_server".to_string()
+        } else {
+            label.to_string()
+        }
+    };
+    let from = if several { " from ${srv}" } else { "" };
+    let mut script = format!(
         "#!ipxe\n\
          # ironbake: {node} ({mac}) {verb} {recipe}@{version}\n\
-         echo ironbake: {node} {verb} {recipe}@{version}\n\
-         :net\n\
+         echo ironbake: {node} {verb} {recipe}@{version}\n",
+        recipe = m.recipe,
+        version = m.version,
+    );
+    if several {
+        script.push_str(&format!("set srv {own}\n"));
+    }
+    script.push_str(&format!(
+        ":net\n\
          isset ${{ip}} || dhcp || goto net_retry\n\
          :kernel\n\
          kernel --name {KERNEL} {base}/{KERNEL} initrd={INITRD} initrd=settings.img {cmdline} || goto kernel_retry\n\
          :initrd\n\
          initrd --name {INITRD} {base}/{INITRD} || goto initrd_retry\n\
          :settings\n\
-         initrd --name settings.img {settings_url} || goto settings_retry\n\
+         initrd --name settings.img {settings} || goto settings_retry\n\
          boot || goto boot_retry\n\
          :net_retry\n\
          echo ironbake: no network configuration yet; retrying in 3 s\n\
          sleep 3\n\
          goto net\n\
          :kernel_retry\n\
-         echo ironbake: fetching the kernel failed; retrying in 3 s\n\
+         echo ironbake: fetching the kernel{from} failed; retrying in 3 s\n\
          sleep 3\n\
-         goto kernel\n\
+         goto {kernel}\n\
          :initrd_retry\n\
-         echo ironbake: fetching the initramfs failed; retrying in 3 s\n\
+         echo ironbake: fetching the initramfs{from} failed; retrying in 3 s\n\
          sleep 3\n\
-         goto initrd\n\
+         goto {initrd}\n\
          :settings_retry\n\
-         echo ironbake: fetching this node's settings failed; retrying in 3 s\n\
+         echo ironbake: fetching this node's settings{from} failed; retrying in 3 s\n\
          sleep 3\n\
-         goto settings\n\
+         goto {settings_label}\n\
          :boot_retry\n\
          echo ironbake: boot failed; starting over in 5 s\n\
          sleep 5\n\
          imgfree\n\
-         goto kernel\n",
-        recipe = m.recipe,
-        version = m.version,
-    )
+         goto {kernel}\n",
+        kernel = again("kernel"),
+        initrd = again("initrd"),
+        settings_label = again("settings"),
+    ));
+    if several {
+        // The next server in the list, round and round; what was fetched is dropped, so the
+        // kernel, initramfs and settings always come from one server.
+        script.push_str(":next_server\n");
+        script.push_str(&format!("set next {}\n", servers[0]));
+        for pair in servers.windows(2) {
+            script.push_str(&format!(
+                "iseq ${{srv}} {} && set next {} || echo -n\n",
+                pair[0], pair[1]
+            ));
+        }
+        script.push_str(
+            "set srv ${next}\n\
+             echo ironbake: trying ${srv}\n\
+             imgfree\n\
+             goto kernel\n",
+        );
+    }
+    script
 }
 
 /// The script for a machine the server will not boot: it says why and exits to the firmware,
@@ -281,8 +339,8 @@ mod tests {
             wipe: false,
         };
         let url = "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img";
-        let e =
-            ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install).unwrap_err();
+        let e = ipxe_install_script(&m, "http://10.33.0.1:8080", &[], "d0", "m", url, &install)
+            .unwrap_err();
         assert!(e.contains("add \"disk\" to the recipe's outputs"), "{e}");
         for (path, sha) in [("disk.img", "aa"), ("disk.chunks", "cc")] {
             m.outputs.push(layout::OutputRecord {
@@ -291,7 +349,8 @@ mod tests {
                 sha256: sha.repeat(32),
             });
         }
-        let s = ipxe_install_script(&m, "http://10.33.0.1:8080", "d0", "m", url, &install).unwrap();
+        let s = ipxe_install_script(&m, "http://10.33.0.1:8080", &[], "d0", "m", url, &install)
+            .unwrap();
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
         let want = format!(
             " ironbake.install=disk:/dev/disk/by-id/virtio-d0 ironbake.disk={}:{}:1073741824 || goto",
@@ -313,11 +372,73 @@ mod tests {
     }
 
     #[test]
+    fn with_several_servers_a_failed_fetch_starts_over_from_the_next() {
+        let m = manifest();
+        let peers = vec!["http://10.33.0.2:8080".to_string()];
+        let s = ipxe_script(
+            &m,
+            "http://10.33.0.1:8080",
+            &peers,
+            "ci0",
+            "52:54:00:00:00:01",
+            "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+        );
+        assert!(s.contains("\nset srv http://10.33.0.1:8080\n"), "{s}");
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.contains(&format!("${{srv}}/{}/{}/vmlinuz", m.recipe, m.version))
+                && kernel.contains(&format!(
+                    "ironbake.image=${{srv}}/{}/{}/",
+                    m.recipe, m.version
+                ))
+                && kernel.contains("ironbake.server=${srv} ")
+                && kernel.contains(" ironbake.servers=http://10.33.0.1:8080,http://10.33.0.2:8080"),
+            "{kernel}"
+        );
+        assert!(
+            s.contains("initrd --name settings.img ${srv}/nodes/52:54:00:00:00:01/settings.img")
+        );
+        // Every retry goes through the next server; the rotation covers both and comes back.
+        assert_eq!(s.matches("goto next_server").count(), 4, "{s}");
+        assert!(
+            s.contains(
+                ":next_server\nset next http://10.33.0.1:8080\n\
+             iseq ${srv} http://10.33.0.1:8080 && set next http://10.33.0.2:8080 || echo -n\n\
+             set srv ${next}\n"
+            ),
+            "{s}"
+        );
+        // The same script from the other server names the same servers, itself first.
+        let other = ipxe_script(
+            &m,
+            "http://10.33.0.2:8080",
+            &["http://10.33.0.1:8080".to_string()],
+            "ci0",
+            "52:54:00:00:00:01",
+            "http://10.33.0.2:8080/nodes/52:54:00:00:00:01/settings.img",
+        );
+        assert_eq!(
+            other
+                .replace(
+                    "set srv http://10.33.0.2:8080\n",
+                    "set srv http://10.33.0.1:8080\n"
+                )
+                .lines()
+                .filter(|l| !l.starts_with("set next") && !l.starts_with("iseq"))
+                .collect::<Vec<_>>(),
+            s.lines()
+                .filter(|l| !l.starts_with("set next") && !l.starts_with("iseq"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn the_script_names_both_initrds_and_retries_every_fetch() {
         let m = manifest();
         let s = ipxe_script(
             &m,
             "http://10.33.0.1:8080",
+            &[],
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",

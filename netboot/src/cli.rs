@@ -101,6 +101,27 @@ pub struct ServeArgs {
     /// How to reach the registry.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Another boot server on this LAN (http://ADDRESS:PORT; repeatable): nodes fall back
+    /// to it when a fetch fails and report to it too. Give the servers the same site key
+    /// (state folder `site-key`) and the same published versions.
+    #[arg(long, value_name = "url", value_parser = server_url)]
+    pub peer: Vec<String>,
+    /// Follow the boot server at this URL: mirror its desired versions and installs, refuse
+    /// fleet changes (they go to it). Also a peer.
+    #[arg(long, value_name = "url", value_parser = server_url, requires = "state")]
+    pub follow: Option<String>,
+}
+
+/// A boot server's URL, `http://HOST:PORT`, with nothing after it.
+fn server_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .ok_or("a boot server's URL is http://ADDRESS:PORT")?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err("a boot server's URL is http://ADDRESS:PORT, with no path".into());
+    }
+    Ok(format!("http://{rest}"))
 }
 
 /// How to reach a registry.
@@ -168,6 +189,8 @@ impl ServeArgs {
                         .source(r, std::time::Duration::from_secs(self.sync_every.max(1)))
                 })
                 .transpose()?,
+            peers: self.peer.clone(),
+            follow: self.follow.clone(),
         })
     }
 

@@ -469,8 +469,14 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
                 .get(&t.name)
                 .and_then(|n| n.install.clone());
             let Some(install) = install else {
-                let body =
-                    boot::ipxe_script(&t.manifest, &s.http_base, &t.name, &mac, &settings_url);
+                let body = boot::ipxe_script(
+                    &t.manifest,
+                    &s.http_base,
+                    s.nodes.peers(),
+                    &t.name,
+                    &mac,
+                    &settings_url,
+                );
                 s.hub.stage(
                     &mac,
                     Some(&t.name),
@@ -536,7 +542,15 @@ fn install_script(
             boot::ipxe_boot_disk(&t.name, mac, &what),
         );
     }
-    match boot::ipxe_install_script(m, &s.http_base, &t.name, mac, settings_url, install) {
+    match boot::ipxe_install_script(
+        m,
+        &s.http_base,
+        s.nodes.peers(),
+        &t.name,
+        mac,
+        settings_url,
+        install,
+    ) {
         Ok(body) => {
             s.hub.stage(
                 mac,

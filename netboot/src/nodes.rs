@@ -132,9 +132,10 @@ pub struct Inventories {
     loaded: Mutex<Loaded>,
     manifests: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
     templates: Mutex<HashMap<PathBuf, Arc<Vec<TemplateSource>>>>,
-    /// The server's URL, once it serves: written into every node's settings, so that a node
-    /// booted from its disk (whose command line names no server) still reports to it.
-    server_url: std::sync::OnceLock<String>,
+    /// The server's URL and its peers', once it serves: written into every node's settings,
+    /// so that a node reports to each, and one booted from its disk (whose command line names
+    /// no server) still reports.
+    servers: std::sync::OnceLock<(String, Vec<String>)>,
 }
 
 /// A node's identity, derived from the site key and its name alone (so every server that
@@ -177,7 +178,8 @@ pub fn identity(keys: &crate::fleet::auth::Keys, name: &str) -> Identity {
     }
 }
 
-/// Where a node's settings name the boot server (read when the kernel command line does not).
+/// Where a node's settings name the boot servers, one URL a line, sorted (the first is used
+/// when the kernel command line names none; reports go to each).
 pub const SERVER_PATH: &str = "/etc/ironbake/server";
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -223,7 +225,7 @@ impl Inventories {
                 secrets: Arc::new(secrets),
             }),
             manifests: Mutex::new(HashMap::new()),
-            server_url: std::sync::OnceLock::new(),
+            servers: std::sync::OnceLock::new(),
             templates: Mutex::new(HashMap::new()),
         })
     }
@@ -493,9 +495,23 @@ impl Inventories {
         Ok(Some((private, format!("{public} root@{name}\n"))))
     }
 
-    /// Names the server's URL (`http://ADDRESS:PORT`) in every settings archive from now on.
-    pub fn set_server_url(&self, url: &str) {
-        let _ = self.server_url.set(url.to_string());
+    /// Names the server's URL (`http://ADDRESS:PORT`) and its peers' in every settings
+    /// archive from now on.
+    pub fn set_servers(&self, url: &str, peers: &[String]) {
+        let own = url.trim_end_matches('/').to_string();
+        let mut others: Vec<String> = peers
+            .iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .filter(|p| *p != own)
+            .collect();
+        others.sort();
+        others.dedup();
+        let _ = self.servers.set((own, others));
+    }
+
+    /// The other boot servers nodes are told of.
+    pub fn peers(&self) -> &[String] {
+        self.servers.get().map_or(&[], |(_, p)| p.as_slice())
     }
 
     /// The node's settings archive, ready to follow the version's initramfs.
@@ -553,10 +569,18 @@ impl Inventories {
                 mode: 0o444,
             });
         }
-        if let Some(url) = self.server_url.get() {
+        if let Some((own, peers)) = self.servers.get() {
+            // Every server, sorted: the same bytes whichever server renders them.
+            let mut all: Vec<&str> = peers.iter().map(String::as_str).collect();
+            all.push(own);
+            all.sort();
             extra.push(ExtraFile {
                 dest: SERVER_PATH.into(),
-                data: format!("{url}\n").into_bytes(),
+                data: all
+                    .iter()
+                    .map(|u| format!("{u}\n"))
+                    .collect::<String>()
+                    .into_bytes(),
                 mode: 0o644,
             });
         }

@@ -43,6 +43,12 @@ pub struct Config {
     pub http: crate::http::Limits,
     /// A registry repository to pull published versions from, now and then.
     pub sync: Option<crate::oci::Source>,
+    /// The LAN's other boot servers (`http://ADDRESS:PORT`): nodes fall back to them when a
+    /// fetch fails, and report to each.
+    pub peers: Vec<String>,
+    /// The server whose desired versions, installs and rollouts this one follows (it takes
+    /// no fleet changes itself); it is a peer too.
+    pub follow: Option<String>,
 }
 
 /// Raises this process's soft limit on open files to its hard limit (no privilege needed),
@@ -176,7 +182,9 @@ pub async fn run(
         })?;
     let http_local = listener.local_addr().expect("bound");
     let http_base = format!("http://{advertise}:{}", http_local.port());
-    nodes.set_server_url(&http_base);
+    let mut peers = cfg.peers.clone();
+    peers.extend(cfg.follow.clone());
+    nodes.set_servers(&http_base, &peers);
 
     let tftp_addr = SocketAddr::V4(SocketAddrV4::new(cfg.bind, cfg.tftp_port));
     let tftp_sock = tokio::net::UdpSocket::bind(tftp_addr)
@@ -256,6 +264,12 @@ pub async fn run(
                     token = %st.keys.token_file.display(),
                     "fleet API on: power and rollout requests need the admin token"
                 );
+                if let Some(leader) = &cfg.follow {
+                    fleet.follow(leader);
+                    tracing::info!(%leader, "following: fleet changes go to the leader, its desired versions and installs are mirrored here");
+                    let (f, leader) = (Arc::clone(&fleet), leader.clone());
+                    tasks.spawn(async move { ("following", mirror_loop(f, leader).await) });
+                }
                 state.with_fleet(fleet)
             }
             None => {
@@ -312,6 +326,66 @@ pub async fn run(
                 source: std::io::Error::other(e.to_string()),
             }),
         },
+    }
+}
+
+/// How often a following server reads its leader's state.
+pub const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Mirrors the leader's desired versions and installs every [`MIRROR_EVERY`]; while the
+/// leader cannot be reached the last mirrored state holds (nodes keep booting what they did).
+async fn mirror_loop(fleet: Arc<crate::fleet::Fleet>, leader: String) -> std::io::Result<()> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut reachable = true;
+    loop {
+        let (a, f, url) = (
+            agent.clone(),
+            Arc::clone(&fleet),
+            format!("{leader}/api/v1/state"),
+        );
+        let done = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let mut r = a
+                .get(&url)
+                .header("Authorization", format!("Bearer {}", f.state.keys.token))
+                .call()
+                .map_err(|e| e.to_string())?;
+            match r.status().as_u16() {
+                200 => {}
+                401 => {
+                    return Err("the leader refused this server's admin token: copy the \
+                                leader's admin-token (and site-key) into this state folder"
+                        .into());
+                }
+                s => return Err(format!("the leader answered {s}")),
+            }
+            let shared: crate::fleet::Shared = serde_json::from_reader(r.body_mut().as_reader())
+                .map_err(|e| format!("the leader's state: {e}"))?;
+            f.mirror(&shared)
+                .map_err(|e| format!("writing the mirrored state: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match done {
+            Ok(changed) => {
+                if !reachable {
+                    tracing::info!(%leader, "the leader answers again");
+                }
+                reachable = true;
+                if changed {
+                    tracing::info!(%leader, "mirrored the leader's desired versions and installs");
+                }
+            }
+            Err(e) if reachable => {
+                reachable = false;
+                tracing::warn!(%leader, "cannot mirror the leader ({e}); keeping the last state");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(MIRROR_EVERY).await;
     }
 }
 

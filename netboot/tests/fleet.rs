@@ -47,6 +47,7 @@ fn start() -> Server {
         format!(
             "[nodes.ci0]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"{recipe}\"\n\
              wol = {{ broadcast = \"127.0.0.1\", port = {} }}\n\
+             vars = {{ rack = \"r1\" }}\n\
              [nodes.pinned]\nmac = \"52:54:00:00:00:02\"\nrecipe = \"{recipe}\"\nversion = \"{V1}\"\n",
             wol.local_addr().unwrap().port()
         ),
@@ -790,4 +791,210 @@ fn prometheus_finds_the_nodes_whose_version_has_the_exporter() {
             "labels": {"node": "ci0", "recipe": "ci-node", "version": with},
         }])
     );
+}
+
+/// A second server with the leader's site key and admin token, started as `netboot serve
+/// --follow LEADER` would be (the same `serve::run`), on loopback with ephemeral ports.
+fn follower(s: &Server) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for f in [auth::SITE_KEY_FILE, auth::TOKEN_FILE] {
+        let text = std::fs::read_to_string(s.state.join(f)).unwrap();
+        auth::write_private(&state.join(f), &text).unwrap();
+    }
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::copy(s.state.parent().unwrap().join("inventory.toml"), &inventory).unwrap();
+    let cfg = netboot::serve::Config {
+        root: s.root.clone(),
+        inventory,
+        state_dir: Some(state),
+        bind: "127.0.0.1".parse().unwrap(),
+        advertise: None,
+        http_port: 0,
+        tftp_port: 0,
+        dhcp: false,
+        dhcp_port: 0,
+        pxe_port: 0,
+        interface: None,
+        tftp: netboot::tftp::Config::default(),
+        http: netboot::http::Limits::default(),
+        sync: None,
+        peers: Vec::new(),
+        follow: Some(s.base.clone()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(netboot::serve::run(
+            cfg,
+            Arc::new(Hub::new()),
+            move |b| tx.send(b.http_base.clone()).unwrap(),
+            std::future::pending(),
+        ))
+        .unwrap();
+    });
+    (rx.recv_timeout(Duration::from_secs(20)).unwrap(), dir)
+}
+
+/// Two servers: the follower mirrors the leader's desired versions, takes no changes itself,
+/// gives a node the same identity, and the node's report reaches both.
+#[test]
+fn a_follower_mirrors_the_leader_refuses_changes_and_nodes_report_to_both() {
+    let s = start();
+    let (fbase, _fdir) = follower(&s);
+    let call = |base: &str, method: &str, path: &str, body: &str, token: Option<&str>| {
+        let url = format!("{base}{path}");
+        let r = match method {
+            "GET" => agent().get(&url).call(),
+            _ => {
+                let r = agent().put(&url);
+                let r = match token {
+                    Some(t) => r.header("Authorization", &format!("Bearer {t}")),
+                    None => r,
+                };
+                r.send(body)
+            }
+        };
+        let mut r = r.unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let t = Some(s.token.as_str());
+    // A change on the follower is refused and names the leader.
+    let (st, said) = call(
+        &fbase,
+        "PUT",
+        "/api/v1/desired/ci0",
+        &format!(r#"{{"version": "{V2}"}}"#),
+        t,
+    );
+    assert!(st == 409 && said.contains(&s.base), "{st} {said}");
+    assert!(
+        call(&fbase, "GET", "/boot.ipxe?mac=52:54:00:00:00:01", "", None)
+            .1
+            .contains(&format!("/{V1}/vmlinuz"))
+    );
+    // The same change on the leader reaches the follower within a few mirror periods.
+    let (st, said) = s.call(
+        "PUT",
+        "/api/v1/desired/ci0",
+        &format!(r#"{{"version": "{V2}"}}"#),
+        t,
+    );
+    assert_eq!(st, 200, "{said}");
+    let deadline = Instant::now() + netboot::serve::MIRROR_EVERY * 5;
+    loop {
+        let script = call(&fbase, "GET", "/boot.ipxe?mac=52:54:00:00:00:01", "", None).1;
+        if script.contains(&format!("/{V2}/vmlinuz")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never took the leader's desired version:\n{script}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The same identity from both: machine-id and SSH host key in the settings archive.
+    let identity = |base: &str| {
+        let url = format!("{base}/nodes/52:54:00:00:00:01/settings.img");
+        let bytes = agent()
+            .get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let after = |name: &str| {
+            let at = text
+                .find(name)
+                .unwrap_or_else(|| panic!("no {name} in {url}: {text:?}"));
+            text[at + name.len()..]
+                .trim_start_matches('\0')
+                .split('\0')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        (
+            after("ironbake/node/etc/machine-id\0"),
+            after("ironbake/node/etc/ssh/ssh_host_ed25519_key\0"),
+        )
+    };
+    let (leader_id, follower_id) = (identity(&s.base), identity(&fbase));
+    assert!(
+        leader_id
+            .1
+            .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "{leader_id:?}"
+    );
+    assert_eq!(leader_id, follower_id);
+
+    // The node's report script sends to every server its settings list, skipping one that
+    // is down: both live servers take it, each with a nonce of its own.
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../overlays/base/files/usr/lib/ironbake")
+        .canonicalize()
+        .unwrap();
+    let node = s._dir.path().join("node2");
+    let bin = node.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(node.join("cmdline"), "console=ttyS0\n").unwrap();
+    std::fs::write(
+        node.join("servers"),
+        format!("http://127.0.0.1:1\n{}\n{fbase}\n", s.base),
+    )
+    .unwrap();
+    std::fs::write(node.join("node-key"), format!("{}\n", s.key)).unwrap();
+    std::fs::write(
+        node.join("os-release"),
+        format!("IMAGE_ID=ci-node\nIMAGE_VERSION={V2}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("systemctl"),
+        "#!/bin/sh\ncase \"$1\" in\n  is-system-running) echo running ;;\n  show) echo active ;;\nesac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bin.join("systemctl"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(lib.join("report"))
+        .arg("ready")
+        .env("IRONBAKE_CMDLINE", node.join("cmdline"))
+        .env("IRONBAKE_SERVER_FILE", node.join("servers"))
+        .env("IRONBAKE_NODE_KEY", node.join("node-key"))
+        .env("IRONBAKE_OS_RELEASE", node.join("os-release"))
+        .env("IRONBAKE_NODE", "ci0")
+        .env("IRONBAKE_LIB", &lib)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none 0");
+    for base in [&s.base, &fbase] {
+        let f: serde_json::Value =
+            serde_json::from_str(&call(base, "GET", "/api/v1/fleet", "", None).1).unwrap();
+        let ci0 = f
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "ci0")
+            .unwrap();
+        assert_eq!(ci0["live"]["version"], V2, "{base}: {f:#}");
+    }
 }

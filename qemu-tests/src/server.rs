@@ -52,6 +52,8 @@ impl Server {
             tftp: netboot::tftp::Config::default(),
             http: netboot::http::Limits::default(),
             sync: None,
+            peers: Vec::new(),
+            follow: None,
         };
         Self::start_with(&lan.ns, cfg, dir)
     }

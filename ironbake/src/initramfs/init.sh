@@ -7,6 +7,8 @@
 #   ironbake.layers=NAME:SHA256,NAME:SHA256   bottom layer first
 #   ironbake.node=NAME           this node's name (for messages; settings arrive as files)
 #   ironbake.server=URL          boot server base URL (read by the image's ready report)
+#   ironbake.servers=URL,URL     every boot server of the LAN: a failed fetch moves on to the
+#                                next one (each serves the same published paths)
 #   ironbake.root=partlabel:LABEL[,partlabel:LABEL]   local mode: layers on disk, bottom first
 #   ironbake.slot=a|b            booted from that disk slot: a failure restarts the machine
 #                                (so the boot manager counts the try) instead of a shell
@@ -40,7 +42,7 @@ rescue() {
     setsid cttyhack sh -l
 }
 
-IMAGE='' LAYERS='' NODE='' ROOT='' RESCUE='' SLOT='' SERVER='' INSTALL='' WIPE='' DISK=''
+IMAGE='' LAYERS='' NODE='' ROOT='' RESCUE='' SLOT='' SERVER='' SERVERS='' INSTALL='' WIPE='' DISK=''
 # The command line is one line of space-separated words: splitting it into words is the point.
 # shellcheck disable=SC2013
 for arg in $(cat /proc/cmdline); do
@@ -52,6 +54,7 @@ for arg in $(cat /proc/cmdline); do
         ironbake.rescue) RESCUE=1 ;;
         ironbake.slot=*) SLOT=${arg#*=} ;;
         ironbake.server=*) SERVER=${arg#*=} ;;
+        ironbake.servers=*) SERVERS=$(echo "${arg#*=}" | tr ',' ' ') ;;
         ironbake.install=*) INSTALL=${arg#*=} ;;
         ironbake.wipe) WIPE=1 ;;
         ironbake.disk=*) DISK=${arg#*=} ;;
@@ -91,6 +94,21 @@ countdown() { # countdown SECONDS MESSAGE
         sleep 1; s=$((s - 1))
     done
     printf '\r%60s\r' ''
+}
+
+next_server() { # the fetches move on to the boot server after $SERVER in ironbake.servers
+    [ -n "$SERVERS" ] || return 0
+    case "$IMAGE" in "$SERVER"/*) ;; *) return 0 ;; esac
+    path=${IMAGE#"$SERVER"}
+    first='' next='' take=''
+    for s in $SERVERS; do
+        [ -z "$first" ] && first=$s
+        [ -n "$take" ] && { next=$s; break; }
+        [ "$s" = "$SERVER" ] && take=1
+    done
+    SERVER=${next:-$first}
+    IMAGE=$SERVER$path
+    say "trying the boot server $SERVER"
 }
 
 if [ -n "$ROOT" ]; then
@@ -180,6 +198,7 @@ else
             fi
             attempt=$((attempt + 1))
             countdown "$(backoff "$attempt")" "fetching $IMAGE$name failed (attempt $attempt)"
+            next_server
         done
         size=$(wc -c <"$file")
         say "fetched $name: $((size / 1048576)) MiB, sha256 verified"

@@ -6,6 +6,7 @@
 //! | `GET /api/v1/agent/nonce?node=N` | node | a single-use nonce for its next message |
 //! | `POST /api/v1/agent`, `POST /api/v1/ready` | node | a signed message; the answer is signed |
 //! | `GET /api/v1/fleet` | anyone | every node: versions, agent, last report |
+//! | `GET /api/v1/state` | admin | the desired versions and installs, which a following server mirrors |
 //! | `POST /api/v1/power` | admin | `{"action": "on"/"off"/"reboot"/"status", "nodes": [...], "recipe": R, "all": bool}` |
 //! | `PUT`/`DELETE /api/v1/desired/NODE` | admin | `{"version": V}`: set or clear a desired version |
 //! | `GET`/`POST /api/v1/rollouts` | anyone / admin | list, or start (see [`super::rollout::Request`]) |
@@ -15,7 +16,8 @@
 //! | `POST /api/v1/inventory/nodes` | admin | `{"mac": M, "name": N, "recipe": R}`: a discovered machine becomes a node (the inventory file rewritten, comments kept) |
 //!
 //! Admin requests carry `Authorization: Bearer TOKEN` (the state folder's `admin-token`);
-//! without it they get 401 and change nothing.
+//! without it they get 401 and change nothing. A server started with `--follow LEADER`
+//! answers them 409: the leader is the one writer of the fleet's state.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
         .route("/api/v1/agent", post(agent))
         .route("/api/v1/ready", post(agent))
         .route("/api/v1/fleet", get(status))
+        .route("/api/v1/state", get(shared_state))
         .route("/api/v1/power", post(power))
         .route(
             "/api/v1/desired/{node}",
@@ -78,7 +81,8 @@ fn json<T: serde::Serialize>(f: &Fleet, status: StatusCode, v: &T) -> Response {
     )
 }
 
-/// `Err(401)` unless the request carries the admin token.
+/// `Err(401)` unless the request carries the admin token; `Err(409)` on a server that
+/// follows another (changes go to the one that leads).
 fn admin(
     f: &Fleet,
     headers: &HeaderMap,
@@ -90,7 +94,20 @@ fn admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(t) if auth::token_matches(&f.state.keys.token, t.trim()) => Ok(()),
+        Some(t) if auth::token_matches(&f.state.keys.token, t.trim()) => match f.follows() {
+            None => Ok(()),
+            Some(leader) => {
+                tracing::warn!(%peer, what, %leader, "refused: this server follows another");
+                Err(Box::new(error(
+                    f,
+                    409,
+                    &format!(
+                        "this server follows {leader}, which takes the fleet's changes: send \
+                         them there (ironbake --server {leader} ...)"
+                    ),
+                )))
+            }
+        },
         _ => {
             tracing::warn!(%peer, what, "refused: no valid admin token");
             let mut r = error(
@@ -146,6 +163,27 @@ async fn agent(
             answer(&f, status, (status, format!("{}\n", r.why)).into_response())
         }
     }
+}
+
+/// What a following server mirrors: the desired versions and the installs (admin token).
+async fn shared_state(
+    State(f): State<Arc<Fleet>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|t| auth::token_matches(&f.state.keys.token, t.trim())) {
+        tracing::warn!(%peer, "refused the shared state: no valid admin token");
+        return error(
+            &f,
+            401,
+            "send the admin token (Authorization: Bearer TOKEN)",
+        );
+    }
+    json(&f, StatusCode::OK, &f.shared())
 }
 
 async fn status(State(f): State<Arc<Fleet>>) -> Response {

@@ -86,6 +86,22 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned> PerNode<T> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes every node's value the one in `all` (written before it returns); true if that
+    /// changed anything.
+    pub fn replace_all(&self, all: &BTreeMap<String, T>) -> std::io::Result<bool>
+    where
+        T: PartialEq,
+    {
+        let mut nodes = self.lock();
+        if *nodes == *all {
+            return Ok(false);
+        }
+        let text = serde_json::to_string_pretty(&File { nodes: all.clone() }).expect("serialises");
+        write_atomic(&self.path, text.as_bytes())?;
+        *nodes = all.clone();
+        Ok(true)
+    }
+
     /// Sets (or with `None` clears) `node`'s value; written before it returns. On a write
     /// error nothing changes.
     pub fn set(&self, node: &str, value: Option<T>) -> std::io::Result<()> {

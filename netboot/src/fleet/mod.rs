@@ -351,6 +351,18 @@ pub struct Fleet {
     pub rollouts: rollout::Store,
     /// How long heartbeats are held.
     pub hold: Duration,
+    /// The server this one follows (see [`Fleet::follow`]).
+    leader: std::sync::OnceLock<String>,
+}
+
+/// The fleet state one server leads and the others mirror.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shared {
+    /// Each node's desired version.
+    pub desired: BTreeMap<String, desired::Wanted>,
+    /// The nodes installed on their disk.
+    pub installs: BTreeMap<String, installs::Installed>,
 }
 
 impl Fleet {
@@ -374,7 +386,38 @@ impl Fleet {
             next_id: AtomicU64::new(unix_now() * 1000),
             rollouts,
             hold: HOLD,
+            leader: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Makes this server follow the one at `leader`: it takes no fleet changes of its own
+    /// and mirrors the leader's [`Shared`] state (see [`Fleet::mirror`]).
+    pub fn follow(&self, leader: &str) {
+        let _ = self.leader.set(leader.to_string());
+    }
+
+    /// The server this one follows, if any.
+    pub fn follows(&self) -> Option<&str> {
+        self.leader.get().map(String::as_str)
+    }
+
+    /// The state a follower mirrors.
+    pub fn shared(&self) -> Shared {
+        Shared {
+            desired: self.state.desired.all(),
+            installs: self.state.installs.all(),
+        }
+    }
+
+    /// Takes the leader's state as this server's own (written to the state folder, so it
+    /// holds while the leader is away); true if anything changed.
+    pub fn mirror(&self, s: &Shared) -> std::io::Result<bool> {
+        let a = self.state.desired.replace_all(&s.desired)?;
+        let b = self.state.installs.replace_all(&s.installs)?;
+        if a || b {
+            self.bump();
+        }
+        Ok(a || b)
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Live>> {
