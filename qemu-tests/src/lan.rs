@@ -150,6 +150,35 @@ impl Lan {
         Ok(name)
     }
 
+    /// Another machine on the LAN: a namespace of its own whose `eth0` (a veth whose peer is
+    /// a port of the bridge) has `address`/24, as a second boot server would.
+    pub fn host(&self, tag: &str, address: &str) -> Result<Netns> {
+        let host = Netns::new(tag)?;
+        let port = format!("vh{}", self.taps.fetch_add(1, Ordering::Relaxed));
+        run(std::process::Command::new("ip").args([
+            "link",
+            "add",
+            &port,
+            "netns",
+            self.ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.name(),
+        ]))?;
+        ip(&self.ns, &["link", "set", &port, "master", "br0"])?;
+        ip(&self.ns, &["link", "set", &port, "up"])?;
+        ip(
+            &host,
+            &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+        )?;
+        ip(&host, &["link", "set", "eth0", "up"])?;
+        Ok(host)
+    }
+
     /// The router's namespace (a machine on the LAN beside the boot server).
     pub fn router(&self) -> &Netns {
         &self.router

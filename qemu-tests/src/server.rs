@@ -337,6 +337,50 @@ impl Process {
         Ok(p)
     }
 
+    /// Starts `program serve ARGS` as root inside `ns`, its output in `log`; returns once it
+    /// says it serves (a test that needs a second server on the LAN, or to kill one).
+    pub fn start_in(ns: &Netns, program: &Path, args: &[String], log: PathBuf) -> Result<Process> {
+        let out = std::fs::File::create(&log)?;
+        let child = ns
+            .command(&program.display().to_string())
+            .arg("serve")
+            .args(args)
+            .env("NETBOOT_LOG", "debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting netboot")?;
+        let mut p = Process {
+            child,
+            log,
+            ns_file: PathBuf::from(format!("/run/netns/{}", ns.name())),
+        };
+        let started = std::time::Instant::now();
+        while !p.log_text().contains("netboot serving") {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("netboot stopped ({status}):\n{}", p.log_text());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("netboot did not start in 30 s:\n{}", p.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(p)
+    }
+
+    /// Kills it at once (SIGKILL: no goodbye to anyone, as a power cut would).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// `GET path` from `addr`, from inside its namespace.
+    pub fn get_from(&self, addr: std::net::SocketAddr, path: &str) -> Result<String> {
+        http_get_in(&self.ns_file, addr, path)
+    }
+
     /// Its process id (`ip netns exec` and `setpriv` both exec, so this is netboot's own).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -308,3 +308,233 @@ fn a_version_goes_through_a_real_registry_and_a_damaged_blob_is_refused() {
         "a refused sync left its staging behind"
     );
 }
+
+const B_IP: &str = "10.33.0.2";
+const NODES: [&str; 4] = ["duo0", "duo1", "duo2", "duo3"];
+
+fn mac(i: usize) -> String {
+    format!("52:54:00:00:06:{:02x}", i + 1)
+}
+
+/// Two boot servers on one LAN: A serves the build's `out/`; B is filled from a registry
+/// (`serve --sync-from`) and follows A. Four nodes power on; A is killed as soon as it has
+/// handed one of them its boot script; every node still reaches ready, each with the SSH
+/// host key both servers derive for it, and reports to B.
+#[test]
+fn four_nodes_reach_ready_when_one_of_two_servers_dies_mid_boot() {
+    use netboot::fleet::auth::{self, Keys};
+    use qemu_tests::lan::{Lan, SERVER_IP};
+    use qemu_tests::qemu::{Nic, Vm, VmConfig, ovmf_retrying};
+    use qemu_tests::server::{HTTP_PORT, Process};
+    use std::time::Duration;
+
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = ci_node();
+    let m = &img.manifest;
+    let _one = qemu_tests::fixture::one_at_a_time();
+    let dir = test_dir("two-servers");
+    let lan = Lan::new("duo", &dir).unwrap();
+    let b_ns = lan.host("duo-b", B_IP).unwrap();
+    let mut inv = String::new();
+    for (i, n) in NODES.iter().enumerate() {
+        inv.push_str(&format!(
+            "[nodes.{n}]\nmac = \"{}\"\nrecipe = \"ci-node\"\n",
+            mac(i)
+        ));
+    }
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(&inventory, inv).unwrap();
+    // One site key and admin token, copied to both servers' state folders.
+    let (state_a, state_b) = (dir.join("state-a"), dir.join("state-b"));
+    let keys = Keys::load(&state_a).unwrap();
+    for f in [auth::SITE_KEY_FILE, auth::TOKEN_FILE] {
+        let text = std::fs::read_to_string(state_a.join(f)).unwrap();
+        auth::write_private(&state_b.join(f), &text).unwrap();
+    }
+    // The version goes to a registry (in B's namespace), as a CI job would push it.
+    let reg = Registry::start(&b_ns, &dir, true).unwrap();
+    let repo = format!("{}/lab/ci-node", registry::ADDRESS);
+    let auth_file = reg.auth_file.display().to_string();
+    let spec = format!("{}@{}", m.recipe, m.version);
+    let out = img.out.display().to_string();
+    ironbake_in(
+        &b_ns,
+        &[
+            "--out",
+            &out,
+            "push",
+            &spec,
+            &repo,
+            "--registry-auth",
+            &auth_file,
+        ],
+    )
+    .unwrap();
+
+    let program = Path::new(env!("CARGO_BIN_EXE_netboot-under-test"));
+    let (a_url, b_url) = (
+        format!("http://{SERVER_IP}:{HTTP_PORT}"),
+        format!("http://{B_IP}:{HTTP_PORT}"),
+    );
+    let s = |v: &str| v.to_string();
+    let common = |root: &Path, state: &Path, ip: &str, ifc: &str| {
+        vec![
+            s("--root"),
+            root.display().to_string(),
+            s("--inventory"),
+            inventory.display().to_string(),
+            s("--state"),
+            state.display().to_string(),
+            s("--bind"),
+            s(ip),
+            s("--interface"),
+            s(ifc),
+            s("--http-port"),
+            HTTP_PORT.to_string(),
+            s("--tftp-port"),
+            s("69"),
+        ]
+    };
+    let mut args_a = common(&img.out, &state_a, SERVER_IP, "br0");
+    args_a.extend([s("--peer"), b_url.clone()]);
+    let out_b = dir.join("out-b");
+    let mut args_b = common(&out_b, &state_b, B_IP, "eth0");
+    args_b.extend([
+        s("--follow"),
+        a_url.clone(),
+        s("--sync-from"),
+        repo.clone(),
+        s("--registry-auth"),
+        auth_file.clone(),
+        s("--sync-every"),
+        s("5"),
+    ]);
+    let mut a = Process::start_in(&lan.ns, program, &args_a, dir.join("netboot-a.log")).unwrap();
+    let b = Process::start_in(&b_ns, program, &args_b, dir.join("netboot-b.log")).unwrap();
+    let synced = qemu_tests::console::wait_until(Duration::from_secs(120), || {
+        let cur = netboot::layout::read_current(&out_b.join(&m.recipe))
+            .ok()
+            .flatten();
+        (cur.as_deref() == Some(m.version.as_str()) && out_b.join("ipxe/current").exists())
+            .then_some(())
+    });
+    assert!(synced.is_some(), "B never synced:\n{}", b.log_text());
+
+    // Whichever server a node reaches, the same answer: the same version and kernel line
+    // (through ${srv}, with both servers listed), each server trying itself first.
+    let a_addr = std::net::SocketAddr::new(SERVER_IP.parse().unwrap(), HTTP_PORT);
+    let b_addr = std::net::SocketAddr::new(B_IP.parse().unwrap(), HTTP_PORT);
+    let kernel_line = |script: &str| {
+        script
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap_or_else(|| panic!("no kernel line in {script}"))
+            .to_string()
+    };
+    for i in 0..NODES.len() {
+        let path = format!("/boot.ipxe?mac={}", mac(i));
+        let (from_a, from_b) = (
+            a.get_from(a_addr, &path).unwrap(),
+            b.get_from(b_addr, &path).unwrap(),
+        );
+        assert_eq!(kernel_line(&from_a), kernel_line(&from_b));
+        assert!(kernel_line(&from_a).contains(&format!("ironbake.servers={a_url},{b_url}")));
+        assert!(from_a.contains(&format!("set srv {a_url}\n")), "{from_a}");
+        assert!(from_b.contains(&format!("set srv {b_url}\n")), "{from_b}");
+    }
+
+    let cfgs: Vec<VmConfig> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| VmConfig {
+            name: n.to_string(),
+            boot: ovmf_retrying(),
+            mem_mib: 1024,
+            cpus: 1,
+            nic: Some(Nic {
+                mac: mac(i),
+                tap: lan.tap().unwrap(),
+            }),
+            disks: vec![],
+            links: vec![],
+        })
+        .collect();
+    // What A logs from now on is the nodes' doing, not the checks above.
+    let a_mark = a.log_text().len();
+    let mut vms: Vec<Vm> = cfgs
+        .iter()
+        .map(|cfg| Vm::start(&lan.ns, cfg, &dir).unwrap())
+        .collect();
+    // A dies (SIGKILL) the moment it has given a node its boot script: that node is then
+    // in the middle of fetching from A.
+    let served_by_a = |log: &str| -> Vec<String> {
+        NODES
+            .iter()
+            .filter(|n| {
+                log.lines()
+                    .any(|l| l.contains("boot script") && l.contains(&format!("node={n}")))
+            })
+            .map(|n| n.to_string())
+            .collect()
+    };
+    let first = qemu_tests::console::wait_until(Duration::from_secs(300), || {
+        let served = served_by_a(a.log_text().get(a_mark..).unwrap_or_default());
+        (!served.is_empty()).then_some(served)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "A gave no node a boot script in 300 s\n--- A ---\n{}\n--- B ---\n{}",
+            qemu_tests::console::last_lines(&a.log_text(), 30),
+            qemu_tests::console::last_lines(&b.log_text(), 30)
+        )
+    });
+    a.kill().unwrap();
+    eprintln!("killed A after it served {first:?}");
+
+    for (n, vm) in NODES.iter().zip(&mut vms) {
+        let line = format!("ironbake: {n} ready {spec} in ");
+        if let Err(e) = vm.wait_line("ready", &line, qemu_tests::deadline::MESH_READY, 0) {
+            panic!(
+                "{e:#}\n--- B (last 40 lines) ---\n{}",
+                qemu_tests::console::last_lines(&b.log_text(), 40)
+            );
+        }
+        let console = vm.console.text();
+        let id = netboot::nodes::identity(&keys, n);
+        assert_eq!(
+            qemu_tests::console::host_key_line(&console).as_deref(),
+            Some(qemu_tests::console::fingerprint(&id.host_key_pub).as_str()),
+            "{n}'s host key"
+        );
+        if first.iter().any(|f| f == n) {
+            // It started on A and finished on B.
+            assert!(
+                console.contains(&format!("trying {b_url}"))
+                    || console.contains(&format!("trying the boot server {b_url}")),
+                "{n} was served by A but never moved to B:\n{}",
+                qemu_tests::console::last_lines(&console, 40)
+            );
+        }
+    }
+    // Each node's ready report reached B, the server left.
+    let reported = qemu_tests::console::wait_until(qemu_tests::deadline::REPORT, || {
+        let f: serde_json::Value =
+            serde_json::from_str(&b.get_from(b_addr, "/api/v1/fleet").ok()?).ok()?;
+        NODES
+            .iter()
+            .all(|n| {
+                f.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["name"] == *n && x["live"]["ready"] == "yes")
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "B did not hear every node ready: {}",
+        b.get_from(b_addr, "/api/v1/fleet").unwrap_or_default()
+    );
+}
