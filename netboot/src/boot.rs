@@ -33,21 +33,43 @@ pub fn unknown_node_name(mac: &str) -> String {
 /// names both initrds, which iPXE on UEFI needs.
 pub fn ipxe_script(
     m: &Manifest,
-    http_base: &str,
-    peers: &[String],
+    servers: &Servers<'_>,
     node: &str,
     mac: &str,
     settings_url: &str,
 ) -> String {
-    boot_script(m, (http_base, peers), node, mac, settings_url, "", "boots")
+    boot_script(m, servers, node, mac, settings_url, "", "boots")
+}
+
+/// Where a node's script sends it: this server, the LAN's other boot servers, and where a
+/// version's files come from when not from the servers themselves (an HTTP cache in front).
+#[derive(Debug, Clone, Copy)]
+pub struct Servers<'a> {
+    /// This server's base URL, `http://10.33.0.1:8080`.
+    pub own: &'a str,
+    /// The others'.
+    pub peers: &'a [String],
+    /// The base URL a version's files (kernel, initramfs, layers) are fetched from, if not
+    /// the server's: a cache or mirror holding the same published paths.
+    pub files: Option<&'a str>,
+}
+
+impl<'a> Servers<'a> {
+    /// One server, nothing else.
+    pub fn alone(own: &'a str) -> Servers<'a> {
+        Servers {
+            own,
+            peers: &[],
+            files: None,
+        }
+    }
 }
 
 /// The iPXE script of a node that installs its disk image (see [`install_args`]): the same
 /// kernel and initramfs, whose first stage runs in install mode.
 pub fn ipxe_install_script(
     m: &Manifest,
-    http_base: &str,
-    peers: &[String],
+    servers: &Servers<'_>,
     node: &str,
     mac: &str,
     settings_url: &str,
@@ -56,7 +78,7 @@ pub fn ipxe_install_script(
     let args = install_args(m, install)?;
     Ok(boot_script(
         m,
-        (http_base, peers),
+        servers,
         node,
         mac,
         settings_url,
@@ -106,16 +128,16 @@ pub fn ipxe_boot_disk(node: &str, mac: &str, installed: &str) -> String {
 
 fn boot_script(
     m: &Manifest,
-    (http_base, peers): (&str, &[String]),
+    servers_in: &Servers<'_>,
     node: &str,
     mac: &str,
     settings_url: &str,
     extra_args: &str,
     verb: &str,
 ) -> String {
-    let own = http_base.trim_end_matches('/');
+    let own = servers_in.own.trim_end_matches('/');
     let mut servers = vec![own.to_string()];
-    for p in peers {
+    for p in servers_in.peers {
         let p = p.trim_end_matches('/');
         if !servers.iter().any(|s| s == p) {
             servers.push(p.to_string());
@@ -131,8 +153,13 @@ fn boot_script(
     } else {
         (own.to_string(), settings_url.to_string())
     };
-    let base = format!("{server}/{}/{}", m.recipe, m.version);
-    let mut cmdline = layout::boot_cmdline(m, &server, node, &server);
+    // The version's files from the cache in front, when there is one (its published paths
+    // are the servers'); scripts, settings and reports stay with the servers.
+    let files = servers_in
+        .files
+        .map_or(server.clone(), |f| f.trim_end_matches('/').to_string());
+    let base = format!("{files}/{}/{}", m.recipe, m.version);
+    let mut cmdline = layout::boot_cmdline(m, &files, node, &server);
     if several {
         let mut all = servers.clone();
         all.sort();
@@ -339,8 +366,15 @@ mod tests {
             wipe: false,
         };
         let url = "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img";
-        let e = ipxe_install_script(&m, "http://10.33.0.1:8080", &[], "d0", "m", url, &install)
-            .unwrap_err();
+        let e = ipxe_install_script(
+            &m,
+            &Servers::alone("http://10.33.0.1:8080"),
+            "d0",
+            "m",
+            url,
+            &install,
+        )
+        .unwrap_err();
         assert!(e.contains("add \"disk\" to the recipe's outputs"), "{e}");
         for (path, sha) in [("disk.img", "aa"), ("disk.chunks", "cc")] {
             m.outputs.push(layout::OutputRecord {
@@ -349,8 +383,15 @@ mod tests {
                 sha256: sha.repeat(32),
             });
         }
-        let s = ipxe_install_script(&m, "http://10.33.0.1:8080", &[], "d0", "m", url, &install)
-            .unwrap();
+        let s = ipxe_install_script(
+            &m,
+            &Servers::alone("http://10.33.0.1:8080"),
+            "d0",
+            "m",
+            url,
+            &install,
+        )
+        .unwrap();
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
         let want = format!(
             " ironbake.install=disk:/dev/disk/by-id/virtio-d0 ironbake.disk={}:{}:1073741824 || goto",
@@ -377,8 +418,11 @@ mod tests {
         let peers = vec!["http://10.33.0.2:8080".to_string()];
         let s = ipxe_script(
             &m,
-            "http://10.33.0.1:8080",
-            &peers,
+            &Servers {
+                own: "http://10.33.0.1:8080",
+                peers: &peers,
+                files: None,
+            },
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
@@ -411,8 +455,11 @@ mod tests {
         // The same script from the other server names the same servers, itself first.
         let other = ipxe_script(
             &m,
-            "http://10.33.0.2:8080",
-            &["http://10.33.0.1:8080".to_string()],
+            &Servers {
+                own: "http://10.33.0.2:8080",
+                peers: &["http://10.33.0.1:8080".to_string()],
+                files: None,
+            },
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.2:8080/nodes/52:54:00:00:00:01/settings.img",
@@ -433,12 +480,39 @@ mod tests {
     }
 
     #[test]
+    fn behind_a_cache_the_files_come_from_it_and_the_rest_from_the_server() {
+        let m = manifest();
+        let s = ipxe_script(
+            &m,
+            &Servers {
+                own: "http://10.33.0.1:8080",
+                peers: &[],
+                files: Some("http://10.33.0.3:8081/"),
+            },
+            "ci0",
+            "52:54:00:00:00:01",
+            "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+        );
+        let v = format!("{}/{}", m.recipe, m.version);
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.contains(&format!(" http://10.33.0.3:8081/{v}/vmlinuz "))
+                && kernel.contains(&format!("ironbake.image=http://10.33.0.3:8081/{v}/ "))
+                && kernel.contains("ironbake.server=http://10.33.0.1:8080"),
+            "{kernel}"
+        );
+        assert!(s.contains(&format!(
+            "initrd --name initrd.img http://10.33.0.3:8081/{v}/initrd.img "
+        )));
+        assert!(s.contains("initrd --name settings.img http://10.33.0.1:8080/nodes/"));
+    }
+
+    #[test]
     fn the_script_names_both_initrds_and_retries_every_fetch() {
         let m = manifest();
         let s = ipxe_script(
             &m,
-            "http://10.33.0.1:8080",
-            &[],
+            &Servers::alone("http://10.33.0.1:8080"),
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",

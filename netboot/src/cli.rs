@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// fleet changes (they go to it). Also a peer.
     #[arg(long, value_name = "url", value_parser = server_url, requires = "state")]
     pub follow: Option<String>,
+    /// Nodes fetch a version's files (kernel, initramfs, layers) from this base URL: an
+    /// HTTP cache in front of a server (versioned paths are immutable), or a mirror of
+    /// `out/`. Scripts, settings and reports stay with this server.
+    #[arg(long, value_name = "url", value_parser = server_url)]
+    pub files_url: Option<String>,
 }
 
 /// A boot server's URL, `http://HOST:PORT`, with nothing after it.
@@ -191,6 +196,7 @@ impl ServeArgs {
                 .transpose()?,
             peers: self.peer.clone(),
             follow: self.follow.clone(),
+            files_url: self.files_url.clone(),
         })
     }
 

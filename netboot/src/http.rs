@@ -471,8 +471,7 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
             let Some(install) = install else {
                 let body = boot::ipxe_script(
                     &t.manifest,
-                    &s.http_base,
-                    s.nodes.peers(),
+                    &s.nodes.servers(&s.http_base),
                     &t.name,
                     &mac,
                     &settings_url,
@@ -544,8 +543,7 @@ fn install_script(
     }
     match boot::ipxe_install_script(
         m,
-        &s.http_base,
-        s.nodes.peers(),
+        &s.nodes.servers(&s.http_base),
         &t.name,
         mac,
         settings_url,

@@ -136,6 +136,8 @@ pub struct Inventories {
     /// so that a node reports to each, and one booted from its disk (whose command line names
     /// no server) still reports.
     servers: std::sync::OnceLock<(String, Vec<String>)>,
+    /// Where a version's files come from when not from the servers (a cache in front).
+    files_url: std::sync::OnceLock<String>,
 }
 
 /// A node's identity, derived from the site key and its name alone (so every server that
@@ -226,6 +228,7 @@ impl Inventories {
             }),
             manifests: Mutex::new(HashMap::new()),
             servers: std::sync::OnceLock::new(),
+            files_url: std::sync::OnceLock::new(),
             templates: Mutex::new(HashMap::new()),
         })
     }
@@ -509,9 +512,19 @@ impl Inventories {
         let _ = self.servers.set((own, others));
     }
 
-    /// The other boot servers nodes are told of.
-    pub fn peers(&self) -> &[String] {
-        self.servers.get().map_or(&[], |(_, p)| p.as_slice())
+    /// Where nodes fetch a version's files from, when not from the servers: a cache in
+    /// front of them (`serve --files-url`).
+    pub fn set_files_url(&self, url: &str) {
+        let _ = self.files_url.set(url.trim_end_matches('/').to_string());
+    }
+
+    /// What a node's script names: this server (`own`), its peers, the files' cache.
+    pub fn servers<'a>(&'a self, own: &'a str) -> crate::boot::Servers<'a> {
+        crate::boot::Servers {
+            own,
+            peers: self.servers.get().map_or(&[], |(_, p)| p.as_slice()),
+            files: self.files_url.get().map(String::as_str),
+        }
     }
 
     /// The node's settings archive, ready to follow the version's initramfs.

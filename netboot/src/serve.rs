@@ -49,6 +49,9 @@ pub struct Config {
     /// The server whose desired versions, installs and rollouts this one follows (it takes
     /// no fleet changes itself); it is a peer too.
     pub follow: Option<String>,
+    /// Where nodes fetch a version's files (kernel, initramfs, layers), when not from this
+    /// server: an HTTP cache in front of it, or a mirror holding the same published paths.
+    pub files_url: Option<String>,
 }
 
 /// Raises this process's soft limit on open files to its hard limit (no privilege needed),
@@ -185,6 +188,9 @@ pub async fn run(
     let mut peers = cfg.peers.clone();
     peers.extend(cfg.follow.clone());
     nodes.set_servers(&http_base, &peers);
+    if let Some(f) = &cfg.files_url {
+        nodes.set_files_url(f);
+    }
 
     let tftp_addr = SocketAddr::V4(SocketAddrV4::new(cfg.bind, cfg.tftp_port));
     let tftp_sock = tokio::net::UdpSocket::bind(tftp_addr)

@@ -821,6 +821,7 @@ fn follower(s: &Server) -> (String, tempfile::TempDir) {
         sync: None,
         peers: Vec::new(),
         follow: Some(s.base.clone()),
+        files_url: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -15,6 +15,7 @@ pub mod install;
 pub mod lan;
 pub mod mesh;
 pub mod netns;
+pub mod nginx;
 pub mod prometheus;
 pub mod qemu;
 pub mod redfish;

@@ -54,6 +54,7 @@ impl Server {
             sync: None,
             peers: Vec::new(),
             follow: None,
+            files_url: None,
         };
         Self::start_with(&lan.ns, cfg, dir)
     }

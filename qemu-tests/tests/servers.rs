@@ -538,3 +538,174 @@ fn four_nodes_reach_ready_when_one_of_two_servers_dies_mid_boot() {
         b.get_from(b_addr, "/api/v1/fleet").unwrap_or_default()
     );
 }
+
+const CACHE_IP: &str = "10.33.0.3";
+
+/// `X-Cache-Status` of `GET url`, asked from inside `ns` with curl, and the HTTP status.
+fn cache_status(ns: &Netns, url: &str) -> (u16, String) {
+    let o = ns
+        .command("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-", "--max-time", "20", url])
+        .output()
+        .expect("running curl");
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let cache = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-cache-status:")
+                .map(|v| v.trim().to_uppercase())
+        })
+        .unwrap_or_default();
+    (status, cache)
+}
+
+/// Nodes booting through a real HTTP cache (nginx, with the project's own configuration):
+/// the boot server names the cache for a version's files (`--files-url`); one boot warms it;
+/// the cache's origin is then killed, and a second node still boots to ready from the cache.
+/// Versioned paths are cached; `current` and scripts are not.
+#[test]
+fn a_node_boots_through_an_http_cache_after_its_origin_is_gone() {
+    use qemu_tests::lan::{Lan, SERVER_IP};
+    use qemu_tests::nginx::{self, Nginx};
+    use qemu_tests::qemu::{Nic, Vm, VmConfig, ovmf_retrying};
+    use qemu_tests::server::{HTTP_PORT, Process};
+
+    if !qemu_tests::require::vm_tests() {
+        return;
+    }
+    let img = ci_node();
+    let m = &img.manifest;
+    let _one = qemu_tests::fixture::one_at_a_time();
+    let dir = test_dir("cache");
+    let lan = Lan::new("cache", &dir).unwrap();
+    let cache_ns = lan.host("cache-c", CACHE_IP).unwrap();
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        "[nodes.warm]\nmac = \"52:54:00:00:07:01\"\nrecipe = \"ci-node\"\n\
+         [nodes.cold]\nmac = \"52:54:00:00:07:02\"\nrecipe = \"ci-node\"\n",
+    )
+    .unwrap();
+    let program = Path::new(env!("CARGO_BIN_EXE_netboot-under-test"));
+    let s = |v: &str| v.to_string();
+    // The cache's origin: a server of the same out/ beside nginx (HTTP only).
+    let mut origin = Process::start_in(
+        &cache_ns,
+        program,
+        &[
+            s("--root"),
+            img.out.display().to_string(),
+            s("--inventory"),
+            inventory.display().to_string(),
+            s("--bind"),
+            s("127.0.0.1"),
+            s("--no-dhcp"),
+            s("--http-port"),
+            s("8080"),
+            s("--tftp-port"),
+            s("6969"),
+        ],
+        dir.join("netboot-origin.log"),
+    )
+    .unwrap();
+    let cache = Nginx::start(&cache_ns, &dir, "127.0.0.1:8080").unwrap();
+    let files_url = format!("http://{CACHE_IP}:{}", nginx::PORT);
+    // The LAN's boot server: DHCP, TFTP, scripts and settings; a version's files from the cache.
+    let server = Process::start_in(
+        &lan.ns,
+        program,
+        &[
+            s("--root"),
+            img.out.display().to_string(),
+            s("--inventory"),
+            inventory.display().to_string(),
+            s("--state"),
+            dir.join("state").display().to_string(),
+            s("--bind"),
+            s(SERVER_IP),
+            s("--interface"),
+            s("br0"),
+            s("--http-port"),
+            HTTP_PORT.to_string(),
+            s("--tftp-port"),
+            s("69"),
+            s("--files-url"),
+            files_url.clone(),
+        ],
+        dir.join("netboot.log"),
+    )
+    .unwrap();
+    let vm = |name: &str, mac: &str| VmConfig {
+        name: name.into(),
+        boot: ovmf_retrying(),
+        mem_mib: 1024,
+        cpus: 2,
+        nic: Some(Nic {
+            mac: mac.into(),
+            tap: lan.tap().unwrap(),
+        }),
+        disks: vec![],
+        links: vec![],
+    };
+    let spec = format!("{}@{}", m.recipe, m.version);
+    let boot = |name: &str, mac: &str| {
+        let mut v = Vm::start(&lan.ns, &vm(name, mac), &dir).unwrap();
+        let line = format!("ironbake: {name} ready {spec} in ");
+        if let Err(e) = v.wait_line("ready", &line, qemu_tests::deadline::PXE_READY, 0) {
+            panic!(
+                "{e:#}\n--- nginx errors ---\n{}\n--- server ---\n{}",
+                std::fs::read_to_string(&cache.error_log).unwrap_or_default(),
+                qemu_tests::console::last_lines(&server.log_text(), 30)
+            );
+        }
+        v
+    };
+    let warm = boot("warm", "52:54:00:00:07:01");
+    drop(warm);
+    // The boot went through the cache: every file of the version it fetched is there now.
+    let access = std::fs::read_to_string(&cache.access_log).unwrap();
+    let v = format!("/{}/{}/", m.recipe, m.version);
+    for f in ["vmlinuz", "initrd.img", "base.squashfs", "overlay.squashfs"] {
+        assert!(
+            access.contains(&format!("{v}{f}")),
+            "the cache never saw {f}:\n{access}"
+        );
+        assert_eq!(
+            cache_status(&cache_ns, &format!("{files_url}{v}{f}")),
+            (200, "HIT".to_string()),
+            "{f}"
+        );
+    }
+    // The boot server itself sent none of them.
+    assert!(
+        !server.log_text().contains("base.squashfs"),
+        "the boot server served a layer itself"
+    );
+    // `current` and scripts are never kept: each request goes to the origin.
+    let moving = format!("{files_url}/{}/current/cmdline", m.recipe);
+    let script = format!("{files_url}/boot.ipxe?mac=52:54:00:00:07:02");
+    for url in [&moving, &script] {
+        for _ in 0..2 {
+            let (st, status) = cache_status(&cache_ns, url);
+            assert!(st == 200 && status != "HIT", "{url}: {st} {status}");
+        }
+    }
+
+    // The origin goes away; a node that never booted still boots, from the cache alone.
+    origin.kill().unwrap();
+    let (st, _) = cache_status(&cache_ns, &moving);
+    assert_eq!(st, 502, "current was answered without its origin");
+    let mark = std::fs::read_to_string(&cache.access_log).unwrap().len();
+    let cold = boot("cold", "52:54:00:00:07:02");
+    let after = std::fs::read_to_string(&cache.access_log).unwrap();
+    let after = &after[mark..];
+    assert!(after.contains(&format!("{v}base.squashfs")), "{after}");
+    drop(cold);
+}
