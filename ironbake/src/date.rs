@@ -43,19 +43,9 @@ pub fn parse_rfc2822(s: &str) -> Option<u64> {
         .map(|d| d * 86400 + h * 3600 + m * 60 + sec)
 }
 
-/// The civil date (year, month, day) of a count of days since 1970-01-01 (Howard Hinnant's
-/// algorithm, the inverse of the one in [`parse_rfc2822`]).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
+/// The civil date (year, month, day) of a count of days since 1970-01-01 (the inverse of
+/// [`parse_rfc2822`]'s arithmetic), from the boot server's one copy.
+pub use netboot::date::civil_from_days;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 pub mod boot;
 pub mod cli;
 pub mod cpio;
+pub mod date;
 pub mod dhcp;
 pub mod diag;
 pub mod fleet;

@@ -325,16 +325,7 @@ impl Process {
             log,
             ns_file: PathBuf::from(format!("/run/netns/{}", lan.ns.name())),
         };
-        let started = std::time::Instant::now();
-        while !p.log_text().contains("netboot serving") {
-            if let Some(status) = p.child.try_wait()? {
-                bail!("netboot stopped ({status}):\n{}", p.log_text());
-            }
-            if started.elapsed() > std::time::Duration::from_secs(30) {
-                bail!("netboot did not start in 30 s:\n{}", p.log_text());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        p.wait_serving()?;
         Ok(p)
     }
 
@@ -357,17 +348,23 @@ impl Process {
             log,
             ns_file: PathBuf::from(format!("/run/netns/{}", ns.name())),
         };
+        p.wait_serving()?;
+        Ok(p)
+    }
+
+    /// Returns once it logs that it serves; fails if it stops or takes over 30 s.
+    fn wait_serving(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
-        while !p.log_text().contains("netboot serving") {
-            if let Some(status) = p.child.try_wait()? {
-                bail!("netboot stopped ({status}):\n{}", p.log_text());
+        while !self.log_text().contains("netboot serving") {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("netboot stopped ({status}):\n{}", self.log_text());
             }
             if started.elapsed() > std::time::Duration::from_secs(30) {
-                bail!("netboot did not start in 30 s:\n{}", p.log_text());
+                bail!("netboot did not start in 30 s:\n{}", self.log_text());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Ok(p)
+        Ok(())
     }
 
     /// Kills it at once (SIGKILL: no goodbye to anyone, as a power cut would).

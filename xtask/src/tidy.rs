@@ -152,6 +152,7 @@ fn pure_modules_touch_no_filesystem() {
 const NETBOOT_FOR_IRONBAKE: &[&str] = &[
     "cli",
     "cpio",
+    "date",
     "diag",
     "inventory",
     "layout",
