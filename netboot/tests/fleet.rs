@@ -221,11 +221,14 @@ impl Server {
                     && r["progress"]["ci0"]["step"] != "waiting"
                     && self.live_boot().is_some()
                     && {
+                        // The agent's heartbeat says what its boot said: a boot that
+                        // failed stays failed (a `yes` here would race the rollout).
+                        let live = &self.fleet()[0]["live"];
                         let (_, answer, ok) = self.report(
                             "heartbeat",
-                            &self.live_boot().unwrap(),
-                            &self.live_version(),
-                            "yes",
+                            live["boot"].as_str().unwrap(),
+                            live["version"].as_str().unwrap_or(""),
+                            live["ready"].as_str().unwrap_or("no"),
                         );
                         assert!(ok, "answers are signed over the nonce: {answer}");
                         answer.contains("command=reboot")
