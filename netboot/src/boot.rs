@@ -30,15 +30,17 @@ pub fn unknown_node_name(mac: &str) -> String {
 /// `settings_url` the node's settings archive, `peers` the LAN's other boot servers. Every
 /// fetch is retried (a server that restarts mid-boot only delays the node), from the next
 /// server when there are several (one that dies mid-boot costs a retry); the kernel line
-/// names both initrds, which iPXE on UEFI needs.
+/// names both initrds, which iPXE on UEFI needs; `kernel_args` (the inventory's, checked by
+/// [`crate::inventory::kernel_args_problem`]) go at the end of its command line.
 pub fn ipxe_script(
     m: &Manifest,
     servers: &Servers<'_>,
     node: &str,
     mac: &str,
     settings_url: &str,
+    kernel_args: &str,
 ) -> String {
-    boot_script(m, servers, node, mac, settings_url, "", "boots")
+    boot_script(m, servers, node, mac, settings_url, kernel_args, "boots")
 }
 
 /// Where a node's script sends it: this server, the LAN's other boot servers, and where a
@@ -73,16 +75,19 @@ pub fn ipxe_install_script(
     node: &str,
     mac: &str,
     settings_url: &str,
+    kernel_args: &str,
     install: &Install,
 ) -> Result<String, String> {
-    let args = install_args(m, install)?;
+    let mut args = install_args(m, install)?;
+    args.push(' ');
+    args.push_str(kernel_args);
     Ok(boot_script(
         m,
         servers,
         node,
         mac,
         settings_url,
-        &args,
+        args.trim_end(),
         "installs",
     ))
 }
@@ -135,6 +140,7 @@ fn boot_script(
     extra_args: &str,
     verb: &str,
 ) -> String {
+    let extra_args = extra_args.trim();
     let own = servers_in.own.trim_end_matches('/');
     let mut servers = vec![own.to_string()];
     for p in servers_in.peers {
@@ -165,7 +171,10 @@ fn boot_script(
         all.sort();
         cmdline.push_str(&format!(" ironbake.servers={}", all.join(",")));
     }
-    cmdline.push_str(extra_args);
+    if !extra_args.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra_args);
+    }
     let again = |label: &str| {
         if several {
             "next_server".to_string()
@@ -372,6 +381,7 @@ mod tests {
             "d0",
             "m",
             url,
+            "",
             &install,
         )
         .unwrap_err();
@@ -389,6 +399,7 @@ mod tests {
             "d0",
             "m",
             url,
+            "",
             &install,
         )
         .unwrap();
@@ -426,6 +437,7 @@ mod tests {
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+            "",
         );
         assert!(s.contains("\nset srv http://10.33.0.1:8080\n"), "{s}");
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
@@ -463,6 +475,7 @@ mod tests {
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.2:8080/nodes/52:54:00:00:00:01/settings.img",
+            "",
         );
         assert_eq!(
             other
@@ -492,6 +505,7 @@ mod tests {
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+            "",
         );
         let v = format!("{}/{}", m.recipe, m.version);
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
@@ -516,6 +530,7 @@ mod tests {
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+            "",
         );
         assert!(s.starts_with("#!ipxe\n"));
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
@@ -577,5 +592,24 @@ mod tests {
             err.to_string().contains("node-templates/etc/hostname.j2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_nodes_kernel_args_end_its_command_line() {
+        let m = manifest();
+        let s = ipxe_script(
+            &m,
+            &Servers::alone("http://10.33.0.1:8080"),
+            "ci0",
+            "52:54:00:00:00:01",
+            "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
+            "intel_iommu=on ironbake.analyze",
+        );
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.ends_with(" intel_iommu=on ironbake.analyze || goto kernel_retry"),
+            "{kernel}"
+        );
+        assert!(!kernel.contains("  "), "{kernel}");
     }
 }

@@ -462,12 +462,10 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
     match s.nodes.target(&s.root, &mac) {
         Ok(Some(t)) => {
             let settings_url = format!("{}/nodes/{mac}/settings.img", s.http_base);
-            let install = s
-                .nodes
-                .get()
-                .nodes
-                .get(&t.name)
-                .and_then(|n| n.install.clone());
+            let inv = s.nodes.get();
+            let node = inv.nodes.get(&t.name);
+            let install = node.and_then(|n| n.install.clone());
+            let args = node.and_then(|n| n.kernel_args.clone()).unwrap_or_default();
             let Some(install) = install else {
                 let body = boot::ipxe_script(
                     &t.manifest,
@@ -475,6 +473,7 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
                     &t.name,
                     &mac,
                     &settings_url,
+                    &args,
                 );
                 s.hub.stage(
                     &mac,
@@ -485,7 +484,7 @@ fn script(st: &AppState, peer: SocketAddr, mac: &str) -> Response {
                 tracing::info!(%peer, %mac, node = %t.name, recipe = %t.manifest.recipe, version = %t.manifest.version, "boot script");
                 return text(&s.hub, StatusCode::OK, body);
             };
-            install_script(s, peer, &mac, &t, &install, &settings_url)
+            install_script(s, peer, &mac, &t, &install, &settings_url, &args)
         }
         Ok(None) => {
             tracing::info!(%peer, %mac, "boot script refused: unknown machine and the inventory boots none");
@@ -518,6 +517,7 @@ fn install_script(
     t: &crate::nodes::Target,
     install: &crate::inventory::Install,
     settings_url: &str,
+    kernel_args: &str,
 ) -> Response {
     let m = &t.manifest;
     let Some(state) = s.nodes.state() else {
@@ -547,6 +547,7 @@ fn install_script(
         &t.name,
         mac,
         settings_url,
+        kernel_args,
         install,
     ) {
         Ok(body) => {

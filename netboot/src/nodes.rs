@@ -445,6 +445,7 @@ impl Inventories {
             bmc: None,
             install: None,
             data: None,
+            kernel_args: None,
             vars: BTreeMap::new(),
         });
         let mut node_vars = inventory::node_context(&name, &node);

@@ -90,6 +90,7 @@ fn nodes_of(inv: &inventory::Inventory, recipe: &str) -> Vec<(String, inventory:
                 bmc: None,
                 install: None,
                 data: None,
+                kernel_args: None,
                 vars: BTreeMap::new(),
             },
         ));

@@ -418,10 +418,10 @@ install_piece() {
     printf '#' >"$f"
     attempt=0 mismatches=0
     while :; do
-        have=$(($(wc -c <"$f") - 1))
+        have=$(($(stat -c %s "$f") - 1))
         if [ "$have" -lt "$len" ]; then
             wget -q -c -O "$f" --header "Range: bytes=$((off + have))-$((off + len - 1))" "${INSTALL_IMAGE}disk.img"
-            have=$(($(wc -c <"$f") - 1))
+            have=$(($(stat -c %s "$f") - 1))
         fi
         if [ "$have" = "$len" ]; then
             got=$(tail -c +2 "$f" | sha256sum | cut -d' ' -f1)

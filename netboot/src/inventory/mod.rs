@@ -193,9 +193,51 @@ pub struct Node {
     /// [`DataDisk`]; a node installed on its disk keeps it on that disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataDisk>,
+    /// Kernel arguments added to its command line when it boots from the network
+    /// (`kernel-args = "intel_iommu=on ironbake.analyze"`); a disk's command line is its
+    /// image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_args: Option<String>,
     /// Per-node variables for node templates.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
+}
+
+/// The first stage's own parameters (the command line contract): the boot server sets them,
+/// a node's `kernel-args` may not.
+const SERVER_ARGS: &[&str] = &[
+    "ironbake.image",
+    "ironbake.layers",
+    "ironbake.node",
+    "ironbake.server",
+    "ironbake.servers",
+    "ironbake.root",
+    "ironbake.slot",
+    "ironbake.install",
+    "ironbake.wipe",
+    "ironbake.disk",
+    "initrd",
+];
+
+/// Why `args` cannot be added to a kernel command line by the inventory, if it cannot.
+pub fn kernel_args_problem(args: &str) -> Option<String> {
+    if args.len() > 512 {
+        return Some(format!("{} bytes: at most 512", args.len()));
+    }
+    if let Some(c) = args
+        .chars()
+        .find(|c| (!c.is_ascii_graphic() && *c != ' ') || "\"'\\`$;&|<>".contains(*c))
+    {
+        return Some(format!(
+            "{c:?} cannot be in them: words of printable ASCII separated by spaces, without              quotes, backslashes or the shell's and iPXE's special characters"
+        ));
+    }
+    args.split_whitespace().find_map(|w| {
+        let key = w.split('=').next().unwrap_or(w);
+        SERVER_ARGS.contains(&key).then(|| {
+            format!("{key} is set by the boot server (see the kernel command line contract)")
+        })
+    })
 }
 
 /// Where a node's disk image goes (`install = { disk = "/dev/disk/by-id/ata-..." }`, or
@@ -381,6 +423,17 @@ pub fn parse(file: &str, text: &str) -> Result<Inventory, Located> {
                 &format!("nodes.{name}"),
                 &d.disk,
                 format!("node {name}: data: {why}"),
+            ));
+        }
+        if let Some(args) = &node.kernel_args
+            && let Some(why) = kernel_args_problem(args)
+        {
+            return Err(diag::locate_after(
+                file,
+                text,
+                &format!("nodes.{name}"),
+                "kernel-args",
+                format!("node {name}: kernel-args: {why}"),
             ));
         }
         for key in node.vars.keys() {
@@ -591,5 +644,36 @@ mod tests {
         assert!(err("nope", "c", None, text).contains("is not a MAC address"));
         assert!(err("52:54:00:00:00:03", "c", None, "").contains("--recipe"));
         assert!(err("52:54:00:00:00:03", "Bad_Name", Some("r"), "").contains("hostname"));
+    }
+
+    #[test]
+    fn kernel_args_are_plain_words_and_leave_the_contract_to_the_server() {
+        let node = |args: &str| {
+            format!(
+                "[nodes.a]\nmac = \"52:54:00:00:00:01\"\nrecipe = \"r\"\nkernel-args = {args:?}\n"
+            )
+        };
+        let inv = parse("i.toml", &node("intel_iommu=on iommu=pt ironbake.analyze")).unwrap();
+        assert_eq!(
+            inv.nodes["a"].kernel_args.as_deref(),
+            Some("intel_iommu=on iommu=pt ironbake.analyze")
+        );
+        for (args, says) in [
+            ("ironbake.image=http://evil/", "set by the boot server"),
+            ("quiet initrd=x", "initrd is set by the boot server"),
+            ("a=${ip}", "'$' cannot be in them"),
+            ("a\"b", "cannot be in them"),
+            ("a;b", "cannot be in them"),
+        ] {
+            let e = parse("i.toml", &node(args)).unwrap_err();
+            assert!(e.message.contains(says), "{args}: {}", e.message);
+            assert!(
+                e.message.starts_with("node a: kernel-args: "),
+                "{}",
+                e.message
+            );
+            assert_eq!(e.line, 4, "{args}: points at the line");
+        }
+        assert!(kernel_args_problem(&"x".repeat(513)).is_some());
     }
 }

@@ -57,7 +57,8 @@ fn watch_ready(vm: &mut Vm, needle: &str) -> Result<(SystemTime, f64)> {
         let text = vm.console.text();
         if let Some(l) = crate::console::lines(&text)
             .into_iter()
-            .find(|l| l.contains(needle))
+            // A whole line: the console may be caught halfway through writing it.
+            .find(|l| l.contains(needle) && l.trim_end().ends_with(" s"))
         {
             break (l.to_string(), SystemTime::now());
         }
@@ -78,12 +79,37 @@ fn watch_ready(vm: &mut Vm, needle: &str) -> Result<(SystemTime, f64)> {
 /// kernel's start, the first stage's network, fetched overlay and root ready lines, and the
 /// ready line.
 fn pxe_boot_marks(out: &Path, dir: &Path) -> Result<[f64; 10]> {
+    pxe_boot(out, dir, false).map(|b| b.marks)
+}
+
+/// One PXE boot, measured.
+struct PxeBoot {
+    /// See [`pxe_boot_marks`].
+    marks: [f64; 10],
+    /// With `analyze`: what the node said of systemd's part of the boot (`systemd-analyze
+    /// time`, the critical chain, the slowest units), without the line prefix.
+    analysis: Vec<String>,
+    /// Seconds the layers' transfers took, and their sha256 checks (the first stage's
+    /// `fetched NAME: N MiB in X s, sha256 verified in Y s` lines, summed).
+    transfer_s: f64,
+    hash_s: f64,
+}
+
+/// [`pxe_boot_marks`] and more; with `analyze` the node boots with `ironbake.analyze`.
+fn pxe_boot(out: &Path, dir: &Path, analyze: bool) -> Result<PxeBoot> {
     let _ = std::fs::remove_dir_all(dir);
     let lan = Lan::new("bboot", dir)?;
     let inventory = dir.join("inventory.toml");
     std::fs::write(
         &inventory,
-        "[nodes.bench0]\nmac = \"52:54:00:00:00:41\"\nrecipe = \"ci-node\"\n",
+        format!(
+            "[nodes.bench0]\nmac = \"52:54:00:00:00:41\"\nrecipe = \"ci-node\"\n{}",
+            if analyze {
+                "kernel-args = \"ironbake.analyze\"\n"
+            } else {
+                ""
+            }
+        ),
     )?;
     let server = Server::start(&lan, out, &inventory, dir)?;
     let cfg = VmConfig {
@@ -125,7 +151,26 @@ fn pxe_boot_marks(out: &Path, dir: &Path) -> Result<[f64; 10]> {
             .and_then(|l| uptime_of(l))
             .with_context(|| format!("no {needle:?} line"))
     };
-    Ok([
+    let mut analysis = Vec::new();
+    if analyze {
+        let prefix = "ironbake: bench0 analyze: ";
+        let end = format!("{prefix}end");
+        vm.console.wait_for(
+            "its boot analysis",
+            Duration::from_secs(120),
+            0,
+            || true,
+            |l| l == end,
+        )?;
+        let text = vm.console.text();
+        analysis = crate::console::lines(&text)
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter(|l| *l != "end")
+            .map(str::to_string)
+            .collect();
+    }
+    let marks = [
         unix_s(power_on),
         at("dhcp")?,
         at("bootloader")?,
@@ -136,7 +181,25 @@ fn pxe_boot_marks(out: &Path, dir: &Path) -> Result<[f64; 10]> {
         kernel + up("] fetched overlay.squashfs")?,
         kernel + up("] root ready")?,
         kernel + uptime,
-    ])
+    ];
+    let (mut transfer_s, mut hash_s) = (0.0, 0.0);
+    for l in lines.iter().filter(|l| l.contains("] fetched ")) {
+        let secs = |after: &str| {
+            l.split(after)
+                .nth(1)
+                .and_then(|r| r.split(" s").next())
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .with_context(|| format!("no {after:?} in {l:?}"))
+        };
+        transfer_s += secs(" MiB in ")?;
+        hash_s += secs("sha256 verified in ")?;
+    }
+    Ok(PxeBoot {
+        marks,
+        analysis,
+        transfer_s,
+        hash_s,
+    })
 }
 
 /// `ci-node` built (or found published) under `target/WORK/out` of the project, with the VM
