@@ -78,16 +78,14 @@ pub fn ipxe_install_script(
     kernel_args: &str,
     install: &Install,
 ) -> Result<String, String> {
-    let mut args = install_args(m, install)?;
-    args.push(' ');
-    args.push_str(kernel_args);
+    let args = format!("{} {kernel_args}", install_args(m, install)?);
     Ok(boot_script(
         m,
         servers,
         node,
         mac,
         settings_url,
-        args.trim_end(),
+        &args,
         "installs",
     ))
 }
@@ -521,17 +519,22 @@ mod tests {
         assert!(s.contains("initrd --name settings.img http://10.33.0.1:8080/nodes/"));
     }
 
-    #[test]
-    fn the_script_names_both_initrds_and_retries_every_fetch() {
-        let m = manifest();
-        let s = ipxe_script(
-            &m,
+    /// ci0's script from one server, with `kernel_args`.
+    fn ci0_script(m: &Manifest, kernel_args: &str) -> String {
+        ipxe_script(
+            m,
             &Servers::alone("http://10.33.0.1:8080"),
             "ci0",
             "52:54:00:00:00:01",
             "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
-            "",
-        );
+            kernel_args,
+        )
+    }
+
+    #[test]
+    fn the_script_names_both_initrds_and_retries_every_fetch() {
+        let m = manifest();
+        let s = ci0_script(&m, "");
         assert!(s.starts_with("#!ipxe\n"));
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
         assert!(
@@ -596,15 +599,7 @@ mod tests {
 
     #[test]
     fn a_nodes_kernel_args_end_its_command_line() {
-        let m = manifest();
-        let s = ipxe_script(
-            &m,
-            &Servers::alone("http://10.33.0.1:8080"),
-            "ci0",
-            "52:54:00:00:00:01",
-            "http://10.33.0.1:8080/nodes/52:54:00:00:00:01/settings.img",
-            "intel_iommu=on ironbake.analyze",
-        );
+        let s = ci0_script(&manifest(), "intel_iommu=on ironbake.analyze");
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
         assert!(
             kernel.ends_with(" intel_iommu=on ironbake.analyze || goto kernel_retry"),
