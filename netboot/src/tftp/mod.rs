@@ -29,8 +29,10 @@
 //! DATA (the Sorcerer's Apprentice bug). Only a timeout sends the unacknowledged window again,
 //! and each further timeout doubles the wait, up to 4 s; after [`Config::max_retries`]
 //! retransmissions without progress, or once [`Config::transfer_deadline`] has passed, the
-//! transfer is abandoned. The file is read through a small buffer as the window moves; only
-//! the blocks in flight are held in memory.
+//! transfer is abandoned. A boot-sized file (up to 8 MiB) is read whole once and shared by
+//! every transfer of it (`cache.rs`: lock-step speed is the time from an ACK to the next DATA,
+//! and a file read there is a trip to tokio's blocking pool); a larger one is read through a
+//! 64 KiB buffer as the window moves.
 //!
 //! Limits, so that one machine (a looping firmware, a flood of requests it never
 //! acknowledges) cannot keep the others from their bootloader:
@@ -69,6 +71,8 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::fsroot::{self, PathError};
 use crate::hub::{Hub, Metrics, Stage};
+
+mod cache;
 
 /// TFTP settings.
 #[derive(Debug, Clone)]
@@ -125,6 +129,10 @@ const OP_OACK: u16 = 6;
 /// Receive buffer of the listening socket: the largest UDP payload, so that an oversized
 /// request is seen whole and refused, never truncated into something else.
 const REQUEST_BUFFER: usize = 65536;
+/// Read buffer of a transfer of a file too large for [`cache::Cache`]: each refill is a trip
+/// to the blocking pool, so it is large enough that those trips are rare (one per 44 blocks of
+/// 1468 bytes).
+const FILE_BUFFER: usize = 64 << 10;
 /// Receive buffer of a transfer socket: clients send ACKs (4 bytes) and ERRORs there.
 const REPLY_BUFFER: usize = 1024;
 /// The longest error message sent, in bytes.
@@ -580,6 +588,8 @@ struct Server {
     hub: Arc<Hub>,
     /// Peers with a transfer running.
     live: Mutex<HashSet<SocketAddr>>,
+    /// Small files, read once.
+    cache: cache::Cache,
 }
 
 /// A peer's place in [`Server::live`], given back when the transfer ends however it ends.
@@ -611,6 +621,7 @@ pub async fn serve(
         cfg,
         hub,
         live: Mutex::new(HashSet::new()),
+        cache: cache::Cache::default(),
     });
     let mut buf = vec![0u8; REQUEST_BUFFER];
     loop {
@@ -708,12 +719,25 @@ impl Server {
 /// Runs one accepted request to its end; `_slot` is held until then.
 async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Slot) {
     let name = req.filename;
+    // Opened, and a small file read whole (from the cache or into it), off the async threads.
     let opened = {
-        let (root, name) = (Arc::clone(&server.root), name.clone());
-        tokio::task::spawn_blocking(move || root.open(&name)).await
+        let (server, name) = (Arc::clone(&server), name.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut o = server.root.open(&name)?;
+            let cached = server.cache.get(&mut o.file, o.size).map_err(|e| {
+                warn!(file = ?name, error = %e, "TFTP file cannot be read");
+                PathError::Unreadable
+            })?;
+            Ok::<_, PathError>((o, cached))
+        })
+        .await
     };
-    let (file, size) = match opened {
-        Ok(Ok(o)) => (tokio::fs::File::from_std(o.file), o.size),
+    let (source, size) = match opened {
+        Ok(Ok((o, Some(data)))) => (Source::Memory(io::Cursor::new(data)), o.size),
+        Ok(Ok((o, None))) => {
+            let file = tokio::fs::File::from_std(o.file);
+            (Source::File(BufReader::with_capacity(FILE_BUFFER, file)), o.size)
+        }
         Ok(Err(e)) => {
             server
                 .refuse(peer, &name, path_error_code(&e), &e.to_string())
@@ -748,7 +772,6 @@ async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Sl
         "TFTP transfer started"
     );
     let started = Instant::now();
-    let capacity = (usize::from(neg.blksize) * usize::from(neg.window)).clamp(8192, 256 * 1024);
     let mut t = Transfer {
         socket,
         peer,
@@ -757,8 +780,7 @@ async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Sl
         buf: vec![0; REPLY_BUFFER],
         retransmits: 0,
     };
-    let reader = BufReader::with_capacity(capacity, file);
-    let result = tokio::time::timeout(server.cfg.transfer_deadline, t.run(reader, &neg)).await;
+    let result = tokio::time::timeout(server.cfg.transfer_deadline, t.run(source, &neg)).await;
     let duration = started.elapsed();
     let retransmits = t.retransmits;
     match result {
@@ -808,6 +830,26 @@ async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Sl
             Metrics::inc(&server.hub.metrics.tftp_errors);
             t.send_error(ErrorCode::NotDefined, "transfer took too long")
                 .await;
+        }
+    }
+}
+
+/// Where a transfer's blocks come from: memory (a file of at most [`cache::FILE_MAX`]
+/// bytes, shared through [`cache::Cache`]), or the file through a [`FILE_BUFFER`]-byte buffer.
+enum Source {
+    Memory(io::Cursor<Arc<[u8]>>),
+    File(BufReader<tokio::fs::File>),
+}
+
+impl AsyncRead for Source {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Source::Memory(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            Source::File(f) => std::pin::Pin::new(f).poll_read(cx, buf),
         }
     }
 }
