@@ -115,7 +115,10 @@ mod tests {
         let (mut f, n) = open(&path);
         let b = cache.get(&mut f, n).unwrap().unwrap();
         assert_eq!(&*a, b"first");
-        assert!(Arc::ptr_eq(&a, &b), "the second transfer shares the first one's copy");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second transfer shares the first one's copy"
+        );
         // Rewritten in place (same inode): the change time moves, so it is read again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, b"again").unwrap();

@@ -736,7 +736,10 @@ async fn transfer(server: Arc<Server>, req: Request, peer: SocketAddr, _slot: Sl
         Ok(Ok((o, Some(data)))) => (Source::Memory(io::Cursor::new(data)), o.size),
         Ok(Ok((o, None))) => {
             let file = tokio::fs::File::from_std(o.file);
-            (Source::File(BufReader::with_capacity(FILE_BUFFER, file)), o.size)
+            (
+                Source::File(BufReader::with_capacity(FILE_BUFFER, file)),
+                o.size,
+            )
         }
         Ok(Err(e)) => {
             server

@@ -121,8 +121,8 @@ pub fn run(project: &Path, with: &Path, without: &Path) -> Result<Report> {
     let assets = netboot_assets_bytes(project)?;
     let b = setup(project, "bench-page")?;
     write_inventory(&b)?;
-    let (alone, _) = super::storm::run_with(&b, 0, "netboot-storm-alone.log")?;
-    let (paged, live) = super::storm::run_with(&b, PAGES, "netboot-storm-pages.log")?;
+    let (alone, _) = super::storm::run_with(&b, 0, "netboot-storm-alone.log", None)?;
+    let (paged, live) = super::storm::run_with(&b, PAGES, "netboot-storm-pages.log", None)?;
     let added_kb = (with_b as f64 - without_b as f64) / 1000.0;
     let mut md = String::new();
     let _ = writeln!(

@@ -4,11 +4,17 @@ use std::fmt::Write as _;
 
 use super::slow::{ATTEMPTS, Slow};
 use super::storm::{NODES, Storm, node_bytes};
-use super::{Bench, HttpRows, RUNS, SOURCES, TftpRows, links, pkg_version};
+use super::{Bench, HttpRows, RUNS, SOURCES, TFTP_ROUNDS, TftpRows, links, pkg_version};
 use crate::report::{Figure, Report, machine};
 
 /// The record of one run.
-pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm, slow: &Slow) -> Report {
+pub fn report(
+    b: &Bench,
+    tftp: &TftpRows,
+    http: &HttpRows,
+    storms: (&Storm, &Storm),
+    slow: &Slow,
+) -> Report {
     let links = links(b);
     let mut md = String::new();
     let _ = writeln!(
@@ -19,7 +25,8 @@ pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm, slow: 
     let _ = writeln!(
         md,
         "Machine: {}. `netboot serve` release build; anchors in the same run: tftpd-hpa {}, \
-         dnsmasq {}, nginx {}; clients atftp and curl; medians of {RUNS}. Links: {} and {}.\n",
+         dnsmasq {}, nginx {}; clients atftp and curl; medians of {RUNS} (TFTP: of {TFTP_ROUNDS} rounds, the three \
+         servers side by side, each round fetching from each in turn). Links: {} and {}.\n",
         machine(),
         pkg_version("tftpd-hpa"),
         pkg_version("dnsmasq-base"),
@@ -29,7 +36,8 @@ pub fn report(b: &Bench, tftp: &TftpRows, http: &HttpRows, storm: &Storm, slow: 
     );
     let mut figures = tftp_section(&mut md, tftp, &links);
     figures.extend(http_section(&mut md, http, &links));
-    figures.extend(storm_section(&mut md, storm));
+    figures.extend(storm_section(&mut md, storms.0));
+    figures.extend(pi_section(&mut md, storms.1));
     figures.extend(slow_section(&mut md, slow));
     Report::new("serve", md, figures)
 }
@@ -70,7 +78,7 @@ fn tftp_section(
         let _ = writeln!(
             md,
             "- ours / {anchor}: LAN {lan_w:.2}x with windowsize 16 (goal: at least {goal:.1}x), \
-             {lan_1:.2}x lock-step; loopback {lo_w:.2}x, {lo_1:.2}x"
+             {lan_1:.2}x lock-step (goal: at least 1.0x); loopback {lo_w:.2}x, {lo_1:.2}x"
         );
         figures.push(Figure::goal(
             format!("TFTP windowsize 16 / {anchor}, LAN"),
@@ -78,9 +86,11 @@ fn tftp_section(
             format!("{lan_w:.2}x"),
             lan_w >= goal,
         ));
-        figures.push(Figure::info(
+        figures.push(Figure::goal(
             format!("TFTP lock-step / {anchor}, LAN"),
+            "at least 1.0x",
             format!("{lan_1:.2}x"),
+            lan_1 >= 1.0,
         ));
     }
     figures
@@ -176,6 +186,71 @@ fn storm_section(md: &mut String, s: &Storm) -> Vec<Figure> {
         ),
     ]
 }
+
+/// The storm again with the server held to a Raspberry Pi's CPU budget.
+fn pi_section(md: &mut String, s: &Storm) -> Vec<Figure> {
+    let _ = writeln!(
+        md,
+        "\nBoot storm, LAN link, the server held to a Raspberry Pi-like budget: {}. The same \
+         {NODES} nodes and files; the link's rate is {LINK_MBPS:.0} MB/s.\n",
+        super::pi::Budget::words()
+    );
+    let share = 100.0 * s.aggregate / LINK_MBPS;
+    let rows = [
+        (
+            "nodes that finished (goal: all)",
+            format!("{}/{NODES}", s.finished),
+        ),
+        ("retries", s.retries.to_string()),
+        (
+            "one node alone",
+            format!("{:.2} s, {:.0} MB/s", s.single.0, s.single.1),
+        ),
+        ("storm wall time", format!("{:.1} s", s.wall_s)),
+        (
+            "aggregate throughput / the link's (goal: at least 80%)",
+            format!("{:.0} MB/s, {share:.0}%", s.aggregate),
+        ),
+        (
+            "completion p50 / p90 / p99",
+            format!(
+                "{:.1} / {:.1} / {:.1} s",
+                s.pct(0.5),
+                s.pct(0.9),
+                s.pct(0.99)
+            ),
+        ),
+        (
+            "server peak memory, VmHWM (goal: under 50 MB)",
+            format!("{:.1} MB", s.peak_mb),
+        ),
+    ];
+    let rows: Vec<(String, String)> = rows.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    crate::report::figure_table(md, &rows);
+    vec![
+        Figure::goal(
+            "boot storm, Pi budget: nodes finished",
+            "all",
+            format!("{}/{NODES}", s.finished),
+            s.finished == NODES,
+        ),
+        Figure::goal(
+            "boot storm, Pi budget: aggregate / link",
+            "at least 80%",
+            format!("{share:.0}%"),
+            share >= 80.0,
+        ),
+        Figure::goal(
+            "boot storm, Pi budget: server peak memory",
+            "under 50 MB",
+            format!("{:.1} MB", s.peak_mb),
+            s.peak_mb < 50.0,
+        ),
+    ]
+}
+
+/// The LAN link's rate, MB/s (1 Gbit/s).
+const LINK_MBPS: f64 = 125.0;
 
 fn slow_section(md: &mut String, s: &Slow) -> Vec<Figure> {
     let limits: Vec<String> = s.limits.iter().map(|(k, v)| format!("`{k}={v}`")).collect();

@@ -79,15 +79,29 @@ pub(super) fn boot_one(b: &Bench, ns: &Netns, i: usize) -> Result<(f64, u32)> {
 
 /// Runs the storm against a fresh `netboot serve` on the LAN link.
 pub fn run(b: &Bench) -> Result<Storm> {
-    run_with(b, 0, "netboot-storm.log").map(|(s, _)| s)
+    run_with(b, 0, "netboot-storm.log", None).map(|(s, _)| s)
+}
+
+/// The storm with the server under a Raspberry Pi-like CPU budget ([`super::pi`]).
+pub fn run_pi(b: &Bench) -> Result<Storm> {
+    let budget = super::pi::Budget::new()?;
+    run_with(b, 0, "netboot-storm-pi.log", Some(&budget)).map(|(s, _)| s)
 }
 
 /// Runs the storm against a fresh `netboot serve` on the LAN link (its log in `log`), with
 /// the fleet page open in `pages` headless Chromium browsers from the first node on (after
 /// the one-node runs); also how many pages were still live, with every inventory row,
-/// after the storm.
-pub fn run_with(b: &Bench, pages: usize, log: &str) -> Result<(Storm, usize)> {
+/// after the storm. With `budget`, the server runs under it from its start.
+pub fn run_with(
+    b: &Bench,
+    pages: usize,
+    log: &str,
+    budget: Option<&super::pi::Budget>,
+) -> Result<(Storm, usize)> {
     let daemon = b.netboot(8080, log)?;
+    if let Some(budget) = budget {
+        budget.hold(daemon.child.id())?;
+    }
     until_up("netboot", Duration::from_secs(10), || {
         http_get(&b.c, 8080, TFTP_FILE)
     })?;
