@@ -901,6 +901,20 @@ impl Transfer<'_> {
         }
     }
 
+    /// After a timeout: the transfer's end once it has been retried enough, or else the
+    /// wait after the next resend (the count of retries goes up by one).
+    fn give_up_or_wait(
+        &self,
+        retries: &mut u32,
+        base: Duration,
+    ) -> Result<Duration, TransferError> {
+        if *retries >= self.cfg.max_retries {
+            return Err(TransferError::NoAnswer(*retries));
+        }
+        *retries += 1;
+        Ok(backoff(base, *retries))
+    }
+
     /// Negotiates, then sends the file from `file`.
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
@@ -916,12 +930,9 @@ impl Transfer<'_> {
             loop {
                 match self.next_reply(deadline).await? {
                     None => {
-                        if retries >= self.cfg.max_retries {
-                            return Err(TransferError::NoAnswer(retries));
-                        }
-                        retries += 1;
+                        let wait = self.give_up_or_wait(&mut retries, base)?;
                         self.send(&oack).await?;
-                        deadline = Instant::now() + backoff(base, retries);
+                        deadline = Instant::now() + wait;
                     }
                     Some(Reply::Ack(0)) => break,
                     Some(Reply::Error { code, message }) => {
@@ -948,10 +959,7 @@ impl Transfer<'_> {
         loop {
             match self.next_reply(deadline).await? {
                 None => {
-                    if retries >= self.cfg.max_retries {
-                        return Err(TransferError::NoAnswer(retries));
-                    }
-                    retries += 1;
+                    let wait = self.give_up_or_wait(&mut retries, base)?;
                     // Counted first, so that whoever sees the packet sees the count.
                     let n = flight.packets.len() as u64;
                     self.retransmits += n;
@@ -961,7 +969,7 @@ impl Transfer<'_> {
                     }
                     let from = flight.win.acked + 1;
                     debug!(peer = %self.peer, from, blocks = n, retries, "TFTP window sent again");
-                    deadline = Instant::now() + backoff(base, retries);
+                    deadline = Instant::now() + wait;
                 }
                 Some(Reply::Ack(block)) => match flight.win.ack(block) {
                     AckOutcome::Done => {

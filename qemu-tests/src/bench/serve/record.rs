@@ -133,58 +133,7 @@ fn storm_section(md: &mut String, s: &Storm) -> Vec<Figure> {
          a node retries a failed fetch after 1 s. The server runs with its default limits.\n",
         node_bytes() as f64 / 1e6
     );
-    let share = 100.0 * s.aggregate / s.single.1;
-    let rows = [
-        (
-            "nodes that finished (goal: all)",
-            format!("{}/{NODES}", s.finished),
-        ),
-        ("retries", s.retries.to_string()),
-        (
-            "one node alone",
-            format!("{:.2} s, {:.0} MB/s", s.single.0, s.single.1),
-        ),
-        ("storm wall time", format!("{:.1} s", s.wall_s)),
-        (
-            "aggregate throughput / one node's (goal: at least 80%)",
-            format!("{:.0} MB/s, {share:.0}%", s.aggregate),
-        ),
-        (
-            "completion p50 / p90 / p99",
-            format!(
-                "{:.1} / {:.1} / {:.1} s",
-                s.pct(0.5),
-                s.pct(0.9),
-                s.pct(0.99)
-            ),
-        ),
-        (
-            "server peak memory, VmHWM (goal: under 50 MB)",
-            format!("{:.1} MB", s.peak_mb),
-        ),
-    ];
-    let rows: Vec<(String, String)> = rows.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
-    crate::report::figure_table(md, &rows);
-    vec![
-        Figure::goal(
-            "boot storm: nodes finished",
-            "all",
-            format!("{}/{NODES}", s.finished),
-            s.finished == NODES,
-        ),
-        Figure::goal(
-            "boot storm: aggregate / one node",
-            "at least 80%",
-            format!("{share:.0}%"),
-            share >= 80.0,
-        ),
-        Figure::goal(
-            "boot storm: server peak memory",
-            "under 50 MB",
-            format!("{:.1} MB", s.peak_mb),
-            s.peak_mb < 50.0,
-        ),
-    ]
+    storm_figures(md, s, ("one node's", s.single.1), "boot storm")
 }
 
 /// The storm again with the server held to a Raspberry Pi's CPU budget.
@@ -195,24 +144,30 @@ fn pi_section(md: &mut String, s: &Storm) -> Vec<Figure> {
          {NODES} nodes and files; the link's rate is {LINK_MBPS:.0} MB/s.\n",
         super::pi::Budget::words()
     );
-    let share = 100.0 * s.aggregate / LINK_MBPS;
+    storm_figures(md, s, ("the link's", LINK_MBPS), "boot storm, Pi budget")
+}
+
+/// A storm's table and goals; the aggregate is compared with `base` (what it is, MB/s).
+fn storm_figures(md: &mut String, s: &Storm, base: (&str, f64), name: &str) -> Vec<Figure> {
+    let (base_name, base_mbps) = base;
+    let share = 100.0 * s.aggregate / base_mbps;
     let rows = [
         (
-            "nodes that finished (goal: all)",
+            "nodes that finished (goal: all)".to_string(),
             format!("{}/{NODES}", s.finished),
         ),
-        ("retries", s.retries.to_string()),
+        ("retries".to_string(), s.retries.to_string()),
         (
-            "one node alone",
+            "one node alone".to_string(),
             format!("{:.2} s, {:.0} MB/s", s.single.0, s.single.1),
         ),
-        ("storm wall time", format!("{:.1} s", s.wall_s)),
+        ("storm wall time".to_string(), format!("{:.1} s", s.wall_s)),
         (
-            "aggregate throughput / the link's (goal: at least 80%)",
+            format!("aggregate throughput / {base_name} (goal: at least 80%)"),
             format!("{:.0} MB/s, {share:.0}%", s.aggregate),
         ),
         (
-            "completion p50 / p90 / p99",
+            "completion p50 / p90 / p99".to_string(),
             format!(
                 "{:.1} / {:.1} / {:.1} s",
                 s.pct(0.5),
@@ -221,27 +176,27 @@ fn pi_section(md: &mut String, s: &Storm) -> Vec<Figure> {
             ),
         ),
         (
-            "server peak memory, VmHWM (goal: under 50 MB)",
+            "server peak memory, VmHWM (goal: under 50 MB)".to_string(),
             format!("{:.1} MB", s.peak_mb),
         ),
     ];
-    let rows: Vec<(String, String)> = rows.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
     crate::report::figure_table(md, &rows);
+    let short = base_name.trim_start_matches("the ").trim_end_matches("'s");
     vec![
         Figure::goal(
-            "boot storm, Pi budget: nodes finished",
+            format!("{name}: nodes finished"),
             "all",
             format!("{}/{NODES}", s.finished),
             s.finished == NODES,
         ),
         Figure::goal(
-            "boot storm, Pi budget: aggregate / link",
+            format!("{name}: aggregate / {short}"),
             "at least 80%",
             format!("{share:.0}%"),
             share >= 80.0,
         ),
         Figure::goal(
-            "boot storm, Pi budget: server peak memory",
+            format!("{name}: server peak memory"),
             "under 50 MB",
             format!("{:.1} MB", s.peak_mb),
             s.peak_mb < 50.0,
