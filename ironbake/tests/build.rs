@@ -220,19 +220,40 @@ fn the_published_version_is_complete_and_verifies() {
         "vmlinuz is a Linux boot image"
     );
 
-    // The initramfs, read back with zstd and cpio: the first stage, busybox, the drivers.
+    // The initramfs, read back with cpio and zstd: a leading uncompressed archive with the
+    // version's name, then the compressed one: the first stage, busybox, the drivers.
     let initrd = v.join("initrd.img");
     let size = fs::metadata(&initrd).unwrap().len();
     assert!(
         size < 8_000_000,
         "initrd.img is {size} bytes; the goal is at most 8 MB"
     );
-    let cpio = Command::new("sh")
+    let bytes = fs::read(&initrd).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == [0x28, 0xb5, 0x2f, 0xfd])
+        .expect("initrd.img holds a zstd archive");
+    assert_eq!(at % 4, 0, "the compressed archive starts 4-byte aligned");
+    let parts = tempfile::tempdir().unwrap();
+    let (head, rest) = (parts.path().join("head"), parts.path().join("rest.zst"));
+    fs::write(&head, &bytes[..at]).unwrap();
+    fs::write(&rest, &bytes[at..]).unwrap();
+    let release = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "zstd -dc '{}' | cpio -it --quiet",
-            initrd.display()
+            "cpio -i --quiet --to-stdout etc/ironbake/release < '{}'",
+            head.display()
         ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&release.stdout),
+        format!("ci-node@{}\n", f.version),
+        "the leading archive names the version"
+    );
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | cpio -it --quiet", rest.display()))
         .output()
         .unwrap();
     assert!(
@@ -491,6 +512,50 @@ fn an_overlay_edit_reuses_the_package_layer_and_publishes_a_new_version() {
         ),
         "debian ALL=(ALL:ALL) ALL\n"
     );
+
+    // The initramfs: only the leading archive (the version's name) differs; the compressed
+    // rest is the same bytes, kept in the build cache under the digest of what it holds.
+    let initrd = |v: &str| fs::read(out.join("ci-node").join(v).join("initrd.img")).unwrap();
+    let (old_ird, new_ird) = (initrd(&f.version), initrd(&current));
+    let split = |b: &[u8]| {
+        b.windows(4)
+            .position(|w| w == [0x28, 0xb5, 0x2f, 0xfd])
+            .expect("a zstd archive")
+    };
+    let (old_at, new_at) = (split(&old_ird), split(&new_ird));
+    assert_eq!(old_ird[old_at..], new_ird[new_at..]);
+    assert_ne!(old_ird[..old_at], new_ird[..new_at]);
+    let raw = zstd_decompress(&new_ird[new_at..]);
+    let key = format!("{}-zstd", hex_sha256(&raw));
+    let cached: Vec<String> = fs::read_dir(f.cache.join("initramfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached.iter().any(|n| n.starts_with(&key)),
+        "{key} in {cached:?}"
+    );
+}
+
+fn zstd_decompress(b: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("zstd")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = b.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
 }
 
 #[test]

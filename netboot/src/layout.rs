@@ -34,37 +34,150 @@ pub const CURRENT: &str = "current";
 pub const DISK_IMAGE: &str = "disk.img";
 /// Beside the disk image: the sha256 of each [`DISK_CHUNK`]-byte piece of it, one line a
 /// piece (`OFFSET LENGTH SHA256`, in order), so that a node installing it over the network
-/// checks every piece before writing it (see [`disk_chunks_text`]).
+/// checks every piece before writing it (see [`disk_chunks`]).
 pub const DISK_CHUNKS: &str = "disk.chunks";
 /// The size of a piece in [`DISK_CHUNKS`] (the last one may be shorter).
 pub const DISK_CHUNK: u64 = 16 << 20;
 
-/// The chunk list of the data `reader` yields, and its whole sha256 and length.
-pub fn disk_chunks_text(mut reader: impl Read) -> io::Result<(String, String, u64)> {
-    let mut whole = Sha256::new();
-    let mut text = String::new();
-    let mut buf = vec![0u8; DISK_CHUNK as usize];
-    let mut offset = 0u64;
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match reader.read(&mut buf[n..])? {
-                0 => break,
-                k => n += k,
+/// The chunk list of the disk image `file`, and its whole sha256 and length.
+///
+/// A disk image is mostly unwritten (slot B, room to grow): the file is sparse, and only its
+/// data is read. A piece that holds no data (`SEEK_DATA` finds none in it) is zeros: its
+/// digest is that of a zero piece, computed once, and the whole digest takes the zeros from
+/// memory. On a filesystem that does not report holes every piece is read, with the same
+/// result. The pieces' digests and the whole one are computed on two threads.
+pub fn disk_chunks(file: &fs::File) -> io::Result<(String, String, u64)> {
+    let done = Written::default();
+    done.finish();
+    disk_chunks_as_written(file, &done)
+}
+
+/// How much of a file being written is final, for [`disk_chunks_as_written`]: the writer
+/// says how far it got ([`Written::advance`]), then that it is done or gave up.
+#[derive(Debug, Default)]
+pub struct Written {
+    state: std::sync::Mutex<(u64, WriteEnd)>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum WriteEnd {
+    #[default]
+    Writing,
+    Done,
+    Abandoned,
+}
+
+impl Written {
+    /// Every byte before `offset` is final.
+    pub fn advance(&self, offset: u64) {
+        let mut s = self.state.lock().expect("written lock");
+        s.0 = s.0.max(offset);
+        self.changed.notify_all();
+    }
+
+    /// Every byte is final.
+    pub fn finish(&self) {
+        self.end(WriteEnd::Done);
+    }
+
+    /// The writer failed: whoever waits gets an error.
+    pub fn abandon(&self) {
+        self.end(WriteEnd::Abandoned);
+    }
+
+    fn end(&self, how: WriteEnd) {
+        let mut s = self.state.lock().expect("written lock");
+        s.1 = how;
+        self.changed.notify_all();
+    }
+
+    /// Waits until every byte before `offset` is final.
+    fn wait(&self, offset: u64) -> io::Result<()> {
+        let mut s = self.state.lock().expect("written lock");
+        loop {
+            match s.1 {
+                WriteEnd::Done => return Ok(()),
+                WriteEnd::Abandoned => {
+                    return Err(io::Error::other("the disk image was not finished"));
+                }
+                WriteEnd::Writing if s.0 >= offset => return Ok(()),
+                WriteEnd::Writing => s = self.changed.wait(s).expect("written lock"),
             }
         }
-        if n == 0 {
-            break;
-        }
-        whole.update(&buf[..n]);
-        let piece = hex::encode(Sha256::digest(&buf[..n]));
-        text.push_str(&format!("{offset} {n} {piece}\n"));
-        offset += n as u64;
-        if n < buf.len() {
-            break;
-        }
     }
-    Ok((text, hex::encode(whole.finalize()), offset))
+}
+
+/// [`disk_chunks`] of a file still being written: each piece is read once `written` says it
+/// is final, so that hashing goes along with the writing instead of after it. The file's
+/// length must be set before.
+pub fn disk_chunks_as_written(
+    file: &fs::File,
+    written: &Written,
+) -> io::Result<(String, String, u64)> {
+    let len = file.metadata()?.len();
+    std::thread::scope(|s| {
+        let pieces = s.spawn(|| {
+            let mut text = String::new();
+            let mut zero_piece: Option<(usize, String)> = None;
+            each_piece(file, len, written, |offset, data, n| {
+                let digest = match data {
+                    Some(bytes) => hex::encode(Sha256::digest(bytes)),
+                    None => match &zero_piece {
+                        Some((m, d)) if *m == n => d.clone(),
+                        _ => {
+                            let d = hex::encode(Sha256::digest(vec![0u8; n]));
+                            zero_piece = Some((n, d.clone()));
+                            d
+                        }
+                    },
+                };
+                text.push_str(&format!("{offset} {n} {digest}\n"));
+            })?;
+            Ok::<_, io::Error>(text)
+        });
+        let mut whole = Sha256::new();
+        let zeros = vec![0u8; DISK_CHUNK as usize];
+        let whole_done = each_piece(file, len, written, |_, data, n| match data {
+            Some(bytes) => whole.update(bytes),
+            None => whole.update(&zeros[..n]),
+        });
+        let text = pieces
+            .join()
+            .map_err(|_| io::Error::other("hashing the disk image's pieces failed"))??;
+        whole_done?;
+        Ok((text, hex::encode(whole.finalize()), len))
+    })
+}
+
+/// Calls `f(offset, data, len)` for each [`DISK_CHUNK`] piece of `file` in order, once it is
+/// final: `data` is `None` for a piece that holds no data (zeros).
+fn each_piece(
+    file: &fs::File,
+    len: u64,
+    written: &Written,
+    mut f: impl FnMut(u64, Option<&[u8]>, usize),
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; DISK_CHUNK as usize];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = DISK_CHUNK.min(len - offset) as usize;
+        written.wait(offset + n as u64)?;
+        let data_at = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => Some(at),
+            Err(rustix::io::Errno::NXIO) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if data_at.is_none_or(|at| at >= offset + n as u64) {
+            f(offset, None, n);
+        } else {
+            file.read_exact_at(&mut buf[..n], offset)?;
+            f(offset, Some(&buf[..n]), n);
+        }
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 /// The manifest schema this crate reads and the pipeline writes.
@@ -625,6 +738,80 @@ pub fn load_node_templates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_chunks_of_a_sparse_file_are_those_of_its_bytes() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let mut f = fs::File::create(&path).unwrap();
+        // Data at the start, in the middle of the third piece, and in the last partial piece;
+        // holes between.
+        let len = 4 * DISK_CHUNK + 12345;
+        f.set_len(len).unwrap();
+        for (at, fill) in [(0, 1u8), (2 * DISK_CHUNK + 777, 2), (len - 9000, 3)] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&vec![fill; 5000]).unwrap();
+        }
+        drop(f);
+        let bytes = fs::read(&path).unwrap();
+        let mut want = String::new();
+        for (i, piece) in bytes.chunks(DISK_CHUNK as usize).enumerate() {
+            let off = i as u64 * DISK_CHUNK;
+            let d = hex::encode(Sha256::digest(piece));
+            want.push_str(&format!("{off} {} {d}\n", piece.len()));
+        }
+        let (text, sha, n) = disk_chunks(&fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(text, want);
+        assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(n, len);
+        assert_eq!(text.lines().count(), 5);
+    }
+
+    #[test]
+    fn disk_chunks_hashed_as_written_are_those_of_the_finished_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let f = fs::File::create_new(&path).unwrap();
+        let len = 5 * DISK_CHUNK + 4096;
+        f.set_len(len).unwrap();
+        let written = Written::default();
+        let reader = fs::File::open(&path).unwrap();
+        let (text, sha, n) = std::thread::scope(|s| {
+            let hashing = s.spawn(|| disk_chunks_as_written(&reader, &written).unwrap());
+            // In order, as a disk image is written, each region said final after it is; the
+            // hasher must not read a piece before (it would see zeros where data comes).
+            for (i, at) in [0, DISK_CHUNK + 5, 3 * DISK_CHUNK - 100, len - 10]
+                .into_iter()
+                .enumerate()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                f.write_all_at(&[i as u8 + 1; 4000][..(len - at).min(4000) as usize], at)
+                    .unwrap();
+                written.advance(at + 1);
+            }
+            written.finish();
+            hashing.join().unwrap()
+        });
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(n, len);
+        assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(
+            text,
+            disk_chunks(&fs::File::open(&path).unwrap()).unwrap().0
+        );
+
+        // A writer that gives up: the hasher stops with an error instead of waiting.
+        let again = Written::default();
+        let r = std::thread::scope(|s| {
+            let hashing = s.spawn(|| disk_chunks_as_written(&reader, &again));
+            again.advance(DISK_CHUNK);
+            again.abandon();
+            hashing.join().unwrap()
+        });
+        assert!(r.unwrap_err().to_string().contains("not finished"));
+    }
 
     #[test]
     fn sums_text_is_sorted_and_includes_the_manifest() {

@@ -20,6 +20,7 @@ use crate::lan::Lan;
 use crate::netns::Netns;
 use crate::qemu::{Nic, Vm, VmConfig, ovmf, ovmf_disk};
 use crate::server::Server;
+use crate::usage::{Sampler, Usage};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -42,7 +43,33 @@ pub struct Options {
     pub without: Vec<String>,
     /// Boot copies of the recipe's disk image, with no network.
     pub disk: bool,
+    /// Print each console and the server's log as they come (else only the summary).
+    pub echo: bool,
+    /// Where to build and publish (default: the project's `out/` and `.cache/`).
+    pub paths: Option<ironbake::Paths>,
 }
+
+/// Each node and the seconds from the first VM's start to its ready line, in the order they
+/// became ready.
+pub type ReadyTimes = Vec<(String, f64)>;
+
+/// How a run went.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What the command exits with.
+    pub code: ExitCode,
+    /// When each node was ready.
+    pub ready: ReadyTimes,
+    /// What the run took from the host, the server and the LAN until every node was ready
+    /// (or until it stopped).
+    pub usage: Usage,
+    /// The version booted.
+    pub version: String,
+}
+
+/// More nodes than this at once get one vCPU each: with TCG every vCPU is a host thread,
+/// and more of them than the host has cores only take turns.
+const TWO_VCPUS_UP_TO: usize = 2;
 
 /// A log being followed: new complete lines are printed with a prefix.
 struct Follow {
@@ -51,6 +78,7 @@ struct Follow {
     offset: u64,
     partial: String,
     filter: fn(&str) -> bool,
+    echo: bool,
 }
 
 impl Follow {
@@ -71,7 +99,7 @@ impl Follow {
             let line: String = self.partial.drain(..=i).collect();
             // Strip terminal escapes the firmware and systemd print.
             let clean = strip_escapes(line.trim_end());
-            if !clean.trim().is_empty() && (self.filter)(&clean) {
+            if self.echo && !clean.trim().is_empty() && (self.filter)(&clean) {
                 println!("{} {clean}", self.prefix);
             }
         }
@@ -204,6 +232,7 @@ fn place(
         offset: 0,
         partial: String::new(),
         filter: |l| !l.contains(" DEBUG "),
+        echo: opts.echo,
     });
     Ok(Place {
         lan: Some(lan),
@@ -252,11 +281,19 @@ fn disk_copy(
 
 /// Builds the recipe if needed and boots its nodes; see the module documentation.
 pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
+    Ok(boot(project, opts)?.code)
+}
+
+/// [`run`], saying how it went.
+pub fn boot(project: &Path, opts: &Options) -> Result<Outcome> {
     if !crate::require::vm_tests() {
         bail!("cannot boot VMs here (see above)");
     }
     catch_signals()?;
-    let paths = ironbake::Paths::in_project(project);
+    let paths = opts
+        .paths
+        .clone()
+        .unwrap_or_else(|| ironbake::Paths::in_project(project));
     ironbake::require_root()?;
     let options = ironbake::BuildOptions {
         without: opts.without.clone(),
@@ -272,7 +309,11 @@ pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
     );
     let inventory = project.join("inventory.toml");
     let nodes = pick_nodes(project, &opts.recipe, opts.nodes)?;
-    let dir = project.join("target").join("boot").join(&opts.recipe);
+    let dir = match &opts.paths {
+        Some(p) => p.out.with_file_name("boot"),
+        None => project.join("target").join("boot"),
+    }
+    .join(&opts.recipe);
     fresh_logs(&dir)?;
     let image = built.dir.join(ironbake::disk::FILE);
     if opts.disk && !image.is_file() {
@@ -292,14 +333,23 @@ pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
             dir.display()
         );
     }
+    let cpus = if nodes.len() > TWO_VCPUS_UP_TO { 1 } else { 2 };
+    if cpus == 1 {
+        println!(
+            "{} VMs at once: one vCPU each (the host has {} cores)",
+            nodes.len(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+    }
     let mut vms = Vec::new();
+    let sampler = Sampler::start(place.lan.as_ref().map(|l| &l.ns));
     for (name, mac) in &nodes {
         let cfg = match &place.lan {
             None => VmConfig {
                 name: name.clone(),
                 boot: ovmf_disk(),
                 mem_mib: 1536,
-                cpus: 2,
+                cpus,
                 nic: None,
                 disks: vec![disk_copy(&image, name, m, &paths.out, &inventory, &dir)?],
                 links: vec![],
@@ -308,7 +358,7 @@ pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
                 name: name.clone(),
                 boot: ovmf(),
                 mem_mib: 1536,
-                cpus: 2,
+                cpus,
                 nic: Some(Nic {
                     mac: mac.clone(),
                     tap: lan.tap()?,
@@ -324,11 +374,26 @@ pub fn run(project: &Path, opts: &Options) -> Result<ExitCode> {
             offset: 0,
             partial: String::new(),
             filter: |_| true,
+            echo: opts.echo,
         });
         vms.push((name.clone(), vm));
     }
     let _server = &place.server;
-    watch(opts, &m.recipe, &mut vms, &mut follows)
+    let (code, ready, usage) = watch(opts, &m.recipe, &mut vms, &mut follows, sampler)?;
+    Ok(Outcome {
+        code,
+        ready,
+        usage,
+        version: m.version.clone(),
+    })
+}
+
+/// The usage up to now, measured once (later calls give the same).
+fn take_usage(sampler: &mut Option<Sampler>, usage: &mut Option<Usage>) -> Usage {
+    if let Some(s) = sampler.take() {
+        *usage = Some(s.finish());
+    }
+    usage.clone().expect("measured above")
 }
 
 /// Streams the consoles until every node is ready (with `check`), the timeout, a VM's end,
@@ -338,18 +403,30 @@ fn watch(
     recipe: &str,
     vms: &mut [(String, Vm)],
     follows: &mut [Follow],
-) -> Result<ExitCode> {
+    sampler: Sampler,
+) -> Result<(ExitCode, ReadyTimes, Usage)> {
     let start = Instant::now();
     let mut ready = vec![false; vms.len()];
+    let mut order = Vec::new();
     let mut announced = false;
+    let mut sampler = Some(sampler);
+    let mut usage = None;
     loop {
         for f in follows.iter_mut() {
             f.pump();
+        }
+        if let Some(s) = sampler.as_mut() {
+            s.tick();
         }
         for (i, (name, vm)) in vms.iter_mut().enumerate() {
             if !ready[i] {
                 let needle = format!("ironbake: {name} ready {recipe}@");
                 ready[i] = vm.console.text().contains(&needle);
+                if ready[i] {
+                    let secs = start.elapsed().as_secs_f64();
+                    println!("{name} ready after {secs:.1} s");
+                    order.push((name.clone(), secs));
+                }
             }
             if !vm.alive() {
                 bail!(
@@ -360,6 +437,7 @@ fn watch(
         }
         if ready.iter().all(|r| *r) && !announced {
             announced = true;
+            let u = take_usage(&mut sampler, &mut usage);
             println!(
                 "all {} node(s) ready after {:.0} s{}",
                 vms.len(),
@@ -370,8 +448,11 @@ fn watch(
                     "; Ctrl-C stops them"
                 }
             );
+            for line in u.lines() {
+                println!("  {line}");
+            }
             if opts.check {
-                return Ok(ExitCode::SUCCESS);
+                return Ok((ExitCode::SUCCESS, order, u));
             }
         }
         if opts.check && start.elapsed() > opts.timeout {
@@ -384,11 +465,16 @@ fn watch(
                     );
                 }
             }
-            return Ok(ExitCode::FAILURE);
+            let u = take_usage(&mut sampler, &mut usage);
+            for line in u.lines() {
+                eprintln!("  {line}");
+            }
+            return Ok((ExitCode::FAILURE, order, u));
         }
         if STOP.load(Ordering::SeqCst) {
             println!("stopping: every VM, the boot server and the LAN are removed");
-            return Ok(ExitCode::from(130));
+            let u = take_usage(&mut sampler, &mut usage);
+            return Ok((ExitCode::from(130), order, u));
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -23,6 +23,7 @@ pub mod registry;
 pub mod report;
 pub mod require;
 pub mod server;
+pub mod usage;
 pub mod wol;
 
 /// The repository's project folder, found from the current folder (tests run in their

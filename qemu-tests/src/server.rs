@@ -69,51 +69,55 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hub2 = Arc::clone(&hub);
         let ns2 = ns_file.clone();
-        let thread = std::thread::spawn(move || {
-            use tracing_subscriber::layer::SubscriberExt as _;
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(Mutex::new(file))
-                .with_ansi(false)
-                .with_target(false)
-                .with_max_level(tracing::Level::DEBUG)
-                .finish()
-                .with(hub2.logs.layer());
-            let _guard = tracing::subscriber::set_default(subscriber);
-            let joined = std::fs::File::open(&ns2)
-                .context("opening the LAN namespace")
-                .and_then(|f| {
-                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
-                });
-            if let Err(e) = joined {
-                let _ = bound_tx.send(Err(e));
-                return;
-            }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = bound_tx.send(Err(e.into()));
+        let thread = std::thread::Builder::new()
+            .name(crate::usage::SERVER_THREAD.into())
+            .spawn(move || {
+                use tracing_subscriber::layer::SubscriberExt as _;
+                let subscriber = tracing_subscriber::fmt()
+                    .with_writer(Mutex::new(file))
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_max_level(tracing::Level::DEBUG)
+                    .finish()
+                    .with(hub2.logs.layer());
+                let _guard = tracing::subscriber::set_default(subscriber);
+                let joined = std::fs::File::open(&ns2)
+                    .context("opening the LAN namespace")
+                    .and_then(|f| {
+                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
+                    });
+                if let Err(e) = joined {
+                    let _ = bound_tx.send(Err(e));
                     return;
                 }
-            };
-            let tx = bound_tx.clone();
-            let r = rt.block_on(netboot::serve::run(
-                cfg,
-                hub2,
-                move |_| {
-                    let _ = tx.send(Ok(()));
-                },
-                async move {
-                    let _ = stop_rx.await;
-                },
-            ));
-            if let Err(e) = r {
-                tracing::error!("netboot stopped: {e}");
-                let _ = bound_tx.send(Err(anyhow::anyhow!("netboot serve: {e}")));
-            }
-        });
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .thread_name(crate::usage::SERVER_THREAD)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let tx = bound_tx.clone();
+                let r = rt.block_on(netboot::serve::run(
+                    cfg,
+                    hub2,
+                    move |_| {
+                        let _ = tx.send(Ok(()));
+                    },
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                ));
+                if let Err(e) = r {
+                    tracing::error!("netboot stopped: {e}");
+                    let _ = bound_tx.send(Err(anyhow::anyhow!("netboot serve: {e}")));
+                }
+            })
+            .context("starting the server's thread")?;
         match bound_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),

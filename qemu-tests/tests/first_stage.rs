@@ -119,6 +119,16 @@ fn ci_node_boots_to_ready_resuming_a_broken_transfer() {
         .unwrap();
     eprintln!("{line}");
     let console = vm.console.text();
+    // The version's name comes from the initramfs's leading uncompressed archive, the first
+    // stage from the compressed one after it: the kernel unpacked both.
+    assert!(
+        console.contains(&format!(
+            "first stage {}@{} for node ",
+            img.manifest.recipe, img.manifest.version
+        )),
+        "{}",
+        vm.console.tail(60)
+    );
     assert!(
         console.contains("per-node settings: 1 files"),
         "{}",

@@ -150,6 +150,8 @@ impl Boot {
             timeout: Duration::from_secs(self.timeout),
             without: self.without,
             disk: self.disk,
+            echo: true,
+            paths: None,
         };
         qemu_tests::boot::run(&repository(global)?, &opts)
     }

@@ -62,12 +62,17 @@ pub fn rootfs(
     Ok(())
 }
 
-/// ironbake's first stage, with the drivers the kernel has.
+/// The build cache's folder of compressed initramfs archives.
+const INITRAMFS_CACHE: &str = "initramfs";
+
+/// ironbake's first stage, with the drivers the kernel has (its compressed archive from the
+/// build cache when a build before made the same).
 pub fn initramfs(
     p: &Prepared,
     base: &Base,
     view: &TreeView,
     vdir: &Path,
+    cache: &Path,
     progress: &Progress,
 ) -> Result<()> {
     let stage = progress.stage("initramfs");
@@ -78,6 +83,7 @@ pub fn initramfs(
         &p.recipe.initramfs.modules,
         &format!("{}@{}", p.name, p.version),
         p.epoch,
+        Some(&cache.join(INITRAMFS_CACHE)),
     )?;
     write_synced(&vdir.join(INITRAMFS), &ird.bytes)?;
     if !ird.skipped.is_empty() {
@@ -154,22 +160,33 @@ pub fn disk_image(
             data: b"timeout 0\neditor no\n".to_vec(),
         },
     ];
-    disk::write(
-        &vdir.join(disk::FILE),
-        &layout,
-        &disk::Contents {
-            esp: &esp,
-            slot_a: (&vdir.join(BASE_LAYER), &vdir.join(OVERLAY_LAYER)),
-            copy_to_b: d.slot_b == SlotB::Copy,
-            epoch: p.epoch,
-            seed,
-        },
-    )?;
+    // Hashed while it is written: each piece once it is final.
     let image = vdir.join(disk::FILE);
-    let (chunks, sha256, len) = netboot::layout::disk_chunks_text(
-        fs::File::open(&image).with_context(|| format!("reading {}", image.display()))?,
-    )
-    .with_context(|| format!("reading {}", image.display()))?;
+    let mut file = disk::create(&image, &layout)?;
+    // Its own open file (not a clone of the writer's): its seeks for data must not move the
+    // writer's offset.
+    let reader = fs::File::open(&image).with_context(|| format!("reading {}", image.display()))?;
+    let written = netboot::layout::Written::default();
+    let contents = disk::Contents {
+        esp: &esp,
+        slot_a: (&vdir.join(BASE_LAYER), &vdir.join(OVERLAY_LAYER)),
+        copy_to_b: d.slot_b == SlotB::Copy,
+        epoch: p.epoch,
+        seed,
+    };
+    let (wrote, hashed) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| netboot::layout::disk_chunks_as_written(&reader, &written));
+        let wrote = disk::write_into(&mut file, &layout, &contents, &|at| written.advance(at));
+        match &wrote {
+            Ok(()) => written.finish(),
+            Err(_) => written.abandon(),
+        }
+        (wrote, hashing.join())
+    });
+    wrote?;
+    let (chunks, sha256, len) = hashed
+        .map_err(|_| anyhow::anyhow!("hashing {} failed", image.display()))?
+        .with_context(|| format!("reading {}", image.display()))?;
     write_synced(&vdir.join(netboot::layout::DISK_CHUNKS), chunks.as_bytes())?;
     known.insert(disk::FILE.to_string(), (sha256, len));
     stage.done(&format!(

@@ -119,7 +119,7 @@ pub fn build(
         emit::rootfs(&p, &plan, &base, &staging, &mut known, progress)?;
     }
     if outputs.contains(&Output::Initramfs) {
-        emit::initramfs(&p, &base, &view, &vdir, progress)?;
+        emit::initramfs(&p, &base, &view, &vdir, &paths.cache, progress)?;
     }
     if outputs.contains(&Output::Kernel) {
         emit::kernel(&plan, &base, &vdir)?;

@@ -50,14 +50,34 @@ pub struct Contents<'a> {
 
 /// Writes a disk image at `dest` (created; sparse where nothing is written).
 pub fn write(dest: &Path, layout: &Layout, c: &Contents<'_>) -> Result<()> {
-    let mut disk = fs::OpenOptions::new()
+    let mut disk = create(dest, layout)?;
+    write_into(&mut disk, layout, c, &|_| {})
+}
+
+/// Creates the file of a disk image at `dest`, of the layout's size and sparse, for
+/// [`write_into`].
+pub fn create(dest: &Path, layout: &Layout) -> Result<fs::File> {
+    let disk = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(dest)
         .with_context(|| format!("creating {}", dest.display()))?;
-    disk.set_len(layout.size)?;
-    let mut gpt = gptman::GPT::new_from(&mut disk, SECTOR, guid_bytes(&layout.disk_guid)?)
+    disk.set_len(layout.size)
+        .with_context(|| format!("sizing {}", dest.display()))?;
+    Ok(disk)
+}
+
+/// Writes the image into `disk` (made by [`create`]), then syncs it. The table first (both
+/// copies), then the partitions in order; after each, `on_final(offset)` says that no byte
+/// before `offset` will change again (so that it can be hashed meanwhile).
+pub fn write_into(
+    disk: &mut fs::File,
+    layout: &Layout,
+    c: &Contents<'_>,
+    on_final: &dyn Fn(u64),
+) -> Result<()> {
+    let mut gpt = gptman::GPT::new_from(disk, SECTOR, guid_bytes(&layout.disk_guid)?)
         .context("making the partition table")?;
     gpt.align = ALIGN;
     for p in &layout.parts {
@@ -70,21 +90,39 @@ pub fn write(dest: &Path, layout: &Layout, c: &Contents<'_>) -> Result<()> {
             partition_name: p.label.as_str().into(),
         };
     }
-    gpt.write_into(&mut disk)
+    gpt.write_into(disk)
         .context("writing the partition table")?;
-    gptman::GPT::write_protective_mbr_into(&mut disk, SECTOR)
-        .context("writing the protective MBR")?;
+    gptman::GPT::write_protective_mbr_into(disk, SECTOR).context("writing the protective MBR")?;
     let esp = layout.part("ESP").context("the layout has no ESP")?;
-    write_esp(&mut disk, esp, c.seed, c.epoch, c.esp)?;
+    // What is written, in the order of the disk (the layout's order).
     let slots: &[char] = if c.copy_to_b { &['a', 'b'] } else { &['a'] };
+    let mut layers = Vec::new();
     for slot in slots {
         for (layer, src) in [("base", c.slot_a.0), ("overlay", c.slot_a.1)] {
             let label = slot_label(layer, *slot);
             let part = layout
                 .part(&label)
                 .with_context(|| format!("the layout has no {label}"))?;
-            write_raw(&mut disk, part, src)?;
+            layers.push((part, src));
         }
+    }
+    // `on_final` is only true if each part comes after the one before.
+    let mut at = esp.offset();
+    for (part, _) in &layers {
+        anyhow::ensure!(
+            part.offset() > at,
+            "partition {} comes before the one written ahead of it",
+            part.label
+        );
+        at = part.offset();
+    }
+    let next = |i: usize| layers.get(i).map_or(layout.size, |(p, _)| p.offset());
+    on_final(esp.offset());
+    write_esp(disk, esp, c.seed, c.epoch, c.esp)?;
+    on_final(next(0));
+    for (i, (part, src)) in layers.iter().enumerate() {
+        write_raw(disk, part, src)?;
+        on_final(next(i + 1));
     }
     disk.sync_all()?;
     Ok(())

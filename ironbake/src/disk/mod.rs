@@ -38,7 +38,7 @@ mod slots;
 mod uki;
 
 pub use esp::{EspFile, read_esp};
-pub use image::{Contents, read_layout, write};
+pub use image::{Contents, create, read_layout, write, write_into};
 pub use layout::{DATA_LABEL, Layout, Part, derived_guid};
 pub use node_settings::{NODE_SETTINGS, render as render_node_settings, set_node_settings};
 pub(crate) use slots::{SlotVersion, UkiName, slot_uki};

@@ -2,6 +2,13 @@
 //! needed (with their dependencies from `modules.dep`), as a deterministic cpio compressed
 //! with zstd.
 //!
+//! Two archives, one after the other (the kernel unpacks each in turn, as it does early
+//! microcode before an initramfs): first a tiny uncompressed one with what names the version
+//! (`/etc/ironbake/release`), then the compressed one with everything else. The second depends
+//! only on the kernel, its drivers and ironbake's own scripts, so a rebuild of the same base
+//! (an overlay edit) takes it compressed from the build cache instead of compressing it again
+//! ([`build`]'s `cache`).
+//!
 //! Why busybox and a shell script rather than an init of our own in Rust: the first stage is
 //! a short sequence of well-known steps (insmod, DHCP, HTTP with resume, sha256, mount,
 //! switch_root) that busybox's applets already do, in one 2 MB static binary from Debian; the
@@ -10,6 +17,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use crate::checked::ModuleName;
 use crate::plan::BaseView;
@@ -195,7 +203,7 @@ fn drivers(base: &dyn BaseView, release: &str, extra: &[String]) -> Result<Drive
 
 /// Everything but the modules: folders, device nodes, busybox, the first stage and what it
 /// reads about this image.
-fn skeleton(busybox: Vec<u8>, release: &str, label: &str, extra: &[String]) -> Vec<Entry> {
+fn skeleton(busybox: Vec<u8>, release: &str, extra: &[String]) -> Vec<Entry> {
     let mut v = vec![dir("lib/modules"), dir(&format!("lib/modules/{release}"))];
     for d in [
         "bin",
@@ -254,11 +262,6 @@ fn skeleton(busybox: Vec<u8>, release: &str, label: &str, extra: &[String]) -> V
             "etc/ironbake/kernel-release",
             0o644,
             format!("{release}\n").into_bytes(),
-        ),
-        file(
-            "etc/ironbake/release",
-            0o644,
-            format!("{label}\n").into_bytes(),
         ),
         file("etc/ironbake/modules.always", 0o644, always.into_bytes()),
     ]);
@@ -324,13 +327,16 @@ fn module_entries(base: &dyn BaseView, release: &str, d: &Drivers) -> Result<Vec
 
 /// Builds the initramfs of an image from its root filesystem (`base`), for kernel `release`.
 /// `extra` are the recipe's own modules: each must exist. `label` goes into
-/// `/etc/ironbake/release` (`RECIPE@VERSION`).
+/// `/etc/ironbake/release` (`RECIPE@VERSION`), in the leading uncompressed archive. With
+/// `cache` (a folder), the compressed archive is kept there under the digest of its contents
+/// and taken from there when the same contents come again.
 pub fn build(
     base: &dyn BaseView,
     release: &str,
     extra: &[ModuleName],
     label: &str,
     epoch: u64,
+    cache: Option<&Path>,
 ) -> Result<Built> {
     let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
     let d = drivers(base, release, &extra)?;
@@ -339,7 +345,7 @@ pub fn build(
         .context("the image has no /bin/busybox (the busybox-static package)")?;
     // One entry a path, sorted: folders that several modules share appear once.
     let mut files: BTreeMap<String, Entry> = BTreeMap::new();
-    for e in skeleton(busybox, release, label, &extra)
+    for e in skeleton(busybox, release, &extra)
         .into_iter()
         .chain(module_entries(base, release, &d)?)
     {
@@ -348,13 +354,80 @@ pub fn build(
     let entries: Vec<Entry> = files.into_values().collect();
     let mut raw = Vec::new();
     let uncompressed = cpio::write(&mut raw, &entries, epoch)?;
-    let bytes = zstd::bulk::compress(&raw, ZSTD_LEVEL).context("compressing the initramfs")?;
+    let compressed = match cache {
+        Some(dir) => cached_compress(dir, &raw)?,
+        None => compress(&raw)?,
+    };
+    let mut bytes = Vec::new();
+    let head = [
+        dir("etc"),
+        dir("etc/ironbake"),
+        file(
+            "etc/ironbake/release",
+            0o644,
+            format!("{label}\n").into_bytes(),
+        ),
+    ];
+    let head_len = cpio::write(&mut bytes, &head, epoch)?;
+    // The compressed archive starts 4-byte aligned (newc pads to 4; this says so).
+    debug_assert_eq!(bytes.len() % 4, 0);
+    bytes.extend_from_slice(&compressed);
     Ok(Built {
         bytes,
-        uncompressed,
+        uncompressed: uncompressed + head_len,
         modules: d.order.len(),
         skipped: d.skipped,
     })
+}
+
+fn compress(raw: &[u8]) -> Result<Vec<u8>> {
+    zstd::bulk::compress(raw, ZSTD_LEVEL).context("compressing the initramfs")
+}
+
+/// Compressed archives kept in a build cache: the newest few.
+const CACHE_KEEP: usize = 8;
+
+/// `raw` compressed, from `dir` when it is there (under the sha256 of `raw` and the level),
+/// else compressed now and kept there (written aside, then renamed: never half a file).
+fn cached_compress(dir: &Path, raw: &[u8]) -> Result<Vec<u8>> {
+    let key = crate::digest::sha256_hex(raw);
+    let path = dir.join(format!("{key}-zstd{ZSTD_LEVEL}.cpio.zst"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        // A cached file that does not decompress to `raw` (damaged) is made again.
+        if zstd::bulk::decompress(&bytes, raw.len()).is_ok_and(|d| d == raw) {
+            // Used now: the newest, as far as pruning goes.
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            return Ok(bytes);
+        }
+    }
+    let bytes = compress(raw)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{key}.tmp"));
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    prune(dir);
+    Ok(bytes)
+}
+
+/// Keeps the [`CACHE_KEEP`] newest archives in `dir`.
+fn prune(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cpio.zst"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let extra = files.len().saturating_sub(CACHE_KEEP);
+    for (_, p) in files.into_iter().take(extra) {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// The Debian package whose static busybox the initramfs carries; added to every image that
@@ -364,6 +437,37 @@ pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compressed_archive_comes_from_the_cache_and_a_damaged_one_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("{} ", i.wrapping_mul(2_654_435_761) % 1000).into_bytes())
+            .collect();
+        let first = cached_compress(dir.path(), &raw).unwrap();
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), first);
+        assert_eq!(zstd::bulk::decompress(&first, raw.len()).unwrap(), raw);
+        // From the cache: what is there (here, another valid compression of the same bytes)
+        // is what is returned, not compressed again.
+        let other = zstd::bulk::compress(&raw, 1).unwrap();
+        assert_ne!(other, first);
+        std::fs::write(&kept[0], &other).unwrap();
+        assert_eq!(cached_compress(dir.path(), &raw).unwrap(), other);
+        // Damaged: made again, and the cache mended.
+        std::fs::write(&kept[0], b"not zstd").unwrap();
+        assert_eq!(cached_compress(dir.path(), &raw).unwrap(), first);
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), first);
+        // Only the newest few are kept.
+        for i in 0..CACHE_KEEP + 3 {
+            cached_compress(dir.path(), format!("archive {i}").as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), CACHE_KEEP);
+    }
 
     const DEP: &str = "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko

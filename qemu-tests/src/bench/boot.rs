@@ -1,10 +1,14 @@
 //! `cargo xtask bench boot`: power-on to ready for `ci-node` through the whole PXE chain, by
 //! stage. Host-side stages come from the boot server's records (its clock); guest-side ones
 //! from the first stage's uptime lines; the two are joined at the kernel's start, which is
-//! the moment the ready line appeared on the console minus the uptime it gives.
+//! the moment the ready line appeared on the console minus the uptime it gives. Then ten
+//! nodes at once, as `cargo xtask boot ci-node --nodes 10 --check` runs them: the time to all
+//! ready and which shared resource runs out first ([`crate::usage`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 
@@ -28,6 +32,10 @@ const STAGES: [&str; 9] = [
 const GOAL_S: f64 = 25.0;
 /// The goal for kernel start to ready, in seconds.
 const KERNEL_GOAL_S: f64 = 10.0;
+/// Nodes booted at once in the second part.
+const FLEET: usize = 10;
+/// How long the second part waits for every ready line.
+const FLEET_TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// Runs the benchmark for the project at `project`.
 pub fn run(project: &Path) -> Result<Report> {
@@ -109,7 +117,57 @@ pub fn run(project: &Path) -> Result<Report> {
         let _ = writeln!(md, "{l}");
     }
     let _ = writeln!(md, "```");
-    let figures = vec![
+    let fleet = fleet(project, &work)?;
+    let _ = writeln!(
+        md,
+        "\n{FLEET} nodes at once, as `cargo xtask boot ci-node --nodes {FLEET} --check` boots \
+         them: the inventory's nodes `ci0` to `ci{}`, one vCPU and 1536 MiB each, on the same \
+         LAN and boot server; seconds from the VMs' start. The resources are sampled every \
+         second; the one nearest its limit at its busiest second is the first to run out.\n",
+        FLEET - 1
+    );
+    let secs: Vec<f64> = fleet.ready.iter().map(|r| r.1).collect();
+    let all = secs.iter().copied().fold(0.0, f64::max);
+    let first = secs.iter().copied().fold(f64::INFINITY, f64::min);
+    let (limit, share) = fleet.usage.first_to_run_out();
+    let rows = vec![
+        (
+            "nodes ready".to_string(),
+            format!("{}/{FLEET}", fleet.ready.len()),
+        ),
+        (
+            "first ready / all ready".to_string(),
+            format!("{first:.0} s / {all:.0} s"),
+        ),
+        (
+            format!("all ready / one node's power-on to ready ({total:.1} s, above)"),
+            format!("{:.1}x", all / total),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        fleet
+            .usage
+            .lines()
+            .into_iter()
+            .map(|l| match l.split_once(": ") {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (l, String::new()),
+            }),
+    )
+    .collect::<Vec<_>>();
+    crate::report::figure_table(&mut md, &rows);
+    let mut figures = vec![
+        Figure::info(
+            format!("{FLEET} nodes at once: all ready"),
+            format!("{all:.0} s ({:.1}x one node)", all / total),
+        ),
+        Figure::info(
+            format!("{FLEET} nodes at once: first to run out"),
+            format!("{limit}, {:.0}% at its busiest second", 100.0 * share),
+        ),
+    ];
+    figures.extend([
         Figure::goal(
             "power-on to ready, ci-node over PXE",
             "under 25 s",
@@ -122,6 +180,33 @@ pub fn run(project: &Path) -> Result<Report> {
             format!("{kernel:.1} s"),
             kernel < KERNEL_GOAL_S,
         ),
-    ];
+    ]);
     Ok(Report::new("boot", md, figures))
+}
+
+/// [`FLEET`] inventory nodes booted at once through `cargo xtask boot`'s own code.
+fn fleet(project: &Path, work: &Path) -> Result<crate::boot::Outcome> {
+    let mut paths = ironbake::Paths::in_project(project);
+    paths.out = work.join("out");
+    paths.cache = project.join("target").join("qemu-tests").join("cache");
+    eprintln!("{FLEET} nodes at once...");
+    let opts = crate::boot::Options {
+        recipe: "ci-node".into(),
+        nodes: FLEET,
+        check: true,
+        timeout: FLEET_TIMEOUT,
+        without: Vec::new(),
+        disk: false,
+        echo: false,
+        paths: Some(paths),
+    };
+    let outcome = crate::boot::boot(project, &opts)?;
+    if outcome.code != ExitCode::SUCCESS {
+        bail!(
+            "{} of {FLEET} nodes were ready after {} s (their consoles are above)",
+            outcome.ready.len(),
+            FLEET_TIMEOUT.as_secs()
+        );
+    }
+    Ok(outcome)
 }
